@@ -1,0 +1,21 @@
+"""Default values; every constant says its unit."""
+
+COORDINATOR_URL = "http://localhost:5001"
+COORDINATOR_TIMEOUT = 10.0  # seconds, one HTTP call to the coordinator
+SSH_CONNECT_TIMEOUT = 10.0  # seconds (runbook: ssh -o ConnectTimeout=10)
+SSH_COMMAND_TIMEOUT = 120.0  # seconds a remote command may run
+HOST_SYNC_LOG = "/var/log/ringrift/sync.log"
+AGENT_CHECK_COMMAND = "pgrep -f sync_agent"
+AGENT_RESTART_COMMAND = "systemctl restart ringrift-sync-agent"
+AGENT_FALLBACK_COMMAND = "pkill -f sync_agent; ./start_sync.sh"
+IMPORT_COMMAND = "python scripts/import_orphaned_databases.py --data-dir {data_dir} --trigger-sync"
+RECOVERY_DIR = "/data/recovered"
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+MAX_BODY_BYTES = 1024 * 1024  # bytes (1 MiB)
+QUEUE = "remediator"
+LOCK_TTL = 60.0  # seconds a host lock lives unless renewed
+LOCK_RENEW_INTERVAL = 20.0  # seconds between renewals while a step runs
+JOB_TIMEOUT = 900  # seconds one RQ job (one ladder step) may run
+JOB_RESULT_TTL = 86400  # seconds a finished job's result is kept
+AUDIT_MAX_ENTRIES = 1000  # entries kept per host's audit trail
+HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
