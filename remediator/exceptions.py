@@ -35,3 +35,32 @@ class RulesError(RemediatorError):
 
 class PagerError(RemediatorError):
     """A pager could not deliver a page."""
+
+
+class ProviderError(RemediatorError):
+    """A cloud provider API answered with an error or could not be reached."""
+
+
+class RulesFileError(RulesError):
+    """A rules or rule-test file is invalid; ``problems`` holds every finding (file, line, key, message)."""
+
+    def __init__(self, problems: list[object] | tuple[object, ...]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+class RulesSyntaxError(RulesFileError):
+    """A rules file cannot be read or is not YAML (or has duplicate or non-string keys)."""
+
+
+class RulesSchemaError(RulesFileError):
+    """A rules file does not match rules/schema.json."""
+
+
+class RulesMeaningError(RulesFileError):
+    """A rules file matches the schema but means nothing sound: unknown fact, type mismatch, impossible
+    threshold, duplicate rule name."""
+
+
+class RuleTestFileError(RulesFileError):
+    """A rule unit-test file (``remediator rules test``) is malformed."""

@@ -1,0 +1,34 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from remediator.config import Settings
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the receiver app. ``test_config`` may carry ``SETTINGS`` (a Settings) and Flask keys."""
+    app = Flask(__name__)
+    test_config = dict(test_config or {})
+    settings = test_config.pop("SETTINGS", None) or Settings.from_env()
+    app.config["SETTINGS"] = settings
+    # Flask refuses larger bodies with 413 before a view reads them.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config.update(test_config)
+
+    from remediator import extensions, health, receiver
+
+    extensions.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(receiver.bp)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        # Every error is JSON, so clients and Alertmanager logs show a reason, never an HTML page.
+        return {"error": exc.description or exc.name}, exc.code or 500
+
+    return app

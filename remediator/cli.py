@@ -1,0 +1,138 @@
+"""The ``remediator`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import click
+
+from remediator.config import Settings
+from remediator.exceptions import ConfigError
+
+DEFAULT_BIND = "0.0.0.0:8080"  # noqa: S104 - the receiver must be reachable by Alertmanager in a pod
+DEV_BIND = "127.0.0.1:8080"
+SHUTDOWN_GRACE = 10.0  # seconds children get to stop before they are killed
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _default_web_workers() -> int:
+    # The receiver is I/O-bound (Redis round trips): a few processes with threads each go far.
+    return min(2 * (os.cpu_count() or 1) + 1, 8)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ringrift-remediator")
+def main() -> None:
+    """ringrift-remediator: the CriticalSyncHosts runbook, automated safely."""
+
+
+@main.command()
+@click.option("--bind", default=DEFAULT_BIND, show_default=True, help="host:port to listen on")
+@click.option("--workers", type=int, default=None, help="gunicorn processes [min(2*cores+1, 8)]")
+@click.option("--threads", type=int, default=4, show_default=True, help="threads per process")
+@click.option("--timeout", type=int, default=30, show_default=True, help="request timeout, seconds")
+def serve(bind: str, workers: int | None, threads: int, timeout: int) -> None:
+    """Run the webhook receiver and API under gunicorn."""
+    from remediator.server import run_gunicorn
+
+    settings = _settings()
+    run_gunicorn(settings, bind=bind, workers=workers or _default_web_workers(), threads=threads,
+                 timeout=timeout)
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="run the jobs there are, then exit")
+@click.option("--name", default=None, help="worker name (default: rq's)")
+def worker(burst: bool, name: str | None) -> None:
+    """Run an RQ worker on the remediator's queue, with the scheduler and the ladder sweeper."""
+    from workers.runner import run_worker
+
+    run_worker(_settings(), burst=burst, name=name)
+
+
+def _terminate(procs: list[subprocess.Popen[Any]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@main.command()
+@click.option("--bind", default=DEV_BIND, show_default=True)
+@click.option("--workers", "rq_workers", type=int, default=1, show_default=True, help="RQ workers")
+def dev(bind: str, rq_workers: int) -> None:
+    """Receiver + worker in one command; starts an embedded Redis when REDIS_URL is unset."""
+    from remediator.embedded_redis import EmbeddedRedis
+
+    env = dict(os.environ)
+    embedded = None
+    workdir = tempfile.mkdtemp(prefix="remediator-dev-")
+    if not env.get("REDIS_URL"):
+        embedded = EmbeddedRedis(os.path.join(workdir, "redis")).start()
+        env["REDIS_URL"] = embedded.url
+        click.echo(f"embedded redis-server at {embedded.url} (pid {embedded.process.pid})")
+    if not env.get("REMEDIATOR_WEBHOOK_TOKEN") and not env.get("REMEDIATOR_WEBHOOK_TOKEN_FILE"):
+        token_file = os.path.join(workdir, "webhook-token")
+        with open(token_file, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_urlsafe(24))
+        os.chmod(token_file, 0o600)
+        env["REMEDIATOR_WEBHOOK_TOKEN_FILE"] = token_file
+        click.echo(f"webhook token written to {token_file} (send it as 'Authorization: Bearer <token>')")
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(workdir, "metrics"))
+    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    procs: list[subprocess.Popen[Any]] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        py = sys.executable
+        procs.append(subprocess.Popen([py, "-m", "remediator", "serve", "--bind", bind, "--workers", "2"],
+                                      env=env))
+        for _ in range(rq_workers):
+            procs.append(subprocess.Popen([py, "-m", "remediator", "worker"], env=env))
+        click.echo(f"receiver on http://{bind}  (Ctrl-C stops everything)")
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        failed = [p.args for p in procs if p.poll() is not None]
+        raise click.ClickException(f"a child process exited: {failed}")
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        _terminate(procs)
+        if embedded:
+            embedded.stop()
+
+
+def _attach_optional_commands() -> None:
+    from remediator.rules.cli import rules
+
+    main.add_command(rules)
+
+
+_attach_optional_commands()
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))

@@ -1,0 +1,199 @@
+"""Clients for the RingRift coordinator: the HTTP API of the contract, or in-process ``SyncCoordinator``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+
+from remediator.config import Settings
+from remediator.exceptions import CoordinatorError
+from remediator.hosts import is_valid_host_id
+
+log = logging.getLogger("remediator.coordinator")
+
+RETRIES = 3  # attempts for one call on 5xx / connection errors
+BACKOFF = 0.5  # seconds, doubled after each failed attempt
+IN_PROCESS_MODULE = "app.coordination.sync_coordinator"
+
+_ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+_PATH = re.compile(r"^/[A-Za-z0-9._/-]{0,1023}$")
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """One host as the coordinator describes it, every field validated before use."""
+
+    host_id: str
+    state: str
+    last_sync: float | None
+    retired: bool
+    address: str | None
+    ssh_user: str | None
+    ssh_port: int
+    provider: str | None
+    instance_id: str | None
+    data_dir: str
+    sync_log: str | None = None
+
+    @classmethod
+    def from_api(cls, host_id: str, raw: dict[str, Any]) -> HostRecord:
+        def checked(name: str, pattern: re.Pattern[str], default: str | None = None) -> str | None:
+            value = raw.get(name, default)
+            if value is None or value == "":
+                return default
+            if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value.split("/"):
+                raise CoordinatorError(f"coordinator gave host {host_id} an unsafe {name}: {str(value)[:60]!r}")
+            return value
+
+        port = raw.get("ssh_port", 22)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise CoordinatorError(f"coordinator gave host {host_id} an invalid ssh_port: {port!r}")
+        instance = raw.get("instance_id")
+        return cls(
+            host_id=host_id,
+            state=str(raw.get("state", "unknown")),
+            last_sync=_timestamp(raw.get("last_sync")),
+            retired=bool(raw.get("retired", False)),
+            address=checked("address", _ADDRESS),
+            ssh_user=checked("ssh_user", _USER),
+            ssh_port=port,
+            provider=str(raw["provider"]) if raw.get("provider") else None,
+            instance_id=str(instance) if instance not in (None, "") else None,
+            data_dir=checked("data_dir", _PATH, "/data/selfplay") or "/data/selfplay",
+            sync_log=checked("sync_log", _PATH),
+        )
+
+
+def _timestamp(value: Any) -> float | None:
+    """last_sync as unix seconds: the contract's number, or an ISO-8601 string."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+class Coordinator(Protocol):
+    def hosts(self) -> dict[str, HostRecord]: ...
+    def host(self, host_id: str) -> HostRecord | None: ...
+    def force_sync(self, host_id: str) -> dict[str, Any]: ...
+    def unretire(self, host_id: str) -> dict[str, Any]: ...
+    def retire(self, host_id: str, reason: str, acknowledge_loss: bool) -> dict[str, Any]: ...
+    def pause_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]: ...
+    def resume_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]: ...
+    def record_data_loss(self, record: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class HttpCoordinator:
+    """The coordinator HTTP API of the contract, with bounded retries and backoff on 5xx."""
+
+    def __init__(self, base_url: str, admin_key: str | None, timeout: float = 10.0,
+                 retries: int = RETRIES, backoff: float = BACKOFF) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._admin_key = admin_key
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.session = requests.Session()
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, admin: bool = False) -> Any:
+        headers = {"X-Admin-Key": self._admin_key} if admin and self._admin_key else {}
+        delay = self.backoff
+        last = ""
+        for attempt in range(1, self.retries + 1):
+            try:
+                resp = self.session.request(method, self.base_url + path, json=body, headers=headers,
+                                            timeout=self.timeout)
+            except requests.RequestException as exc:
+                last = f"{type(exc).__name__}"
+            else:
+                if resp.status_code < 500:
+                    if resp.status_code >= 400:
+                        raise CoordinatorError(f"{method} {path} answered {resp.status_code}: {resp.text[:200]}")
+                    return resp.json() if resp.content else {}
+                last = f"HTTP {resp.status_code}"
+            if attempt < self.retries:
+                log.warning("coordinator %s %s failed (%s); retrying in %.1fs", method, path, last, delay)
+                time.sleep(delay)  # bounded: at most retries-1 short backoffs inside one step
+                delay *= 2
+        raise CoordinatorError(f"{method} {path} failed after {self.retries} attempts: {last}")
+
+    def hosts(self) -> dict[str, HostRecord]:
+        raw = self._call("GET", "/sync/hosts")
+        if not isinstance(raw, dict):
+            raise CoordinatorError("GET /sync/hosts did not return an object")
+        return {h: HostRecord.from_api(h, r) for h, r in raw.items() if is_valid_host_id(h) and isinstance(r, dict)}
+
+    def host(self, host_id: str) -> HostRecord | None:
+        return self.hosts().get(host_id)
+
+    def force_sync(self, host_id: str) -> dict[str, Any]:
+        return self._call("POST", f"/sync/hosts/{host_id}/sync", {"force": True})
+
+    def unretire(self, host_id: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/unretire", {"host_id": host_id}, admin=True)
+
+    def retire(self, host_id: str, reason: str, acknowledge_loss: bool) -> dict[str, Any]:
+        body = {"host_id": host_id, "reason": reason, "acknowledge_loss": acknowledge_loss}
+        return self._call("POST", "/admin/retire-host", body, admin=True)
+
+    def pause_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/pause-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True)
+
+    def resume_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]:
+        return self._call("POST", "/admin/resume-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True)
+
+    def record_data_loss(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/admin/data-loss", record, admin=True)
+
+
+class InProcessCoordinator:
+    """Inside the RingRift code base: ``SyncCoordinator.get_instance()`` instead of HTTP.
+
+    Admin calls the in-process API does not offer fall back to the HTTP client.
+    """
+
+    def __init__(self, module: Any, http: HttpCoordinator) -> None:
+        self.sync = module.SyncCoordinator.get_instance()
+        self.http = http
+
+    def hosts(self) -> dict[str, HostRecord]:
+        statuses = self.sync.get_host_statuses()
+        return {h: HostRecord.from_api(h, dict(s)) for h, s in statuses.items() if is_valid_host_id(h)}
+
+    def host(self, host_id: str) -> HostRecord | None:
+        return self.hosts().get(host_id)
+
+    def force_sync(self, host_id: str) -> dict[str, Any]:
+        result = self.sync.sync_host(host_id, force=True)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return {"requested": True, "result": result if isinstance(result, dict | bool | None) else str(result)}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.http, name)
+
+
+def coordinator_from_settings(settings: Settings) -> Coordinator:
+    """The in-process backend when RingRift's module is importable, else the HTTP client."""
+    http = HttpCoordinator(settings.coordinator_url, settings.coordinator_admin_key, settings.coordinator_timeout)
+    try:
+        module = importlib.import_module(IN_PROCESS_MODULE)
+    except ImportError:
+        return http
+    return InProcessCoordinator(module, http)

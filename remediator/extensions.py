@@ -1,0 +1,67 @@
+"""Clients attached to the app by ``init_app`` into ``app.extensions`` (the Flask way)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+
+from remediator.config import Settings
+
+REDIS_SOCKET_TIMEOUT = 5.0  # seconds; a hung Redis must turn into a 503, not a hung request
+REDIS_CONNECT_TIMEOUT = 2.0  # seconds
+
+
+def redis_from_settings(settings: Settings) -> redis.Redis | None:
+    if not settings.redis_url:
+        return None
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
+class StaticRules:
+    """The shipped rules, loaded once (no file to watch)."""
+
+    def __init__(self) -> None:
+        from remediator.rules import load_rules
+
+        self._rules = load_rules(None)
+
+    def current(self) -> Any:
+        return self._rules
+
+
+def rules_source(settings: Settings) -> Any:
+    """A watcher on REMEDIATOR_RULES_FILE (reloaded on change), or the shipped rules."""
+    if not settings.rules_file:
+        return StaticRules()
+    from remediator import metrics
+    from remediator.rules import RulesWatcher
+
+    return RulesWatcher(settings.rules_file, on_error=lambda _err: metrics.RULES_RELOAD_FAILURES.inc())
+
+
+def init_app(app: Flask) -> None:
+    settings: Settings = app.config["SETTINGS"]
+    app.extensions["redis"] = redis_from_settings(settings)
+    app.extensions["rules"] = rules_source(settings)
+
+
+def get_settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def get_redis() -> redis.Redis:
+    conn = current_app.extensions.get("redis")
+    if conn is None:
+        raise redis.ConnectionError("REDIS_URL is not set")
+    return conn
+
+
+def get_rules() -> Any:
+    return current_app.extensions["rules"].current()

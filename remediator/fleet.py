@@ -1,0 +1,157 @@
+"""The runbook's Escalation section at fleet scale: several hosts critical at once.
+
+A sliding window of critical hosts lives in Redis. When the rules see a storm they ask for a cluster
+network check and a provider status check (once per storm), page once per storm when data loss is
+imminent, and pause selfplay on exactly the affected hosts; each host resumes when it recovers, and the
+page is resolved when the storm is over. While the provider or the network is down, the rules hold the
+per-host ladders instead of hammering hosts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+from remediator import keys
+from remediator.exceptions import CoordinatorError
+from remediator.paging import open_incident, resolve_incident
+
+log = logging.getLogger("remediator.fleet")
+
+FLEET_LOCK_TTL = 30  # seconds one fleet evaluation may hold the fleet lock
+PROVIDER_CHECK_MAX_AGE = 10.0  # seconds a provider status reading is reused
+
+
+def _fleet(conn: Any) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.FLEET).items()}
+
+
+def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
+    conn = ctx.conn
+    window = ctx.rules.fleet.window_minutes * 60
+    fleet = _fleet(conn)
+    if refresh and fleet.get("provider_ok") == "0":
+        # A provider outage is re-checked while it lasts, so held ladders resume when it clears.
+        if time.time() - float(fleet.get("provider_checked_at") or 0) > PROVIDER_CHECK_MAX_AGE:
+            _check_provider(ctx)
+            fleet = _fleet(conn)
+    return {
+        "critical_hosts": conn.zcount(keys.FLEET_CRITICAL, time.time() - window, "+inf"),
+        "storm_active": fleet.get("storm") == "1",
+        "cluster_network_ok": fleet.get("network_ok") != "0",
+        "provider_status_ok": fleet.get("provider_ok") != "0",
+        "paused_hosts": conn.scard(keys.PAUSED),
+    }
+
+
+def _check_provider(ctx: Any) -> bool:
+    from remediator.providers import provider_statuses
+
+    statuses = provider_statuses(ctx.settings)
+    ok = all(v is not False for v in statuses.values())
+    ctx.conn.hset(keys.FLEET, mapping={"provider_ok": "1" if ok else "0",
+                                       "provider_checked_at": f"{time.time():.3f}",
+                                       "provider_statuses": json.dumps(statuses)})
+    return ok
+
+
+def _check_network(ctx: Any) -> bool:
+    from remediator.netcheck import probe
+
+    endpoints = list(ctx.settings.network_probes)
+    parsed = urlparse(ctx.settings.coordinator_url)
+    if parsed.hostname:
+        endpoints.append(f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}")
+    result = probe(endpoints, timeout=min(5.0, ctx.settings.ssh_connect_timeout))
+    ctx.conn.hset(keys.FLEET, mapping={"network_ok": "1" if result.ok else "0",
+                                       "network_checked_at": f"{time.time():.3f}",
+                                       "network_detail": json.dumps({"reachable": result.reachable,
+                                                                     "total": result.total})})
+    return result.ok
+
+
+def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any]) -> None:
+    """Record the host in (or out of) the critical window, then evaluate the fleet."""
+    if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
+        ctx.conn.zrem(keys.FLEET_CRITICAL, host_id)
+    else:
+        ctx.conn.zadd(keys.FLEET_CRITICAL, {host_id: time.time()})
+    if facts.get("cloud_state") == "unknown":
+        _check_provider(ctx)
+    evaluate(ctx)
+
+
+def host_recovered(ctx: Any, host_id: str) -> None:
+    """A ladder ended healthy: leave the window, resume selfplay if we paused it, maybe end the storm."""
+    conn = ctx.conn
+    conn.zrem(keys.FLEET_CRITICAL, host_id)
+    if conn.sismember(keys.PAUSED, host_id) and not ctx.dry_run:
+        try:
+            ctx.coordinator.resume_selfplay([host_id], "remediator: host recovered")
+            conn.srem(keys.PAUSED, host_id)
+        except CoordinatorError as exc:
+            log.error("could not resume selfplay on %s: %s", host_id, exc)
+    evaluate(ctx)
+
+
+def evaluate(ctx: Any) -> dict[str, Any]:
+    """One fleet evaluation under the fleet lock (another worker evaluating is enough)."""
+    conn = ctx.conn
+    token = uuid.uuid4().hex
+    if not conn.set(keys.FLEET_LOCK, token, nx=True, ex=FLEET_LOCK_TTL):
+        return {"skipped": "another worker is evaluating the fleet"}
+    try:
+        return _evaluate(ctx)
+    finally:
+        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                  1, keys.FLEET_LOCK, token)
+
+
+def _evaluate(ctx: Any) -> dict[str, Any]:
+    conn = ctx.conn
+    rules = ctx.rules
+    facts = fleet_facts(ctx, refresh=False)
+    fleet = _fleet(conn)
+    storm = facts["critical_hosts"] >= rules.fleet.storm_threshold
+    done: dict[str, Any] = {"critical_hosts": facts["critical_hosts"], "storm": storm}
+    if storm and fleet.get("storm") != "1":
+        storm_id = uuid.uuid4().hex[:12]
+        conn.hset(keys.FLEET, mapping={"storm": "1", "storm_id": storm_id, "storm_started_at": f"{time.time():.3f}"})
+        log.warning("storm %s: %d hosts critical within the window", storm_id, facts["critical_hosts"])
+        fleet = _fleet(conn)
+    storm_id = fleet.get("storm_id", "")
+    facts["storm_active"] = storm or fleet.get("storm") == "1"
+    decision = rules.decide(facts)
+    if decision.check_network and fleet.get("network_checked_for") != storm_id:
+        conn.hset(keys.FLEET, "network_checked_for", storm_id)
+        done["network_ok"] = _check_network(ctx)
+    if decision.check_provider and fleet.get("provider_checked_for") != storm_id:
+        conn.hset(keys.FLEET, "provider_checked_for", storm_id)
+        done["provider_ok"] = _check_provider(ctx)
+    facts = {**fleet_facts(ctx, refresh=False), "storm_active": facts["storm_active"]}
+    decision = rules.decide(facts)
+    window = rules.fleet.window_minutes * 60
+    affected = sorted(h.decode() for h in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"))
+    if facts["storm_active"] and storm_id:
+        for page in decision.pages[:1]:
+            done["page"] = open_incident(
+                conn, ctx.settings, dedup_key=f"remediator/storm/{storm_id}", severity=page.severity,
+                summary=f"{page.summary}: {len(affected)} hosts critical", targets=page.to or None,
+                hosts=tuple(affected), details={"facts": facts, "hosts": affected}, rule=page.rule)
+        if decision.pause_selfplay and not ctx.dry_run:
+            new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
+            if new:
+                try:
+                    ctx.coordinator.pause_selfplay(new, f"remediator: storm {storm_id}")
+                    conn.sadd(keys.PAUSED, *new)
+                    done["paused"] = new
+                except CoordinatorError as exc:
+                    log.error("could not pause selfplay on %s: %s", new, exc)
+    if not storm and fleet.get("storm") == "1" and not conn.scard(keys.PAUSED):
+        conn.hset(keys.FLEET, mapping={"storm": "0", "storm_ended_at": f"{time.time():.3f}"})
+        done["resolved"] = resolve_incident(conn, ctx.settings, f"remediator/storm/{storm_id}")
+    return done

@@ -1,0 +1,73 @@
+"""Structured logs: one JSON object per line on stdout, secrets redacted at the logging layer."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# Context carried into every log line of the current job or request (host_id, job_id, step, ...).
+log_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
+
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def bind(**fields: Any) -> contextvars.Token:
+    """Add fields to every log line until the returned token is reset."""
+    return log_context.set({**(log_context.get() or {}), **{k: v for k, v in fields.items() if v}})
+
+
+class Redactor:
+    """Replaces every configured secret value in a string."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is replaced whole.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self.redactor = redactor or Redactor(())
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(log_context.get() or {})
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return self.redactor(json.dumps(entry, default=str))
+
+
+def configure_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
+    """Route all logging (ours, rq's, gunicorn's error log) to JSON lines on stdout."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(Redactor(secrets)))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("rq.worker", "rq.scheduler", "rq.job", "gunicorn.error", "werkzeug"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True

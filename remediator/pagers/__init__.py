@@ -1,0 +1,112 @@
+"""Pagers: who is woken when the rules decide a human must act.
+
+Every pager whose settings are present receives the pages it is targeted with; with none configured
+a page is logged at ERROR and reported as undeliverable, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from remediator.config import Settings
+from remediator.exceptions import PagerError
+from remediator.pagers._http import RetryPolicy
+from remediator.pagers.alertmanager import AlertmanagerPager
+from remediator.pagers.base import Page, Pager
+from remediator.pagers.pagerduty import PagerDutyPager
+from remediator.pagers.webhook import WebhookPager
+
+__all__ = [
+    "ACTIONS",
+    "PAGERS",
+    "UNDELIVERABLE",
+    "AlertmanagerPager",
+    "Page",
+    "Pager",
+    "PagerDutyPager",
+    "RetryPolicy",
+    "WebhookPager",
+    "deliver",
+    "delivered",
+    "pagers_from_settings",
+]
+
+log = logging.getLogger(__name__)
+
+PAGERS: dict[str, type[PagerDutyPager] | type[WebhookPager] | type[AlertmanagerPager]] = {
+    "pagerduty": PagerDutyPager,
+    "webhook": WebhookPager,
+    "alertmanager": AlertmanagerPager,
+}
+ACTIONS = frozenset({"trigger", "resolve"})
+SENT = "sent"
+NOT_CONFIGURED = "not configured"
+# The key deliver() adds to its outcomes when no pager took the page.
+UNDELIVERABLE = "undeliverable"
+
+
+def pagers_from_settings(settings: Settings, *, retry: RetryPolicy | None = None) -> dict[str, Pager]:
+    """The pagers whose settings are present, keyed by their PAGERS name."""
+    pagers: dict[str, Pager] = {}
+    for name, cls in PAGERS.items():
+        pager = cls.from_settings(settings, retry=retry)
+        if pager is not None:
+            pagers[name] = pager
+    return pagers
+
+
+def deliver(
+    page: Page,
+    pagers: Mapping[str, Pager],
+    targets: Iterable[str] | None = None,
+    action: str = "trigger",
+) -> dict[str, str]:
+    """Send the page to each targeted pager; return each target's outcome.
+
+    Outcomes are ``"sent"``, ``"failed: <reason>"`` or ``"not configured"``; ``targets=None`` means
+    every configured pager. When no pager took the page the result also holds
+    ``"undeliverable": <why>`` and the page is logged at ERROR, so it is on record either way.
+    """
+    if action not in ACTIONS:
+        raise ValueError(f"deliver(action={action!r}): use one of {sorted(ACTIONS)}")
+    names = list(dict.fromkeys(pagers if targets is None else targets))
+    outcomes: dict[str, str] = {}
+    for name in names:
+        pager = pagers.get(name)
+        if pager is None:
+            if name not in PAGERS:
+                log.warning(
+                    "page %s: %r is not a known pager (known: %s)", page.dedup_key, name, sorted(PAGERS)
+                )
+            outcomes[name] = NOT_CONFIGURED
+            continue
+        try:
+            getattr(pager, action)(page)
+        except PagerError as exc:
+            log.error("page %s: %s via %s failed: %s", page.dedup_key, action, name, exc)
+            outcomes[name] = f"failed: {exc}"
+        else:
+            log.info("page %s: %s sent via %s", page.dedup_key, action, name)
+            outcomes[name] = SENT
+    if not delivered(outcomes):
+        tried = [n for n in names if outcomes[n] != NOT_CONFIGURED]
+        why = "every configured pager failed" if tried else "no pager configured"
+        outcomes[UNDELIVERABLE] = why
+        log.error(
+            "page %s undeliverable (%s; targets: %s): %s %s [%s] hosts=%s details=%s",
+            page.dedup_key,
+            why,
+            ", ".join(names) or "none",
+            action,
+            page.summary,
+            page.severity,
+            ",".join(page.hosts) or "-",
+            page.details,
+        )
+    return outcomes
+
+
+def delivered(outcomes: Mapping[str, str]) -> bool:
+    """Whether at least one pager took the page."""
+    return any(outcome == SENT for outcome in outcomes.values())

@@ -1,0 +1,68 @@
+"""Exactly one page per incident, however many hosts, workers and re-sent alerts ask for it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+
+from remediator import keys, metrics
+from remediator.config import Settings
+from remediator.pagers import deliver, pagers_from_settings
+from remediator.pagers.base import Page
+
+log = logging.getLogger("remediator.paging")
+
+INCIDENT_TTL = 7 * 86400  # seconds an open incident is remembered
+
+
+def open_incident(conn: redis.Redis, settings: Settings, *, dedup_key: str, summary: str, severity: str,
+                  targets: tuple[str, ...] | None, hosts: tuple[str, ...] = (),
+                  details: dict[str, Any] | None = None, rule: str = "") -> dict[str, Any]:
+    """Trigger a page unless this incident is already open; returns what happened (for the audit)."""
+    key = keys.INCIDENT.format(dedup_key)
+    record = {"dedup_key": dedup_key, "summary": summary, "severity": severity, "rule": rule,
+              "hosts": json.dumps(list(hosts)), "opened_at": f"{time.time():.3f}",
+              "targets": json.dumps(list(targets) if targets else None)}
+    # HSETNX on a marker field claims the incident atomically: only the first caller pages.
+    if not conn.hsetnx(key, "dedup_key", dedup_key):
+        return {"dedup_key": dedup_key, "paged": False, "reason": "incident already open"}
+    conn.hset(key, mapping=record)
+    conn.expire(key, INCIDENT_TTL)
+    conn.sadd(keys.INCIDENTS, dedup_key)
+    page = Page(dedup_key=dedup_key, summary=summary, severity=severity, source="ringrift-remediator",
+                details=details or {}, hosts=hosts)
+    outcomes = deliver(page, pagers_from_settings(settings), list(targets) if targets else None)
+    for pager, outcome in outcomes.items():
+        metrics.PAGES.labels(pager=pager, action="trigger", result=outcome.split(":")[0]).inc()
+    conn.hset(key, "outcomes", json.dumps(outcomes))
+    return {"dedup_key": dedup_key, "paged": True, "outcomes": outcomes}
+
+
+def resolve_incident(conn: redis.Redis, settings: Settings, dedup_key: str) -> dict[str, Any]:
+    """Resolve an open incident once; a second call finds nothing open."""
+    key = keys.INCIDENT.format(dedup_key)
+    if not conn.srem(keys.INCIDENTS, dedup_key):
+        return {"dedup_key": dedup_key, "resolved": False, "reason": "no open incident"}
+    raw = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
+    conn.delete(key)
+    page = Page(dedup_key=dedup_key, summary=raw.get("summary") or dedup_key,
+                severity=raw.get("severity") or "critical", source="ringrift-remediator",
+                hosts=tuple(json.loads(raw.get("hosts") or "[]")))
+    targets = json.loads(raw.get("targets") or "null")
+    outcomes = deliver(page, pagers_from_settings(settings), targets, action="resolve")
+    for pager, outcome in outcomes.items():
+        metrics.PAGES.labels(pager=pager, action="resolve", result=outcome.split(":")[0]).inc()
+    return {"dedup_key": dedup_key, "resolved": True, "outcomes": outcomes}
+
+
+def open_incidents(conn: redis.Redis) -> list[dict[str, Any]]:
+    out = []
+    for dedup_key in sorted(k.decode() for k in conn.smembers(keys.INCIDENTS)):
+        raw = {k.decode(): v.decode() for k, v in conn.hgetall(keys.INCIDENT.format(dedup_key)).items()}
+        if raw:
+            out.append(raw)
+    return out

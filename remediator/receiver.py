@@ -1,0 +1,127 @@
+"""``POST /webhook/alertmanager``: validate, authenticate, resolve hosts, dedupe, store, answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from flask import Blueprint, request
+
+from remediator import keys, metrics
+from remediator.auth import check_authorization
+from remediator.extensions import get_redis, get_rules, get_settings
+from remediator.intake import LadderLimit, LadderRequest, cancel_ladder, start_ladders
+from remediator.payload import Alert, HostIdError, PayloadError, parse_payload
+
+bp = Blueprint("receiver", __name__)
+log = logging.getLogger("remediator.receiver")
+
+FLEET_WINDOW_KEEP = 86400  # seconds of critical-host sightings kept in the fleet window
+
+
+def _answer(code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+    metrics.WEBHOOK_REQUESTS.labels(code=str(code)).inc()
+    return body, code, headers or {}
+
+
+def _error(code: int, error: str, field: str | None = None, **extra: Any) -> Any:
+    body: dict[str, Any] = {"error": error}
+    if field:
+        body["field"] = field
+    body.update(extra)
+    headers = {"WWW-Authenticate": 'Bearer realm="remediator"'} if code == 401 else None
+    return _answer(code, body, headers)
+
+
+@bp.post("/webhook/alertmanager")
+def alertmanager() -> Any:
+    settings = get_settings()
+    if not check_authorization(request.headers.get("Authorization"), settings.webhook_token):
+        return _error(401, "missing or wrong credentials: send 'Authorization: Bearer <token>' "
+                           "(http_config.authorization) or basic auth with the token as password")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return _error(413, f"body larger than {settings.max_body_bytes} bytes (REMEDIATOR_MAX_BODY_BYTES)")
+    if not request.is_json:
+        return _error(415, "Content-Type must be application/json", field="Content-Type")
+    body = request.get_json(silent=True)
+    if body is None:
+        return _error(400, "body is not valid JSON", field="(body)")
+    try:
+        alerts = parse_payload(body)
+    except PayloadError as exc:
+        return _error(400, exc.message, field=exc.field)
+    except HostIdError as exc:
+        return _error(422, "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$; nothing was accepted",
+                      field=exc.field)
+    try:
+        answer = _store(alerts)
+    except redis.RedisError as exc:
+        log.error("could not store alerts: %s", type(exc).__name__)
+        return _error(503, "work could not be stored (Redis unavailable); retry later", retry=True)
+    for bucket, outcome in (("accepted", "accepted"), ("skipped", "skipped"), ("resolved", "cancelled"),
+                            ("recorded", "fleet")):
+        for item in answer[bucket]:
+            metrics.ALERTS.labels(status=item.get("status", "firing"), outcome=outcome).inc()
+    return _answer(202, answer)
+
+
+def _store(alerts: list[Alert]) -> dict[str, Any]:
+    """Store what the alerts ask for; raise RedisError (→ 503) if any of it could not be stored."""
+    conn = get_redis()
+    rules = get_rules()
+    settings = get_settings()
+    requests_: list[LadderRequest] = []
+    skipped: list[dict[str, Any]] = []
+    resolved: list[dict[str, Any]] = []
+    recorded: list[dict[str, Any]] = []
+    critical_seen: dict[str, float] = {}
+    now = time.time()
+    for alert in alerts:
+        entry = {"host_id": alert.host_id, "fingerprint": alert.fingerprint, "alertname": alert.alertname,
+                 "status": alert.status}
+        if rules.feeds_fleet(alert.alertname):
+            recorded.append(entry)
+            continue
+        if not rules.starts_ladder(alert.alertname):
+            skipped.append({**entry, "reason": f"alertname {alert.alertname!r} does not start a ladder "
+                                               "(rules alerts.start_ladder)"})
+            continue
+        if alert.status == "resolved":
+            if alert.host_id is None:
+                skipped.append({**entry, "reason": "resolved cluster-level alert: nothing to cancel"})
+            else:
+                resolved.append({**entry, **cancel_ladder(conn, alert.host_id, "alert resolved",
+                                                          alert.fingerprint)})
+            continue
+        if alert.host_id is not None:
+            critical_seen[alert.host_id] = now
+        requests_.append(LadderRequest(
+            host_id=alert.host_id, fingerprint=alert.fingerprint, alertname=alert.alertname,
+            reason=f"{alert.alertname} firing" + ("" if alert.host_id else ": discover critical hosts"),
+            dry_run=settings.dry_run))
+    if recorded:
+        fleet = {f"alert:{a['alertname']}": f"{a['status']} {now:.3f}" for a in recorded}
+        conn.hset(keys.FLEET, mapping=fleet)
+    if critical_seen:
+        with conn.pipeline() as pipe:
+            pipe.zadd(keys.FLEET_CRITICAL, critical_seen)
+            pipe.zremrangebyscore(keys.FLEET_CRITICAL, "-inf", now - FLEET_WINDOW_KEEP)
+            pipe.execute()
+    policy = rules.ladder.max_ladders_per_host
+    limit = LadderLimit(count=policy.count, window_seconds=policy.window_minutes * 60)
+    result = start_ladders(conn, settings.queue, requests_, limit)
+    by_fp = {a.fingerprint: a for a in alerts}
+    for item in result.accepted + result.skipped:
+        alert = by_fp.get(item["fingerprint"])
+        if alert:
+            item.setdefault("alertname", alert.alertname)
+            item.setdefault("status", alert.status)
+    return {
+        "status": "accepted",
+        "accepted": result.accepted,
+        "skipped": skipped + result.skipped,
+        "resolved": resolved,
+        "recorded": recorded,
+    }

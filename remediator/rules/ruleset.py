@@ -1,0 +1,62 @@
+"""A loaded rules file (``RuleSet``) and what it decides for a set of facts (``Decision``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from remediator.rules.conditions import evaluate
+from remediator.rules.types import FleetPolicy, LadderPolicy, PageAction, RetirementPolicy, Rule
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the rules decided for one set of facts: the union of every matching rule's ``then``."""
+
+    matched: tuple[str, ...] = ()
+    pages: tuple[PageAction, ...] = ()
+    pause_selfplay: bool = False
+    resume_selfplay: bool = False
+    hold_ladders: bool = False
+    check_network: bool = False
+    check_provider: bool = False
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A loaded, checked rules file and the questions the receiver, ladder and fleet view ask it."""
+
+    source: str
+    start_ladder: frozenset[str]
+    fleet_only: frozenset[str]
+    ladder: LadderPolicy
+    fleet: FleetPolicy
+    retirement: RetirementPolicy
+    rules: tuple[Rule, ...]
+
+    def starts_ladder(self, alertname: str) -> bool:
+        """Whether this alertname starts a per-host ladder."""
+        return alertname in self.start_ladder
+
+    def feeds_fleet(self, alertname: str) -> bool:
+        """Whether this alertname only feeds the fleet view (``alerts.fleet_only``): it starts no ladder."""
+        return alertname in self.fleet_only
+
+    def may_retire(self, facts: Mapping[str, Any]) -> bool:
+        """Whether the ladder may retire the host by itself: retirement is automatic and `when` holds."""
+        return self.retirement.automatic and evaluate(self.retirement.when, facts)
+
+    def decide(self, facts: Mapping[str, Any]) -> Decision:
+        """Evaluate every rule against ``facts`` and merge the actions of those that hold, in file order."""
+        matched = [rule for rule in self.rules if evaluate(rule.when, facts)]
+        actions = [rule.then for rule in matched]
+        return Decision(
+            matched=tuple(rule.name for rule in matched),
+            pages=tuple(action.page for action in actions if action.page is not None),
+            pause_selfplay=any(action.pause_selfplay for action in actions),
+            resume_selfplay=any(action.resume_selfplay for action in actions),
+            hold_ladders=any(action.hold_ladders for action in actions),
+            check_network=any(action.check_network for action in actions),
+            check_provider=any(action.check_provider for action in actions),
+        )

@@ -1,0 +1,121 @@
+"""The typed records a rules file becomes: small, frozen, and free of YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from remediator.rules.facts import Scope
+
+OPERATORS: tuple[str, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
+PAGER_TARGETS: tuple[str, ...] = ("pagerduty", "webhook", "alertmanager")
+SEVERITIES: tuple[str, ...] = ("critical", "error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``{fact: NAME, OP: VALUE}``; for ``in`` the value is a tuple."""
+
+    fact: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """``all: [...]``: every condition holds."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """``any: [...]``: at least one condition holds."""
+
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    """``not: {...}``: the condition does not hold."""
+
+    condition: Condition
+
+
+Condition = Comparison | AllOf | AnyOf | Not
+
+
+@dataclass(frozen=True)
+class PageAction:
+    """A page a rule decided on: PagerDuty severity, literal summary, pagers to use, the deciding rule.
+
+    ``scope`` is ``"fleet"`` when the rule tests fleet facts only (one incident for the whole fleet, so
+    dedupe on the rule name) and ``"host"`` otherwise (one incident per host: rule name and host id).
+    """
+
+    severity: str
+    summary: str
+    to: tuple[str, ...]
+    rule: str
+    scope: Scope = "host"
+
+
+@dataclass(frozen=True)
+class Action:
+    """A rule's ``then``; ``pause_selfplay``/``resume_selfplay`` hold the hosts (``"affected"``) or None."""
+
+    page: PageAction | None = None
+    pause_selfplay: str | None = None
+    resume_selfplay: str | None = None
+    hold_ladders: bool = False
+    check_network: bool = False
+    check_provider: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named rule: when ``when`` holds, ``then`` applies. ``scope``: see PageAction."""
+
+    name: str
+    when: Condition
+    then: Action
+    description: str = ""
+    line: int = 0
+    scope: Scope = "host"
+
+
+@dataclass(frozen=True)
+class LadderLimit:
+    """At most ``count`` ladders per host within ``window_minutes``."""
+
+    count: int
+    window_minutes: float
+
+
+@dataclass(frozen=True)
+class LadderPolicy:
+    """Limits and timeouts of the per-host ladder; units as the names say."""
+
+    attempts_per_step: int
+    verify_wait_seconds: float
+    verify_timeout_seconds: float
+    recheck_interval_seconds: float
+    unreachable_escalate_after_minutes: float
+    deadline_minutes: float
+    max_ladders_per_host: LadderLimit
+
+
+@dataclass(frozen=True)
+class FleetPolicy:
+    """The fleet view's sliding window and storm threshold."""
+
+    window_minutes: float
+    storm_threshold: int
+
+
+@dataclass(frozen=True)
+class RetirementPolicy:
+    """Whether the ladder may retire a host by itself, and under which condition."""
+
+    automatic: bool
+    when: Condition

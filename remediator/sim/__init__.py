@@ -1,0 +1,12 @@
+"""A simulated RingRift cluster for tests, benchmarks and the demo.
+
+``SimCluster`` starts a coordinator (the DESIGN.md contract), one real OpenSSH ``sshd`` per host with a
+sync agent, self-play game files and command shims, fake Vast.ai and Lambda Cloud APIs, and offers
+fault injection. See ``remediator.sim.cluster`` for the layout and ``remediator.sim.testing`` for the
+pytest fixtures.
+"""
+
+from remediator.sim.cluster import COUNTERS, SimCluster, SimHost, UnsyncedGames
+from remediator.sim.errors import SimError
+
+__all__ = ["COUNTERS", "SimCluster", "SimError", "SimHost", "UnsyncedGames"]

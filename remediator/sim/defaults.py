@@ -1,0 +1,17 @@
+"""Defaults of the simulated cluster; every constant says its unit.
+
+The thresholds are small so that tests see a host go lagging and critical in seconds, not hours.
+"""
+
+LAGGING_AFTER = 3.0  # seconds since the last sync before a host is "lagging"
+CRITICAL_AFTER = 6.0  # seconds since the last sync before a host is "critical"
+SYNC_INTERVAL = 1.0  # seconds between two syncs of a healthy sync agent
+GAME_INTERVAL = 2.0  # seconds between two game files written by a host's self-play
+GAMES_PER_FILE = 3  # games in one game file (one SQLite database)
+TRIGGER_POLL = 0.1  # seconds between two looks of an agent for a force-sync request
+DIES_AFTER = 0.5  # seconds an agent with the "dies after restart" fault lives
+STARTUP_TIMEOUT = 30.0  # seconds the cluster may take to come up before start() fails
+STOP_TIMEOUT = 5.0  # seconds a process gets after SIGTERM before SIGKILL
+PROVIDERS = ("vast", "lambda")  # assigned to hosts in turn
+VAST_FIRST_INSTANCE_ID = 7_000_001  # Vast.ai instance ids are integers
+VAST_PAGE_LIMIT = 25  # rows per page of Vast.ai's /api/v1/instances/ unless the client asks otherwise

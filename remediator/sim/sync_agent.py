@@ -1,0 +1,156 @@
+"""The sync agent of one simulated host: ships new self-play games to the coordinator.
+
+Run by file with the standard library only (``python -E -s -S sync_agent.py --host-root ...``) so that
+200 of them start fast and fit in memory. Every ``--interval`` seconds, and within ``TRIGGER_POLL``
+seconds of a force-sync request (the coordinator creates ``run/force_sync``), it takes the host's
+self-play lock, reads the clock (T), and posts every game created after its cursor and up to T to
+``POST /sim/hosts/<id>/ingest``; the coordinator stores them and sets ``last_sync = T``. So a game is
+unsynced exactly when its ``created_at`` is later than the coordinator's ``last_sync``.
+
+Faults: SIGUSR1 wedges it (alive, never syncs again); ``run/faults/disk_full`` makes every sync fail
+with ENOSPC; ``run/faults/dies_after_restart`` makes it die shortly after starting; the cluster's
+network-down flag makes syncs fail as unreachable. It never deletes a game file. It exits by itself
+when the process that owns the sim (``--owner-pid``) is gone, so a crashed test leaves no agent behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+try:
+    from remediator.sim import games, procs
+    from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths
+except ImportError:  # run by file without the package on sys.path (the normal case)
+    import games  # type: ignore[no-redef]
+    import procs  # type: ignore[no-redef]
+    from layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths  # type: ignore[no-redef]
+
+TRIGGER_POLL = 0.1  # seconds between two looks for a force-sync request
+DIES_AFTER = 0.5  # seconds an agent with the "dies after restart" fault lives
+HTTP_TIMEOUT = 10.0  # seconds for one ingest call
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.host_id: str = args.host_id
+        self.paths = HostPaths(args.host_root)
+        self.coordinator = urlsplit(args.coordinator)
+        self.interval: float = args.interval
+        self.network_flag = Path(args.network_flag) if args.network_flag else None
+        self.owner_pid: int | None = args.owner_pid
+        self.wedged = False
+        self.stopping = False
+
+    def log(self, level: str, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        line = f"{stamp} {level} sync_agent[{os.getpid()}] host_id={self.host_id} {message}\n"
+        with open(self.paths.sync_log, "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def cursor(self) -> float:
+        try:
+            return float(self.paths.cursor.read_text().strip())
+        except (OSError, ValueError):
+            return 0.0  # unknown: ship everything, the coordinator deduplicates
+
+    def sync(self, reason: str) -> None:
+        if self.network_flag is not None and self.network_flag.exists():
+            self.log("ERROR", f"sync failed ({reason}): [Errno 101] Network is unreachable")
+            return
+        if self.paths.has_fault(DISK_FULL):
+            self.log("ERROR", f"sync failed ({reason}): [Errno 28] No space left on device")
+            return
+        since = self.cursor()
+        with games.selfplay_lock(self.paths.selfplay_lock):
+            until = time.time()
+            new = games.games_since(self.paths.data, since)
+        body = json.dumps({"synced_until": until, "games": [list(g) for g in new]})
+        try:
+            status, answer = self.post(f"/sim/hosts/{self.host_id}/ingest", body)
+        except OSError as exc:
+            self.log("ERROR", f"sync failed ({reason}): coordinator unreachable: {exc}")
+            return
+        if status != 200:
+            self.log("WARNING", f"sync refused ({reason}): HTTP {status}: {answer.get('error', answer)}")
+            return
+        tmp = self.paths.cursor.with_suffix(".tmp")
+        tmp.write_text(f"{until!r}\n")
+        os.replace(tmp, self.paths.cursor)
+        self.log(
+            "INFO", f"synced {len(new)} games ({reason}) new={answer.get('new_games')} last_sync={until:.3f}"
+        )
+
+    def post(self, path: str, body: str) -> tuple[int, dict[str, object]]:
+        conn = http.client.HTTPConnection(
+            self.coordinator.hostname or "127.0.0.1", self.coordinator.port or 80, timeout=HTTP_TIMEOUT
+        )
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        try:
+            answer = json.loads(raw or b"{}")
+        except ValueError:
+            answer = {"error": raw[:200].decode("utf-8", "replace")}
+        return response.status, answer if isinstance(answer, dict) else {"answer": answer}
+
+    def owner_gone(self) -> bool:
+        return self.owner_pid is not None and not procs.alive(self.owner_pid)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "wedged", True))
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        self.paths.wedged.unlink(missing_ok=True)
+        self.log("INFO", "sync agent started")
+        if self.paths.has_fault(DIES_AFTER_RESTART):
+            time.sleep(DIES_AFTER)
+            self.log("ERROR", "sync agent crashed: RuntimeError: sync state corrupt (exit 1)")
+            return 1
+        next_sync = 0.0
+        while not self.stopping:
+            if self.owner_gone():
+                return 0
+            if self.wedged:
+                self.paths.wedged.touch()  # for the sim: no sync is in flight from here on
+                time.sleep(TRIGGER_POLL)
+                continue
+            requested = self.paths.force_sync.exists()
+            if requested or time.monotonic() >= next_sync:
+                if requested:
+                    self.paths.force_sync.unlink(missing_ok=True)
+                try:
+                    self.sync("forced" if requested else "periodic")
+                except Exception as exc:  # one failed sync must not kill the agent
+                    self.log("ERROR", f"sync failed: {type(exc).__name__}: {exc}")
+                next_sync = time.monotonic() + self.interval
+            time.sleep(TRIGGER_POLL)
+        self.log("INFO", "sync agent stopped")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host-id", required=True)
+    parser.add_argument("--host-root", required=True)
+    parser.add_argument("--coordinator", required=True, help="base URL of the sim coordinator")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between syncs")
+    parser.add_argument("--network-flag", help="file whose existence means the network is down")
+    parser.add_argument("--owner-pid", type=int, help="exit when this process is gone")
+    try:
+        return Agent(parser.parse_args(argv)).run()
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

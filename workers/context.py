@@ -1,0 +1,58 @@
+"""What a job needs, built from the environment and the current RQ job: nothing global."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import redis
+from rq import Queue, get_current_job
+
+from remediator.config import Settings
+from remediator.coordinator import Coordinator, coordinator_from_settings
+
+_rules_sources: dict[str | None, Any] = {}
+
+
+def rules_for(settings: Settings) -> Any:
+    """The current rules (reloaded when the file changes), cached per process."""
+    source = _rules_sources.get(settings.rules_file)
+    if source is None:
+        from remediator.extensions import rules_source
+
+        source = _rules_sources[settings.rules_file] = rules_source(settings)
+    return source.current()
+
+
+@dataclass
+class Context:
+    settings: Settings
+    conn: redis.Redis
+    job_id: str | None = None
+
+    @classmethod
+    def current(cls) -> Context:
+        job = get_current_job()
+        settings = Settings.from_env()
+        if job is not None:
+            return cls(settings, job.connection, job.id)
+        if not settings.redis_url:
+            raise RuntimeError("no current RQ job and REDIS_URL is not set")
+        return cls(settings, redis.Redis.from_url(settings.redis_url))
+
+    @cached_property
+    def coordinator(self) -> Coordinator:
+        return coordinator_from_settings(self.settings)
+
+    @cached_property
+    def queue(self) -> Queue:
+        return Queue(self.settings.queue, connection=self.conn)
+
+    @property
+    def rules(self) -> Any:
+        return rules_for(self.settings)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.settings.dry_run

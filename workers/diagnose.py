@@ -1,0 +1,177 @@
+"""Runbook Diagnosis 1-4 as typed facts, each saying where it came from and when."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from remediator import keys
+from remediator.coordinator import HostRecord
+from remediator.exceptions import CoordinatorError, SSHError
+from remediator.ssh import HostSession, quote_template
+from workers.context import Context
+
+LOG_TAIL_LINES = 50
+INVENTORY_SOURCE = (Path(__file__).parent / "host_inventory.py").read_text(encoding="utf-8")
+INVENTORY_KEY = keys.PREFIX + ":inventory:{0}"  # last inventory of a host, kept across ladders
+INVENTORY_TTL = 30 * 86400  # seconds
+
+
+@dataclass
+class Diagnosis:
+    host_id: str
+    at: float
+    coordinator_state: str = "unknown"
+    last_sync: float | None = None
+    host_retired: bool = False
+    known_to_coordinator: bool = True
+    ssh_reachable: bool = False
+    ssh_error: str | None = None
+    agent_running: bool | None = None
+    inventory: dict[str, Any] | None = None
+    inventory_at: float | None = None
+    cloud_state: str = "not_asked"
+    cloud_detail: str | None = None
+    host_log_tail: list[str] = field(default_factory=list)
+    coordinator_log_tail: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    record: dict[str, Any] | None = None
+
+    @property
+    def unsynced_games(self) -> int | None:
+        return None if self.inventory is None else int(self.inventory.get("unsynced_games", 0))
+
+    @property
+    def disk_full(self) -> bool:
+        return any("No space left on device" in line for line in self.host_log_tail)
+
+    @property
+    def healthy(self) -> bool:
+        return self.coordinator_state == "healthy" and not self.host_retired
+
+    def facts(self) -> dict[str, Any]:
+        """The per-host facts of the rules vocabulary (docs/rules.md)."""
+        inv = self.inventory or {}
+        facts: dict[str, Any] = {
+            "host_id": self.host_id,
+            "coordinator_state": self.coordinator_state,
+            "host_retired": self.host_retired,
+            "ssh_reachable": self.ssh_reachable,
+            "cloud_state": self.cloud_state,
+            "disk_full": self.disk_full,
+            "data_recoverable": not (self.cloud_state == "terminated" and not self.ssh_reachable),
+        }
+        if self.agent_running is not None:
+            facts["agent_running"] = self.agent_running
+        if self.inventory is not None:
+            facts["unsynced_games"] = int(inv.get("unsynced_games", 0))
+            facts["unsynced_bytes"] = int(inv.get("unsynced_bytes", 0))
+        if self.last_sync is not None and self.coordinator_state == "critical":
+            facts["minutes_critical"] = round(max(0.0, (self.at - self.last_sync) / 60), 2)
+        return facts
+
+    def summary(self) -> dict[str, Any]:
+        """What the audit shows of a diagnosis: facts and evidence, without file lists."""
+        out = asdict(self)
+        inv = out.pop("inventory") or {}
+        out["inventory"] = {k: v for k, v in inv.items() if k != "files"} if inv else None
+        out["host_log_tail"] = self.host_log_tail[-5:]
+        out["coordinator_log_tail"] = self.coordinator_log_tail[-5:]
+        out.pop("record", None)
+        return out
+
+    def record_obj(self) -> HostRecord | None:
+        return HostRecord(**self.record) if self.record else None
+
+
+def diagnose(ctx: Context, host_id: str) -> Diagnosis:
+    diag = Diagnosis(host_id=host_id, at=time.time())
+    try:
+        record = ctx.coordinator.host(host_id)
+    except CoordinatorError as exc:
+        diag.sources["coordinator"] = f"error: {exc}"
+        record = None
+    else:
+        diag.sources["coordinator"] = f"GET /sync/hosts at {time.time():.0f}"
+        if record is None:
+            diag.known_to_coordinator = False
+    if record is not None:
+        diag.record = asdict(record)
+        diag.coordinator_state = "retired" if record.state == "retired" else record.state
+        diag.last_sync = record.last_sync
+        diag.host_retired = record.retired or record.state == "retired"
+        if diag.coordinator_state == "retired":
+            diag.coordinator_state = "critical"
+        _cloud(ctx, diag, record)
+        _on_host(ctx, diag, record)
+    diag.coordinator_log_tail = _coordinator_log(ctx, host_id)
+    if diag.inventory is not None:
+        ctx.conn.set(INVENTORY_KEY.format(host_id),
+                     json.dumps({"at": diag.at, **{k: v for k, v in diag.inventory.items() if k != "files"}}),
+                     ex=INVENTORY_TTL)
+    return diag
+
+
+def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
+    if not record.provider or not record.instance_id:
+        diag.sources["cloud"] = "no provider/instance_id in the host record"
+        return
+    from remediator.providers import instance_state, providers_from_settings
+
+    found = instance_state(providers_from_settings(ctx.settings), record.provider, record.instance_id)
+    diag.cloud_state = str(found.state.value)
+    diag.cloud_detail = found.reason
+    diag.sources["cloud"] = f"{record.provider} API at {time.time():.0f}"
+
+
+def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
+    """SSH reachability, the data dir inventory, the agent process and the host's sync log."""
+    try:
+        with HostSession(ctx.settings, record) as session:
+            echo = session.run("echo OK", timeout=ctx.settings.ssh_connect_timeout)
+            diag.ssh_reachable = echo.ok and echo.stdout.strip() == "OK"
+            diag.sources["ssh"] = f"ssh {record.ssh_user}@{record.address}:{record.ssh_port} echo OK"
+            last_sync = record.last_sync or 0.0
+            inv = session.run(quote_template("python3 - {data_dir} {last_sync}", data_dir=record.data_dir,
+                                             last_sync=repr(float(last_sync))), stdin=INVENTORY_SOURCE)
+            if inv.ok:
+                diag.inventory = json.loads(inv.stdout)
+                diag.inventory_at = time.time()
+                diag.sources["inventory"] = f"{record.data_dir} on host at {diag.inventory_at:.0f}"
+            else:
+                diag.sources["inventory"] = f"failed: exit {inv.exit_status}: {inv.stderr[-200:]}"
+            agent = session.run(ctx.settings.agent_check_command, timeout=30)
+            diag.agent_running = agent.ok
+            diag.sources["agent"] = f"{ctx.settings.agent_check_command} -> exit {agent.exit_status}"
+            log_path = record.sync_log or ctx.settings.host_sync_log
+            tail = session.run(f"tail -n {LOG_TAIL_LINES} {shlex.quote(log_path)}", timeout=30)
+            diag.host_log_tail = tail.stdout.splitlines()[-LOG_TAIL_LINES:] if tail.ok else []
+    except SSHError as exc:
+        diag.ssh_reachable = False
+        diag.ssh_error = str(exc)
+        diag.sources["ssh"] = f"failed: {exc}"
+        last = ctx.conn.get(INVENTORY_KEY.format(diag.host_id))
+        if last:
+            known = json.loads(last)
+            diag.inventory = known
+            diag.inventory_at = known.get("at")
+            diag.sources["inventory"] = f"last known, from {known.get('at', 0):.0f} (host unreachable now)"
+
+
+def _coordinator_log(ctx: Context, host_id: str) -> list[str]:
+    path = ctx.settings.coordinator_log
+    if not path:
+        return []
+    # Whole-word match: "h1" must not pick up the lines of "h10".
+    pattern = re.compile(rf"(?<![A-Za-z0-9._-]){re.escape(host_id)}(?![A-Za-z0-9._-])")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return list(deque((ln.rstrip("\n") for ln in fh if pattern.search(ln)), maxlen=LOG_TAIL_LINES))
+    except OSError:
+        return []

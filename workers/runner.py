@@ -1,0 +1,36 @@
+"""``remediator worker``: an RQ worker on the remediator's queue, with the scheduler and the sweeper."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import redis
+from rq import Queue, Worker
+
+from remediator.config import Settings
+from remediator.exceptions import ConfigError
+from remediator.logs import configure_logging
+
+
+def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
+    """Work the queue until stopped (or, with ``burst``, until it is empty)."""
+    if not settings.redis_url:
+        raise ConfigError("REDIS_URL is not set; the worker needs Redis")
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="remediator-metrics-")
+    configure_logging(settings.log_level, settings.secrets())
+    conn = redis.Redis.from_url(settings.redis_url)
+    queue = Queue(settings.queue, connection=conn)
+    worker = Worker([queue], connection=conn, name=name)
+    sweeper = None
+    if not burst:
+        from workers.sweeper import Sweeper
+
+        sweeper = Sweeper(conn, settings)
+        sweeper.start()
+    try:
+        return worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    finally:
+        if sweeper is not None:
+            sweeper.stop()

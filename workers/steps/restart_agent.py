@@ -1,0 +1,48 @@
+"""Runbook Option 2: restart the sync agent over SSH, with the configured fallback; verified by pgrep."""
+
+from __future__ import annotations
+
+from remediator.exceptions import SSHError
+from remediator.ssh import HostSession
+from workers.steps.base import LadderRun, StepOutcome, Verdict
+
+MUTATES = True
+
+
+def run(lad: LadderRun) -> StepOutcome:
+    s = lad.ctx.settings
+    record = lad.record
+    if record is None:
+        return StepOutcome("failed", "no host record from diagnosis")
+    if lad.dry_run:
+        return StepOutcome("ran", f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})")
+    try:
+        with HostSession(s, record) as session:
+            first = session.run(s.agent_restart_command, timeout=60)
+            evidence = {"command": s.agent_restart_command, "exit_status": first.exit_status}
+            if first.ok:
+                return StepOutcome("ran", "restart command succeeded", evidence)
+            fallback = session.run(s.agent_fallback_command, timeout=60)
+            evidence.update(fallback=s.agent_fallback_command, fallback_exit_status=fallback.exit_status,
+                            stderr=(first.stderr + fallback.stderr)[-300:])
+            if fallback.ok:
+                return StepOutcome("ran", "restart failed; fallback command succeeded", evidence)
+            return StepOutcome("failed", "restart and fallback commands both failed", evidence)
+    except SSHError as exc:
+        return StepOutcome("failed", f"ssh: {exc}")
+
+
+def verify(lad: LadderRun) -> Verdict:
+    s = lad.ctx.settings
+    record = lad.record
+    if record is None:
+        return Verdict("failed", "no host record")
+    try:
+        with HostSession(s, record) as session:
+            check = session.run(s.agent_check_command, timeout=30)
+    except SSHError as exc:
+        return Verdict("failed", f"ssh: {exc}")
+    if check.ok:
+        return Verdict("ok", "sync agent is running", {"check": s.agent_check_command})
+    return Verdict("failed", "sync agent is not running after the restart",
+                   {"check": s.agent_check_command, "exit_status": check.exit_status})

@@ -1,0 +1,20 @@
+"""Runbook Option 4: unretire a host that is reachable again, then let it re-sync."""
+
+from __future__ import annotations
+
+from workers.steps import force_sync
+from workers.steps.base import LadderRun, StepOutcome, Verdict
+
+MUTATES = True
+
+
+def run(lad: LadderRun) -> StepOutcome:
+    if lad.dry_run:
+        return StepOutcome("ran", "would POST /admin/unretire, then force a sync")
+    lad.ctx.coordinator.unretire(lad.host_id)
+    outcome = force_sync.run(lad)
+    return StepOutcome("ran", "unretired; sync requested", outcome.evidence)
+
+
+def verify(lad: LadderRun) -> Verdict:
+    return force_sync.verify(lad)

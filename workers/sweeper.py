@@ -1,0 +1,91 @@
+"""Resumes ladders whose worker died: a ladder not finished, not locked, whose job is neither queued
+nor running nor due soon gets a fresh job. Runs as a thread in every ``remediator worker`` process;
+one sweep at a time across the fleet (SET NX)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from remediator import keys, store
+from remediator.config import Settings
+
+log = logging.getLogger("remediator.sweeper")
+
+SWEEP_INTERVAL = 5.0  # seconds between sweeps
+SWEEP_LOCK = keys.PREFIX + ":lock:sweeper"
+LATE_GRACE = 10.0  # seconds a scheduled check may be late before the sweeper re-enqueues it
+LIVE = {JobStatus.QUEUED, JobStatus.STARTED}
+
+
+def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
+    """One pass; returns the hosts whose ladders were re-enqueued."""
+    if not conn.set(SWEEP_LOCK, "1", nx=True, ex=int(SWEEP_INTERVAL)):
+        return []
+    queue = Queue(settings.queue, connection=conn)
+    resumed = []
+    now = time.time()
+    for state in store.list_hosts(conn, limit=10000):
+        host = state["host_id"]
+        if state.get("status") in (None, "", "finished"):
+            continue
+        ladder_id = state.get("ladder_id")
+        active = conn.get(keys.ACTIVE.format(host))
+        if not ladder_id or active is None or active.decode() != ladder_id:
+            continue
+        if conn.exists(keys.LOCK.format(host)):
+            continue  # a live worker holds it (a dead one's lock expires after REMEDIATOR_LOCK_TTL)
+        job_id = state.get("job_id")
+        try:
+            status = Job.fetch(job_id, connection=conn).get_status() if job_id else None
+        except Exception:  # noqa: BLE001 - a missing or unreadable job is what we are here to repair
+            status = None
+        if status in LIVE:
+            continue
+        if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
+            continue
+        new_id = uuid.uuid4().hex
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(keys.HOST.format(host))
+                if pipe.hget(keys.HOST.format(host), "job_id") != (job_id or "").encode():
+                    continue
+                pipe.multi()
+                store.update_host(pipe, host, job_id=new_id, status="queued")
+                store.append_audit(pipe, host, "sweeper", "resumed",
+                                   f"job {job_id} was {status or 'lost'}: resuming the ladder", job_id=new_id,
+                                   ladder_id=ladder_id)
+                queue.enqueue_call("workers.jobs.run_ladder", args=(host, ladder_id), job_id=new_id,
+                                   pipeline=pipe, description=f"remediate {host}: resumed by sweeper")
+                pipe.execute()
+                resumed.append(host)
+            except redis.WatchError:
+                continue
+    if resumed:
+        log.warning("resumed ladders of %s", ", ".join(resumed))
+    return resumed
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, conn: redis.Redis, settings: Settings, interval: float = SWEEP_INTERVAL) -> None:
+        super().__init__(name="ladder-sweeper", daemon=True)
+        self.conn = conn
+        self.settings = settings
+        self.interval = interval
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                sweep(self.conn, self.settings)
+            except redis.RedisError as exc:
+                log.warning("sweep failed: %s", exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
