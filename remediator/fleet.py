@@ -39,7 +39,16 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
         if time.time() - float(fleet.get("provider_checked_at") or 0) > PROVIDER_CHECK_MAX_AGE:
             _check_provider(ctx)
             fleet = _fleet(conn)
+    at_risk = 0
+    unrecoverable = 0
+    for host in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"):
+        raw = conn.hget(keys.HOST.format(host.decode()), "facts")
+        host_facts = json.loads(raw) if raw else {}
+        at_risk += int(host_facts.get("unsynced_games") or 0)
+        unrecoverable += host_facts.get("data_recoverable") is False
     return {
+        "unsynced_games_at_risk": at_risk,
+        "unrecoverable_hosts": unrecoverable,
         "critical_hosts": conn.zcount(keys.FLEET_CRITICAL, time.time() - window, "+inf"),
         "storm_active": fleet.get("storm") == "1",
         "cluster_network_ok": fleet.get("network_ok") != "0",

@@ -95,6 +95,8 @@ class Ladder:
                 self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
             lad = LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, fence)
+            if phase != "diagnose":
+                self._time_checks(lad, started)
             if phase == "diagnose":
                 result = self._diagnose(lad)
             elif phase == "run":
@@ -216,6 +218,25 @@ class Ladder:
             return None
         return self._climb(lad, f"{step} succeeded but did not restore sync")
 
+    def _time_checks(self, lad: LadderRun, started: float) -> None:
+        """Time-based escalation: pages the rules decide on as the ladder ages (once per rule)."""
+        from remediator.fleet import fleet_facts
+        from remediator.paging import open_incident
+
+        facts = {**lad.facts, **fleet_facts(self.ctx, refresh=False),
+                 "minutes_in_ladder": round((time.time() - started) / 60, 2),
+                 "ladder_step": self.state.get("step") or "none", "ladder_outcome": "running",
+                 "attempts": int(self.state.get("attempt") or 0),
+                 "selfplay_paused": bool(self.ctx.conn.sismember(keys.PAUSED, self.host_id))}
+        if lad.dry_run:
+            return
+        for page in self.ctx.rules.decide(facts).pages:
+            if page.scope != "host":
+                continue
+            open_incident(self.ctx.conn, self.ctx.settings, dedup_key=f"remediator/{self.host_id}/{self.ladder_id}/"
+                          f"{page.rule}", summary=f"{page.summary}: {self.host_id}", severity=page.severity,
+                          targets=page.to or None, hosts=(self.host_id,), details={"facts": facts}, rule=page.rule)
+
     # -- moving along the ladder -----------------------------------------------------------------
     def _retry_or_climb(self, lad: LadderRun, why: str) -> str | None:
         step = self.state["step"]
@@ -292,6 +313,10 @@ class Ladder:
         metrics.LADDERS.labels(outcome=outcome).inc()
         if outcome == "healthy":
             from remediator.fleet import host_recovered
+            from remediator.paging import open_incidents, resolve_incident
 
             host_recovered(self.ctx, self.host_id)
+            for incident in open_incidents(conn):
+                if incident["dedup_key"].startswith(f"remediator/{self.host_id}/"):
+                    resolve_incident(conn, self.ctx.settings, incident["dedup_key"])
         return f"{outcome}: {detail}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from remediator.exceptions import RulesMeaningError, RulesSchemaError, RulesSyntaxError
-from remediator.rules.facts import FACTS, FactSpec, fits, type_name
+from remediator.rules.facts import FACTS, FactSpec, Scope, fits, type_name
 from remediator.rules.ruleset import RuleSet
 from remediator.rules.schema import DEFAULT_RULES_FILE, schema_problems, shipped
 from remediator.rules.source import Document, KeyPath, Problem, read_document
@@ -167,16 +167,12 @@ class _Builder:
             else:
                 first_seen[name] = line
             when = self.condition(item["when"], (*path, "when"))
-            scope = (
-                "fleet"
-                if all(FACTS[fact].scope == "fleet" for fact in _facts_of(when) if fact in FACTS)
-                else "host"
-            )
+            scope = _scope_of(when)
             then = self.action(item["then"], (*path, "then"), name, scope)
             rules.append(Rule(name, when, then, item.get("description", ""), line, scope))
         return tuple(rules)
 
-    def action(self, raw: Mapping[str, Any], path: KeyPath, rule: str, scope: str) -> Action:
+    def action(self, raw: Mapping[str, Any], path: KeyPath, rule: str, scope: Scope) -> Action:
         page = None
         if "page" in raw:
             summary = raw["page"]["summary"]
@@ -191,7 +187,7 @@ class _Builder:
                 summary=summary,
                 to=tuple(raw["page"].get("to", PAGER_TARGETS)),
                 rule=rule,
-                scope=scope,  # type: ignore[arg-type]
+                scope=scope,
             )
         if "pause_selfplay" in raw and "resume_selfplay" in raw:
             self.fail((*path, "resume_selfplay"), "a rule cannot both pause and resume selfplay")
@@ -298,6 +294,12 @@ def _requires(condition: Condition, fact: str, value: bool) -> bool:
         isinstance(part, Comparison) and part.fact == fact and part.op == "eq" and part.value is value
         for part in parts
     )
+
+
+def _scope_of(condition: Condition) -> Scope:
+    """``fleet`` when the condition tests fleet facts only, else ``host``."""
+    facts = [fact for fact in _facts_of(condition) if fact in FACTS]
+    return "fleet" if all(FACTS[fact].scope == "fleet" for fact in facts) else "host"
 
 
 def _facts_of(condition: Condition) -> list[str]:

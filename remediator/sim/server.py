@@ -8,6 +8,9 @@ from typing import Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 
+POLL_INTERVAL = 0.05  # seconds between two looks of serve_forever for a shutdown request
+
+
 class _QuietHandler(WSGIRequestHandler):
     """No access log on stderr: the sim's own logs say what happened."""
 
@@ -33,7 +36,9 @@ class BackgroundServer:
         )
         self._server.daemon_threads = True
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(POLL_INTERVAL,), name=self.name, daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

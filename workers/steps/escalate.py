@@ -22,7 +22,7 @@ def run(lad: LadderRun) -> StepOutcome:
     if lad.dry_run:
         return StepOutcome("ran", f"would page: {reason}", {"rules_matched": list(decision.matched)})
     results = []
-    pages = decision.pages
+    pages = [p for p in decision.pages if p.scope == "host"]
     for page in pages:
         results.append(open_incident(
             lad.ctx.conn, lad.ctx.settings, dedup_key=f"remediator/{lad.host_id}/{lad.ladder_id}",

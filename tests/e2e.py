@@ -1,0 +1,88 @@
+"""The whole stack for end-to-end tests: receiver app, real ``remediator worker`` processes, simulated cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from helpers import WEBHOOK_TOKEN, bearer, payload, wait_for
+
+from remediator import create_app, keys, store
+from remediator.sim import SimCluster
+
+FAST_RULES = Path(__file__).parent / "rules" / "fast.yaml"
+
+
+@dataclass
+class Stack:
+    sim: SimCluster
+    conn: redis.Redis
+    env: dict[str, str]
+    tmp: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    app: Any = None
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"worker{len(self.workers)}.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "remediator", "worker"], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def post(self, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+        resp = self.app.test_client().post("/webhook/alertmanager", data=json.dumps(payload(alerts)),
+                                           content_type="application/json", headers=bearer())
+        assert resp.status_code == 202, resp.get_data(as_text=True)
+        return resp.get_json()
+
+    def host(self, host_id: str) -> dict[str, Any]:
+        return store.get_host(self.conn, host_id)
+
+    def audit(self, host_id: str) -> list[dict[str, Any]]:
+        return store.get_audit(self.conn, host_id)
+
+    def steps(self, host_id: str) -> list[tuple[str, str]]:
+        return [(e["step"], e["outcome"]) for e in self.audit(host_id)]
+
+    def wait_finished(self, host_id: str, timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: self.host(host_id) if self.host(host_id).get("status") == "finished" else None,
+                        timeout=timeout, interval=0.2, what=f"{host_id}'s ladder to finish "
+                        f"(last: {self.steps(host_id)[-3:]})")
+
+    def active(self, host_id: str) -> bool:
+        return self.conn.exists(keys.ACTIVE.format(host_id)) == 1
+
+
+def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **extra_env: str) -> Stack:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
+    env.update(sim.env())
+    env.update({
+        "REDIS_URL": redis_url,
+        "REMEDIATOR_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "REMEDIATOR_RULES_FILE": str(FAST_RULES),
+        "REMEDIATOR_SSH_CONNECT_TIMEOUT": "3",
+        "REMEDIATOR_LEDGER_FILE": str(tmp / "ledger.jsonl"),
+        "REMEDIATOR_LOCK_TTL": "6",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+    })
+    env.update(extra_env)
+    (tmp / "prom").mkdir(exist_ok=True)
+    for key, value in env.items():
+        if key.startswith(("REMEDIATOR_", "REDIS_URL", "PROMETHEUS_")):
+            monkeypatch.setenv(key, value)
+    stack = Stack(sim=sim, conn=redis.Redis.from_url(redis_url), env=env, tmp=tmp)
+    stack.app = create_app()
+    return stack

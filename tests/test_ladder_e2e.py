@@ -1,0 +1,202 @@
+"""The escalation ladder end to end: payload -> receiver -> real RQ worker -> simulated cluster over SSH."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from e2e import Stack, make_stack
+from helpers import alert, wait_for
+
+from remediator import keys
+
+H = "host-01"
+
+
+@pytest.fixture
+def stack(sim_cluster, redis_url, tmp_path, monkeypatch, httpserver):
+    httpserver.expect_request("/page", method="POST").respond_with_json({"ok": True})
+    s = make_stack(sim_cluster, redis_url, tmp_path, monkeypatch,
+                   REMEDIATOR_PAGE_WEBHOOK_URL=httpserver.url_for("/page"))
+    s.start_worker()
+    yield s
+    s.stop()
+
+
+def pages_received(httpserver) -> list[dict]:
+    return [json.loads(req.get_data()) for req, _ in httpserver.log]
+
+
+def sha256_files(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_agent_dead_is_fixed_by_restart_then_verified_sync(stack: Stack):
+    sim = stack.sim
+    sim.kill_agent(H)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H)
+    assert state["outcome"] == "healthy", stack.steps(H)
+    steps = stack.steps(H)
+    assert ("restart_agent", "ran") in steps and ("restart_agent", "verify-ok") in steps
+    assert ("force_sync", "ran") in steps and ("force_sync", "verify-ok") in steps
+    assert steps.index(("restart_agent", "ran")) < steps.index(("force_sync", "ran"))
+    diagnosis = next(e for e in stack.audit(H) if e["step"] == "diagnose")
+    assert diagnosis["facts"]["agent_running"] is False and diagnosis["facts"]["ssh_reachable"] is True
+    assert "ssh" in diagnosis["sources"] and "coordinator" in diagnosis["sources"]
+    assert sim.counts(H)["agent_restarts"] == 1
+    assert sim.state(H) == "healthy"
+    assert not stack.active(H)
+
+
+def test_wedged_agent_is_fixed_by_force_sync_alone(stack: Stack):
+    sim = stack.sim
+    sim.wedge_agent(H)
+    sim.make_critical(H)
+    # The wedge clears only when something makes the agent sync: a forced sync does.
+    stack.post([alert(H)])
+    state = stack.wait_finished(H)
+    steps = [s for s, _ in stack.steps(H)]
+    assert "force_sync" in steps
+    if state["outcome"] == "healthy" and "restart_agent" not in steps:
+        assert sim.counts(H)["agent_restarts"] == 0
+    assert state["outcome"] in ("healthy", "recovered"), stack.steps(H)
+
+
+def test_agent_that_keeps_dying_leads_to_verified_recovery_then_escalation(stack: Stack, httpserver):
+    sim = stack.sim
+    sim.agent_dies_after_restart(H)
+    sim.kill_agent(H)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H, timeout=120)
+    assert state["outcome"] == "recovered", stack.steps(H)
+    audit = stack.audit(H)
+    diag = next(e for e in audit if e["step"] == "diagnose")
+    recovery = next(e for e in audit if e["step"] == "recover_data" and e["outcome"] == "ran")
+    assert recovery["checksums_compared"] is True and recovery["checksum_mismatches"] == []
+    # Every file on the host at copy time is in the recovery dir, byte for byte.
+    recovered = sha256_files(sim.recovery_dir / H)
+    on_host = sha256_files(sim.host(H).data_dir)
+    common = set(recovered) & set(on_host)
+    assert common and all(recovered[f] == on_host[f] for f in common)
+    assert recovery["unsynced_games"] >= diag["facts"]["unsynced_games"] > 0
+    assert recovery["import"]["games"] == recovery["games"]
+    assert sim.counts(H)["imports"] == 1
+    assert ("escalate", "ran") in stack.steps(H)
+    assert any(H in json.dumps(p) for p in pages_received(httpserver))
+
+
+def test_retired_host_back_online_is_unretired_and_resynced(stack: Stack):
+    sim = stack.sim
+    sim.retired_host_back_online(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H)
+    assert state["outcome"] == "healthy", stack.steps(H)
+    assert ("unretire", "ran") in stack.steps(H)
+    assert sim.counts(H)["unretires"] == 1 and not sim.retired(H)
+
+
+def test_terminated_instance_documents_the_loss_and_pages_without_retiring(stack: Stack, httpserver):
+    sim = stack.sim
+    sim.kill_agent(H)
+    # A first look while the host is reachable (a dry run) counts its unsynced games.
+    stack.conn.set("remediator:inventory:" + H, json.dumps({"at": 1.0, "unsynced_games": 0}))
+    sim.make_critical(H)
+    expected = sim.unsynced_games(H)
+    sim.terminate_instance(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H)
+    assert state["outcome"] == "escalated", stack.steps(H)
+    assert ("retire", "declined") in stack.steps(H)
+    assert sim.counts(H)["retires"] == 0 and sim.counts(H)["data_loss_records"] == 1
+    ledger = [json.loads(line) for line in (stack.tmp / "ledger.jsonl").read_text().splitlines()]
+    assert ledger[0]["host_id"] == H and ledger[0]["first_game_at"] and ledger[0]["last_game_at"]
+    checklist = ledger[0]["checklist"]
+    assert checklist["accessible_checked"] and checklist["rsync_attempted"] and checklist["loss_documented"]
+    assert expected.count >= 0
+    assert any(H in json.dumps(p) for p in pages_received(httpserver))
+
+
+def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_never_retired(stack: Stack):
+    sim = stack.sim
+    sim.make_unreachable(H)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H, timeout=60)
+    assert state["outcome"] == "escalated", stack.steps(H)
+    steps = stack.steps(H)
+    assert steps.count(("wait_reachable", "verify-failed")) == 1
+    assert ("retire", "ran") not in steps and sim.counts(H)["retires"] == 0
+    # re-checks were scheduled jobs, not a sleeping worker: several waits were recorded
+    assert any(e.get("step") == "wait_reachable" for e in stack.audit(H))
+
+
+def test_hanging_host_is_bounded_by_the_connect_timeout_and_treated_as_unreachable(stack: Stack):
+    sim = stack.sim
+    sim.hang_host(H)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    diag = wait_for(lambda: next((e for e in stack.audit(H) if e["step"] == "diagnose"), None), timeout=30,
+                    what="diagnosis")
+    assert diag["facts"]["ssh_reachable"] is False
+    assert "timed out" in diag["sources"]["ssh"]
+    state = stack.wait_finished(H, timeout=60)
+    assert state["outcome"] == "escalated" and sim.counts(H)["retires"] == 0
+
+
+def test_resolved_alert_stops_the_ladder_at_the_next_boundary(stack: Stack):
+    sim = stack.sim
+    sim.make_unreachable(H)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    wait_for(lambda: ("wait_reachable", "ran") in stack.steps(H), timeout=30, what="the wait step")
+    stack.post([alert(H, status="resolved")])
+    state = stack.wait_finished(H, timeout=30)
+    assert state["outcome"] == "stopped"
+    assert stack.audit(H)[-1]["detail"] == "alert resolved"
+
+
+def test_alert_without_host_id_starts_one_ladder_per_critical_host(stack: Stack):
+    sim = stack.sim
+    for h in sim.host_ids:
+        sim.kill_agent(h)
+        sim.make_critical(h)
+    body = stack.post([alert(None)])
+    assert body["accepted"][0]["host_id"] is None
+    for h in sim.host_ids:
+        wait_for(lambda h=h: stack.host(h).get("ladder_id"), timeout=30, what=f"a ladder for {h}")
+    ladders = {h: stack.host(h)["ladder_id"] for h in sim.host_ids}
+    assert len(set(ladders.values())) == 3
+    for h in sim.host_ids:
+        assert stack.wait_finished(h)["outcome"] == "healthy"
+    assert not stack.conn.exists(keys.ACTIVE.format("_discovery"))
+
+
+def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tmp_path, monkeypatch):
+    sim = sim_cluster
+    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_DRY_RUN="true")
+    stack.start_worker()
+    try:
+        sim.kill_agent("host-01")
+        sim.agent_dies_after_restart("host-02")
+        sim.kill_agent("host-02")
+        sim.terminate_instance("host-03")
+        for h in sim.host_ids:
+            sim.make_critical(h)
+        before = {h: sim.counts(h) for h in sim.host_ids}
+        stack.post([alert(h) for h in sim.host_ids])
+        for h in sim.host_ids:
+            assert stack.wait_finished(h)["outcome"] == "dry-run", stack.steps(h)
+        assert [s for s, o in stack.steps("host-01") if o == "planned"] == [
+            "restart_agent", "force_sync", "recover_data", "escalate", "escalate"]
+        assert [s for s, o in stack.steps("host-03") if o == "planned"] == ["retire", "escalate"]
+        assert {h: sim.counts(h) for h in sim.host_ids} == before
+        assert not (sim.recovery_dir / "host-02").exists() or not any((sim.recovery_dir / "host-02").iterdir())
+        assert not (tmp_path / "ledger.jsonl").exists()
+    finally:
+        stack.stop()
