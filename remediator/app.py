@@ -20,11 +20,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config.update(test_config)
 
-    from remediator import extensions, health, receiver
+    from remediator import api, extensions, health, openapi, receiver, ui
 
     extensions.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(receiver.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ui.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

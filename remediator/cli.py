@@ -126,9 +126,12 @@ def dev(bind: str, rq_workers: int) -> None:
 
 
 def _attach_optional_commands() -> None:
+    from remediator.ops_cli import COMMANDS
     from remediator.rules.cli import rules
 
     main.add_command(rules)
+    for command in COMMANDS:
+        main.add_command(command)
 
 
 _attach_optional_commands()

@@ -55,16 +55,15 @@ def test_agent_dead_is_fixed_by_restart_then_verified_sync(stack: Stack):
 
 def test_wedged_agent_is_fixed_by_force_sync_alone(stack: Stack):
     sim = stack.sim
+    sim.wait_for(lambda: "sync agent started" in sim.host(H).sync_log.read_text(), 10, 0.05, "agent up")
     sim.wedge_agent(H)
     sim.make_critical(H)
-    # The wedge clears only when something makes the agent sync: a forced sync does.
     stack.post([alert(H)])
     state = stack.wait_finished(H)
+    assert state["outcome"] == "healthy", stack.steps(H)
     steps = [s for s, _ in stack.steps(H)]
-    assert "force_sync" in steps
-    if state["outcome"] == "healthy" and "restart_agent" not in steps:
-        assert sim.counts(H)["agent_restarts"] == 0
-    assert state["outcome"] in ("healthy", "recovered"), stack.steps(H)
+    assert "force_sync" in steps and "restart_agent" not in steps
+    assert sim.counts(H)["agent_restarts"] == 0
 
 
 def test_agent_that_keeps_dying_leads_to_verified_recovery_then_escalation(stack: Stack, httpserver):
@@ -124,6 +123,7 @@ def test_terminated_instance_documents_the_loss_and_pages_without_retiring(stack
 
 def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_never_retired(stack: Stack):
     sim = stack.sim
+    sim.kill_agent(H)  # the host is down: neither SSH nor its agent gets through
     sim.make_unreachable(H)
     sim.make_critical(H)
     stack.post([alert(H)])
@@ -138,6 +138,7 @@ def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_neve
 
 def test_hanging_host_is_bounded_by_the_connect_timeout_and_treated_as_unreachable(stack: Stack):
     sim = stack.sim
+    sim.kill_agent(H)
     sim.hang_host(H)
     sim.make_critical(H)
     stack.post([alert(H)])
@@ -151,6 +152,7 @@ def test_hanging_host_is_bounded_by_the_connect_timeout_and_treated_as_unreachab
 
 def test_resolved_alert_stops_the_ladder_at_the_next_boundary(stack: Stack):
     sim = stack.sim
+    sim.kill_agent(H)  # the host is down: neither SSH nor its agent gets through
     sim.make_unreachable(H)
     sim.make_critical(H)
     stack.post([alert(H)])

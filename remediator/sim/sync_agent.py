@@ -104,12 +104,17 @@ class Agent:
             answer = {"error": raw[:200].decode("utf-8", "replace")}
         return response.status, answer if isinstance(answer, dict) else {"answer": answer}
 
+    def on_sigterm(self, *_: object) -> None:
+        """Stop now, even in the middle of a slow sync (what systemd's stop asks of a service)."""
+        self.stopping = True
+        raise SystemExit(0)
+
     def owner_gone(self) -> bool:
         return self.owner_pid is not None and not procs.alive(self.owner_pid)
 
     def run(self) -> int:
         signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "wedged", True))
-        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
+        signal.signal(signal.SIGTERM, self.on_sigterm)
         self.paths.wedged.unlink(missing_ok=True)
         self.log("INFO", "sync agent started")
         if self.paths.has_fault(DIES_AFTER_RESTART):
@@ -122,8 +127,12 @@ class Agent:
                 return 0
             if self.wedged:
                 self.paths.wedged.touch()  # for the sim: no sync is in flight from here on
-                time.sleep(TRIGGER_POLL)
-                continue
+                if not self.paths.force_sync.exists():
+                    time.sleep(TRIGGER_POLL)
+                    continue
+                # A forced sync kicks the stuck loop: the runbook's Option 1 is what fixes a wedge.
+                self.wedged = False
+                self.log("INFO", "wedged sync loop kicked by a forced sync")
             requested = self.paths.force_sync.exists()
             if requested or time.monotonic() >= next_sync:
                 if requested:

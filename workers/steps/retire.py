@@ -76,8 +76,10 @@ def _document_loss(lad: LadderRun, record: dict[str, Any]) -> dict[str, Any]:
     if not lad.scratch.get("loss_documented"):
         ledger = Path(s.ledger_file)
         ledger.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({**record, "ladder_id": lad.ladder_id, "recorded_at": _iso(time.time())},
-                          sort_keys=True)
+        # This line is the documentation of the loss: the checklist it carries says so.
+        entry = {**record, "checklist": {**record["checklist"], "loss_documented": True},
+                 "ladder_id": lad.ladder_id, "recorded_at": _iso(time.time())}
+        line = json.dumps(entry, sort_keys=True)
         with ledger.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()

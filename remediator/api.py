@@ -1,0 +1,159 @@
+"""``/api/v1``: the audit and state API, and manual control (remediate, requeue).
+
+Reads are open, like ``/metrics`` and the status page that shows the same data (it holds no secrets:
+those never reach state or audit). Writes need ``Authorization: Bearer <REMEDIATOR_ADMIN_TOKEN>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, request
+
+from remediator import metrics, ops
+from remediator.auth import check_authorization
+from remediator.extensions import get_redis, get_rules, get_settings
+from remediator.hosts import is_valid_host_id
+from remediator.requeue import HTTP_CODES, requeue_failed, requeue_job
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+log = logging.getLogger("remediator.api")
+
+JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+HOST_ID_RULE = "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+def error(code: int, message: str, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
+    headers = {"WWW-Authenticate": 'Bearer realm="remediator-admin"'} if code == 401 else {}
+    return {"error": message, **extra}, code, headers
+
+
+def admin_error() -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    """A 401 answer unless the request carries the admin token as a bearer token."""
+    if check_authorization(
+        request.headers.get("Authorization"), get_settings().admin_token, allow_basic=False
+    ):
+        return None
+    return error(
+        401, "missing or wrong admin credentials: send 'Authorization: Bearer <REMEDIATOR_ADMIN_TOKEN>'"
+    )
+
+
+def _who() -> str:
+    return f"api ({request.remote_addr or 'unknown'})"
+
+
+def _json_object() -> dict[str, Any] | None:
+    """The request body as a JSON object; {} when empty; None when it is not a JSON object."""
+    if not request.get_data(cache=True):
+        return {}
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else None
+
+
+@bp.errorhandler(redis.RedisError)
+def redis_unavailable(exc: redis.RedisError) -> Any:
+    log.error("redis error in %s: %s", request.endpoint, type(exc).__name__)
+    return error(503, "Redis is unavailable; retry later", retry=True)
+
+
+@bp.after_request
+def count(response: Response) -> Response:
+    metrics.API_REQUESTS.labels(endpoint=request.endpoint or "unknown", code=str(response.status_code)).inc()
+    return response
+
+
+@bp.get("/hosts")
+def hosts() -> Any:
+    return {"hosts": ops.list_host_summaries(get_redis())}
+
+
+@bp.get("/hosts/<host_id>")
+def host(host_id: str) -> Any:
+    if not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    detail = ops.host_detail(get_redis(), host_id)
+    if detail is None:
+        return error(404, f"no state for host {host_id}: the remediator has never worked on it")
+    return detail
+
+
+@bp.get("/fleet")
+def fleet() -> Any:
+    rules = get_rules()
+    return ops.fleet_summary(get_redis(), rules.fleet.window_minutes, rules.fleet.storm_threshold)
+
+
+@bp.post("/hosts/<host_id>/remediate")
+def remediate(host_id: str) -> Any:
+    if denied := admin_error():
+        return denied
+    if not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    body = _json_object()
+    if body is None:
+        return error(400, 'body must be a JSON object such as {"dry_run": true}, or empty', field="(body)")
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        return error(400, "dry_run must be true or false", field="dry_run")
+    settings = get_settings()
+    result = ops.remediate_host(
+        get_redis(),
+        settings.queue,
+        host_id,
+        dry_run=dry_run or settings.dry_run,
+        who=_who(),
+        limit=ops.ladder_limit(get_rules()),
+    )
+    if not result.accepted:
+        return error(409, result.detail, host_id=host_id, ladder_id=result.ladder_id)
+    return result.as_dict(), 202
+
+
+@bp.post("/jobs/<job_id>/requeue")
+def requeue(job_id: str) -> Any:
+    if denied := admin_error():
+        return denied
+    if not JOB_ID.fullmatch(job_id):
+        return error(422, "job_id must match ^[A-Za-z0-9_-]{1,128}$", field="job_id")
+    settings = get_settings()
+    result = requeue_job(
+        get_redis(),
+        settings.queue,
+        job_id,
+        who=_who(),
+        limit=ops.ladder_limit(get_rules()),
+        default_dry_run=settings.dry_run,
+    )
+    code = HTTP_CODES[result.action]
+    if code >= 400:
+        return error(code, result.detail, **{k: v for k, v in result.as_dict().items() if k != "detail"})
+    return result.as_dict(), code
+
+
+@bp.post("/jobs/requeue-failed")
+def requeue_all_failed() -> Any:
+    if denied := admin_error():
+        return denied
+    body = _json_object()
+    if body is None:
+        return error(400, 'body must be a JSON object such as {"host_id": "h1"}, or empty', field="(body)")
+    host_id = body.get("host_id")
+    if host_id is not None and not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    settings = get_settings()
+    results = requeue_failed(
+        get_redis(),
+        settings.queue,
+        who=_who(),
+        limit=ops.ladder_limit(get_rules()),
+        host_id=host_id,
+        default_dry_run=settings.dry_run,
+    )
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.action] = counts.get(result.action, 0) + 1
+    return {"results": [r.as_dict() for r in results], "counts": counts}, 200

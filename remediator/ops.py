@@ -1,0 +1,233 @@
+"""What the operator surface (API, status page, CLI) reads and does, shared so the three agree.
+
+Reads are plain Redis reads of the state the receiver and the ladder write; the one action here,
+``remediate_host``, goes through ``intake.start_ladders`` like an alert does, so it is deduped the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from remediator import keys, store
+from remediator.intake import LadderLimit, LadderRequest, start_ladders
+from remediator.paging import open_incidents
+
+# The ladder as the status page draws it, in the runbook's order of preference.
+LADDER_STEPS = (
+    "diagnose",
+    "wait_reachable",
+    "force_sync",
+    "restart_agent",
+    "recover_data",
+    "unretire",
+    "retire",
+    "escalate",
+)
+OPTIONAL_STEPS = {"wait_reachable"}  # drawn only when a ladder plans or runs it
+
+_FLOAT_FIELDS = {"started_at", "updated_at", "finished_at", "next_check_at", "heartbeat", "verify_started_at"}
+_INT_FIELDS = {"attempt", "rung", "pos", "fence"}
+_BOOL_FIELDS = {"dry_run"}
+SUMMARY_FIELDS = (
+    "host_id",
+    "status",
+    "step",
+    "phase",
+    "attempt",
+    "outcome",
+    "outcome_detail",
+    "ladder_id",
+    "job_id",
+    "started_at",
+    "updated_at",
+    "finished_at",
+    "next_check_at",
+    "waiting_for",
+    "dry_run",
+)
+
+# What an audit outcome says about the step it names, for the progress bar.
+_OUTCOME_MARK = {
+    "done": "ok",
+    "verify-ok": "ok",
+    "ran": "ran",
+    "planned": "planned",
+    "failed": "failed",
+    "verify-failed": "failed",
+    "declined": "skipped",
+    "held": "current",
+    "resumed": "current",
+}
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A host hash value as JSON wants it: timestamps as floats, counters as ints, flags as bools."""
+    if not isinstance(value, str):
+        return value
+    if value == "":
+        return None
+    try:
+        if name in _FLOAT_FIELDS:
+            return float(value)
+        if name in _INT_FIELDS:
+            return int(value)
+    except ValueError:
+        return value
+    if name in _BOOL_FIELDS:
+        return value == "1"
+    return value
+
+
+def format_ts(value: Any) -> str:
+    """Unix seconds as a UTC time a person reads; '-' when unset."""
+    if value in (None, ""):
+        return "-"
+    try:
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(value)
+
+
+def typed_state(host_id: str, state: dict[str, Any]) -> dict[str, Any]:
+    out = {name: _typed(name, value) for name, value in state.items()}
+    out["host_id"] = host_id
+    return out
+
+
+def host_summary(state: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a host's state that a list of hosts shows."""
+    typed = typed_state(state["host_id"], state)
+    return {name: typed.get(name) for name in SUMMARY_FIELDS}
+
+
+def list_host_summaries(conn: redis.Redis, limit: int = 1000) -> list[dict[str, Any]]:
+    """Hosts in or after remediation, most recently updated first."""
+    return [host_summary(state) for state in store.list_hosts(conn, limit=limit)]
+
+
+def host_detail(conn: redis.Redis, host_id: str) -> dict[str, Any] | None:
+    """A host's full state, its progress along the ladder and its audit trail; None if never seen."""
+    state = store.get_host(conn, host_id)
+    audit = store.get_audit(conn, host_id)
+    if not state and not audit:
+        return None
+    typed = typed_state(host_id, state)
+    return {"host_id": host_id, "state": typed, "progress": ladder_progress(typed, audit), "audit": audit}
+
+
+def _ladder_entries(state: dict[str, Any], audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ladder_id = state.get("ladder_id")
+    if not ladder_id:
+        return []
+    return [e for e in audit if ladder_id in (e.get("ladder_id"), e.get("job_id"))]
+
+
+def ladder_progress(state: dict[str, Any], audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the current ladder stands on each step: ok, ran, failed, skipped, planned, current or idle."""
+    entries = _ladder_entries(state, audit)
+    plan_steps = {step for rung in (state.get("plan") or []) for step in rung}
+    running = state.get("status") not in (None, "finished")
+    current = state.get("step") if running else None
+    out = []
+    for step in LADDER_STEPS:
+        seen = [e for e in entries if e.get("step") == step]
+        if step in OPTIONAL_STEPS and not seen and step not in plan_steps and step != current:
+            continue
+        mark = "idle"
+        if seen:
+            mark = _OUTCOME_MARK.get(seen[-1].get("outcome", ""), "ran")
+        elif step in plan_steps:
+            mark = "planned"
+        if step == current:
+            mark = "current"
+        out.append(
+            {
+                "step": step,
+                "mark": mark,
+                "in_plan": step in plan_steps or step == "diagnose",
+                "entries": len(seen),
+                "last_outcome": seen[-1].get("outcome") if seen else None,
+            }
+        )
+    return out
+
+
+def fleet_summary(conn: redis.Redis, window_minutes: float, storm_threshold: int) -> dict[str, Any]:
+    """The fleet view from Redis: critical hosts in the window, storm, paused hosts, open pages."""
+    now = time.time()
+    window = window_minutes * 60
+    critical = conn.zrangebyscore(keys.FLEET_CRITICAL, now - window, "+inf", withscores=True)
+    fleet = {k.decode(): v.decode() for k, v in conn.hgetall(keys.FLEET).items()}
+    incidents = []
+    for raw in open_incidents(conn):
+        incidents.append(
+            {
+                "dedup_key": raw.get("dedup_key", ""),
+                "summary": raw.get("summary", ""),
+                "severity": raw.get("severity", ""),
+                "rule": raw.get("rule", ""),
+                "hosts": json.loads(raw.get("hosts") or "[]"),
+                "opened_at": _typed("started_at", raw.get("opened_at", "")),
+            }
+        )
+    return {
+        "window_minutes": window_minutes,
+        "storm_threshold": storm_threshold,
+        "critical_hosts": [{"host_id": h.decode(), "last_seen_at": round(score, 3)} for h, score in critical],
+        "storm_active": fleet.get("storm") == "1",
+        "storm_id": fleet.get("storm_id") or None,
+        "storm_started_at": _typed("started_at", fleet.get("storm_started_at", "")),
+        "cluster_network_ok": fleet.get("network_ok") != "0",
+        "provider_status_ok": fleet.get("provider_ok") != "0",
+        "paused_hosts": sorted(h.decode() for h in conn.smembers(keys.PAUSED)),
+        "open_incidents": incidents,
+    }
+
+
+def ladder_limit(rules: Any) -> LadderLimit:
+    """The per-host ladder limit the rules set (``ladder.max_ladders_per_host``)."""
+    policy = rules.ladder.max_ladders_per_host
+    return LadderLimit(count=policy.count, window_seconds=policy.window_minutes * 60)
+
+
+@dataclass(frozen=True)
+class RemediateResult:
+    """What a manual remediate did: ``accepted`` with the new ladder, or why not."""
+
+    host_id: str
+    accepted: bool
+    ladder_id: str | None
+    detail: str
+    dry_run: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host_id": self.host_id,
+            "accepted": self.accepted,
+            "ladder_id": self.ladder_id,
+            "job_id": self.ladder_id,
+            "detail": self.detail,
+            "dry_run": self.dry_run,
+        }
+
+
+def remediate_host(
+    conn: redis.Redis, queue_name: str, host_id: str, *, dry_run: bool, who: str, limit: LadderLimit
+) -> RemediateResult:
+    """Start a ladder for ``host_id`` unless one is queued or running (deduped like an alert)."""
+    req = LadderRequest(
+        host_id=host_id, reason=f"manual remediate by {who}", alertname="manual", dry_run=dry_run
+    )
+    result = start_ladders(conn, queue_name, [req], limit)
+    if result.accepted:
+        ladder_id = result.accepted[0]["ladder_id"]
+        return RemediateResult(host_id, True, ladder_id, f"ladder {ladder_id} queued", dry_run)
+    reason = result.skipped[0]["reason"]
+    running = reason.removeprefix("already remediating ").strip() if reason.startswith("already") else None
+    return RemediateResult(host_id, False, running, reason, dry_run)

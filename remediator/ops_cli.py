@@ -1,0 +1,247 @@
+"""``remediator status``, ``remediate`` and ``requeue``: the API's reads and manual control, from a shell.
+
+They talk to Redis directly (``REDIS_URL``) through the same functions as ``/api/v1``, so the answers
+are the same; ``--json`` prints exactly what the API returns.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from remediator import ops
+from remediator.config import Settings
+from remediator.exceptions import ConfigError, RulesError
+from remediator.extensions import redis_from_settings
+from remediator.hosts import is_valid_host_id
+from remediator.requeue import Requeued, requeue_failed, requeue_job
+
+PLAIN_WIDTH = 160  # columns for tables when stdout is not a terminal
+MARKS = {"ok": "✓", "ran": "~", "failed": "✗", "skipped": "-", "planned": "·", "current": "▶", "idle": " "}
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _connect(settings: Settings) -> redis.Redis:
+    conn = redis_from_settings(settings)
+    if conn is None:
+        raise click.ClickException("REDIS_URL is not set: point it at the remediator's Redis")
+    return conn
+
+
+def _rules(settings: Settings) -> Any:
+    from remediator.rules import load_rules
+
+    try:
+        return load_rules(settings.rules_file)
+    except RulesError as exc:
+        raise click.ClickException(f"REMEDIATOR_RULES_FILE: {exc}") from exc
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise click.ClickException(f"Redis is unavailable ({type(exc).__name__}): check REDIS_URL") from exc
+
+
+def _who() -> str:
+    try:
+        return f"cli ({getpass.getuser()})"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=PLAIN_WIDTH)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _when(value: Any) -> Text:
+    return Text(ops.format_ts(value))
+
+
+def _ladder_text(progress: list[dict[str, Any]]) -> Text:
+    return Text(" ".join(f"{MARKS.get(p['mark'], '?')}{p['step']}" for p in progress if p["mark"] != "idle"))
+
+
+def _text(value: Any) -> Text:
+    return Text("-" if value in (None, "") else str(value))
+
+
+def _hosts_table(conn: redis.Redis) -> Table:
+    table = Table(title="hosts in remediation", title_justify="left")
+    for column in ("host", "status", "step", "attempt", "outcome", "ladder", "progress", "updated"):
+        table.add_column(column, overflow="fold")
+    for host in ops.list_host_summaries(conn):
+        detail = ops.host_detail(conn, host["host_id"]) or {"progress": []}
+        table.add_row(
+            _text(host["host_id"]),
+            _text(host["status"]),
+            _text(host["step"]),
+            _text(host["attempt"]),
+            _text(host["outcome"]),
+            _text(host["ladder_id"]),
+            _ladder_text(detail["progress"]),
+            _when(host["updated_at"]),
+        )
+    return table
+
+
+def _timeline(detail: dict[str, Any]) -> list[Any]:
+    state = detail["state"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    for label, value in (
+        ("host", detail["host_id"]),
+        ("status", state.get("status")),
+        ("step", state.get("step")),
+        ("attempt", state.get("attempt")),
+        ("outcome", state.get("outcome")),
+        ("detail", state.get("outcome_detail")),
+        ("ladder", state.get("ladder_id")),
+        ("job", state.get("job_id")),
+    ):
+        head.add_row(label, _text(value))
+    head.add_row("progress", _ladder_text(detail["progress"]))
+    table = Table(title="timeline", title_justify="left")
+    for column in ("time", "step", "outcome", "detail", "evidence"):
+        table.add_column(column, overflow="fold")
+    for entry in detail["audit"]:
+        evidence = {k: v for k, v in entry.items() if k not in ("ts", "step", "outcome", "detail")}
+        table.add_row(
+            _when(entry.get("ts")),
+            _text(entry.get("step")),
+            _text(entry.get("outcome")),
+            _text(entry.get("detail")),
+            Text(json.dumps(evidence, sort_keys=True, default=str)),
+        )
+    return [head, table]
+
+
+def _host_arg(host: str) -> str:
+    if not is_valid_host_id(host):
+        raise click.BadParameter("must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", param_hint="HOST")
+    return host
+
+
+@click.command()
+@click.argument("host", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print what GET /api/v1/hosts[/HOST] returns")
+def status(host: str | None, as_json: bool) -> None:
+    """Hosts in or after remediation, or HOST's state and audit timeline."""
+    settings = _settings()
+    conn = _connect(settings)
+    with _redis_errors():
+        if host is None:
+            if as_json:
+                _echo_json({"hosts": ops.list_host_summaries(conn)})
+                return
+            _console().print(_hosts_table(conn))
+            return
+        detail = ops.host_detail(conn, _host_arg(host))
+        if detail is None:
+            raise click.ClickException(f"no state for host {host}: the remediator has never worked on it")
+        if as_json:
+            _echo_json(detail)
+            return
+        console = _console()
+        for part in _timeline(detail):
+            console.print(part)
+
+
+@click.command()
+@click.argument("host")
+@click.option("--dry-run", is_flag=True, help="diagnose and record the plan; change nothing")
+def remediate(host: str, dry_run: bool) -> None:
+    """Start a ladder for HOST now, unless one is already queued or running."""
+    settings = _settings()
+    conn = _connect(settings)
+    host = _host_arg(host)
+    with _redis_errors():
+        result = ops.remediate_host(
+            conn,
+            settings.queue,
+            host,
+            dry_run=dry_run or settings.dry_run,
+            who=_who(),
+            limit=ops.ladder_limit(_rules(settings)),
+        )
+    if not result.accepted:
+        if result.ladder_id:
+            raise click.ClickException(
+                f"host {host} is already being remediated by ladder {result.ladder_id}"
+            )
+        raise click.ClickException(f"host {host}: {result.detail}")
+    what = "dry-run ladder" if result.dry_run else "ladder"
+    click.echo(f"{what} {result.ladder_id} queued for {host}")
+
+
+@click.command()
+@click.argument("job_id", required=False)
+@click.option("--failed", "all_failed", is_flag=True, help="every job in RQ's failed-job registry")
+@click.option("--host", "host", default=None, help="the failed jobs of HOST")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+def requeue(job_id: str | None, all_failed: bool, host: str | None, as_json: bool) -> None:
+    """Re-queue JOB_ID, every failed job (--failed) or HOST's failed jobs (--host), never a second ladder.
+
+    A failed job of a host's active ladder resumes that ladder with a fresh job; when its ladder has ended,
+    a new one starts; when another ladder owns the host, nothing happens and the command exits 1.
+    """
+    if sum((job_id is not None, all_failed, host is not None)) != 1:
+        raise click.UsageError("give exactly one of JOB_ID, --failed or --host HOST")
+    settings = _settings()
+    conn = _connect(settings)
+    limit = ops.ladder_limit(_rules(settings))
+    who = _who()
+    with _redis_errors():
+        if job_id is not None:
+            results = [
+                requeue_job(
+                    conn, settings.queue, job_id, who=who, limit=limit, default_dry_run=settings.dry_run
+                )
+            ]
+        else:
+            results = requeue_failed(
+                conn,
+                settings.queue,
+                who=who,
+                limit=limit,
+                host_id=_host_arg(host) if host else None,
+                default_dry_run=settings.dry_run,
+            )
+    _report(results, as_json, empty=f"no failed jobs{f' of {host}' if host else ''}")
+
+
+def _report(results: list[Requeued], as_json: bool, empty: str) -> None:
+    if as_json:
+        _echo_json({"results": [r.as_dict() for r in results]})
+    elif not results:
+        click.echo(empty)
+    for result in results if not as_json else ():
+        click.echo(f"{result.job_id}: {result.action}: {result.detail}", err=not result.ok)
+    if not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
+COMMANDS = (status, remediate, requeue)

@@ -1,0 +1,178 @@
+"""``/ui``: the status page (server-rendered, no external assets) and its admin forms.
+
+The admin token is typed into a password field and posted to ``/ui/remediate`` or ``/ui/requeue``, which
+check it like the API does; it is never put in a URL or a page. Knowing it is also what stops a
+cross-site form post from acting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, render_template, request, url_for
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+from remediator import ops
+from remediator.api import JOB_ID
+from remediator.auth import check_authorization
+from remediator.extensions import get_redis, get_rules, get_settings
+from remediator.hosts import is_valid_host_id
+from remediator.requeue import HTTP_CODES, failed_job_ids, ladder_of, requeue_failed, requeue_job
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
+log = logging.getLogger("remediator.ui")
+
+REFRESH = 5  # seconds between the status page's own reloads
+FAILED_SHOWN = 50  # failed jobs listed on the status page
+_AUDIT_KEYS = {"ts", "step", "outcome", "detail"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+bp.add_app_template_filter(ops.format_ts, "ts")
+
+
+@bp.app_template_filter("ago")
+def format_ago(value: Any) -> str:
+    if value in (None, ""):
+        return "-"
+    seconds = max(0, int(time.time() - float(value)))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+@bp.app_template_filter("evidence")
+def audit_evidence(entry: dict[str, Any]) -> dict[str, Any]:
+    """An audit entry's evidence: everything but the columns the timeline shows."""
+    return {k: v for k, v in entry.items() if k not in _AUDIT_KEYS}
+
+
+def _page(template: str, code: int = 200, **context: Any) -> Response:
+    html = render_template(template, now=time.time(), **context)
+    return Response(html, status=code, mimetype="text/html", headers=SECURITY_HEADERS)
+
+
+def _message(code: int, title: str, *lines: str, back: str | None = None) -> Response:
+    return _page("message.html", code, title=title, lines=lines, back=back, refresh=None)
+
+
+@bp.errorhandler(redis.RedisError)
+def redis_unavailable(exc: redis.RedisError) -> Response:
+    log.error("redis error in %s: %s", request.endpoint, type(exc).__name__)
+    return _message(503, "Redis is unavailable", "The state cannot be read right now; retry shortly.")
+
+
+def _failed_jobs(conn: redis.Redis) -> list[dict[str, Any]]:
+    out = []
+    for job_id in failed_job_ids(conn, get_settings().queue)[-FAILED_SHOWN:]:
+        try:
+            job = Job.fetch(job_id, connection=conn)
+        except NoSuchJobError:
+            continue
+        target = ladder_of(job)
+        out.append(
+            {
+                "job_id": job_id,
+                "host_id": target.host_id if target else None,
+                "description": job.description or job.func_name,
+            }
+        )
+    return out
+
+
+@bp.get("")
+def index() -> Response:
+    conn = get_redis()
+    rules = get_rules()
+    hosts = []
+    for state in ops.list_host_summaries(conn, limit=200):
+        detail = ops.host_detail(conn, state["host_id"]) or {"progress": []}
+        hosts.append({**state, "progress": detail["progress"]})
+    fleet = ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    return _page("index.html", hosts=hosts, fleet=fleet, failed=_failed_jobs(conn), refresh=REFRESH)
+
+
+@bp.get("/hosts/<host_id>")
+def host(host_id: str) -> Response:
+    if not is_valid_host_id(host_id):
+        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    detail = ops.host_detail(get_redis(), host_id)
+    if detail is None:
+        return _message(404, "Unknown host", f"The remediator has no state for {host_id}.")
+    return _page("host.html", detail=detail, refresh=REFRESH)
+
+
+def _authorized() -> bool:
+    token = request.form.get("token", "")
+    return check_authorization(f"Bearer {token}", get_settings().admin_token, allow_basic=False)
+
+
+def _denied() -> Response:
+    return _message(401, "Not authorized", "The admin token is missing or wrong (REMEDIATOR_ADMIN_TOKEN).")
+
+
+@bp.post("/remediate")
+def remediate() -> Response:
+    if not _authorized():
+        return _denied()
+    host_id = request.form.get("host_id", "")
+    if not is_valid_host_id(host_id):
+        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    settings = get_settings()
+    result = ops.remediate_host(
+        get_redis(),
+        settings.queue,
+        host_id,
+        dry_run=request.form.get("dry_run") == "1" or settings.dry_run,
+        who=f"ui ({request.remote_addr or 'unknown'})",
+        limit=ops.ladder_limit(get_rules()),
+    )
+    back = url_for("ui.host", host_id=host_id)
+    if not result.accepted:
+        return _message(409, "Not started", result.detail, back=back)
+    what = "dry-run ladder" if result.dry_run else "ladder"
+    return _message(202, "Remediation queued", f"{what} {result.ladder_id} queued for {host_id}.", back=back)
+
+
+@bp.post("/requeue")
+def requeue() -> Response:
+    if not _authorized():
+        return _denied()
+    settings = get_settings()
+    conn = get_redis()
+    who = f"ui ({request.remote_addr or 'unknown'})"
+    limit = ops.ladder_limit(get_rules())
+    job_id = request.form.get("job_id", "").strip()
+    host_id = request.form.get("host_id", "").strip() or None
+    if host_id is not None and not is_valid_host_id(host_id):
+        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    if job_id and not JOB_ID.fullmatch(job_id):
+        return _message(422, "Invalid job id", "A job id must match ^[A-Za-z0-9_-]{1,128}$.")
+    if job_id:
+        results = [
+            requeue_job(conn, settings.queue, job_id, who=who, limit=limit, default_dry_run=settings.dry_run)
+        ]
+    else:
+        results = requeue_failed(
+            conn, settings.queue, who=who, limit=limit, host_id=host_id, default_dry_run=settings.dry_run
+        )
+    if not results:
+        return _message(
+            200, "Nothing to requeue", "There are no failed jobs" + (f" of {host_id}." if host_id else ".")
+        )
+    code = max(HTTP_CODES[r.action] for r in results)
+    lines = [f"{r.job_id}: {r.action}: {r.detail}" for r in results]
+    back = url_for("ui.host", host_id=host_id) if host_id else None
+    return _message(code, "Requeue", *lines, back=back)
