@@ -17,7 +17,7 @@ import click
 from remediator.config import Settings
 from remediator.exceptions import ConfigError
 
-DEFAULT_BIND = "0.0.0.0:8080"  # noqa: S104 - the receiver must be reachable by Alertmanager in a pod
+DEFAULT_BIND = "0.0.0.0:8080"
 DEV_BIND = "127.0.0.1:8080"
 SHUTDOWN_GRACE = 10.0  # seconds children get to stop before they are killed
 
@@ -50,8 +50,9 @@ def serve(bind: str, workers: int | None, threads: int, timeout: int) -> None:
     from remediator.server import run_gunicorn
 
     settings = _settings()
-    run_gunicorn(settings, bind=bind, workers=workers or _default_web_workers(), threads=threads,
-                 timeout=timeout)
+    run_gunicorn(
+        settings, bind=bind, workers=workers or _default_web_workers(), threads=threads, timeout=timeout
+    )
 
 
 @main.command()
@@ -108,8 +109,9 @@ def dev(bind: str, rq_workers: int) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         py = sys.executable
-        procs.append(subprocess.Popen([py, "-m", "remediator", "serve", "--bind", bind, "--workers", "2"],
-                                      env=env))
+        procs.append(
+            subprocess.Popen([py, "-m", "remediator", "serve", "--bind", bind, "--workers", "2"], env=env)
+        )
         for _ in range(rq_workers):
             procs.append(subprocess.Popen([py, "-m", "remediator", "worker"], env=env))
         click.echo(f"receiver on http://{bind}  (Ctrl-C stops everything)")
@@ -123,6 +125,16 @@ def dev(bind: str, rq_workers: int) -> None:
         _terminate(procs)
         if embedded:
             embedded.stop()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@click.option("--timeout", type=float, default=240.0, show_default=True, help="seconds before giving up")
+def demo(as_json: bool, timeout: float) -> None:
+    """Simulated cluster, real alerts, live progress: the product working on this machine."""
+    from remediator.demo import run_demo
+
+    sys.exit(run_demo(as_json=as_json, timeout=timeout))
 
 
 def _attach_optional_commands() -> None:

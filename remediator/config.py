@@ -186,7 +186,9 @@ class Settings:
             page_webhook_url=env.get("REMEDIATOR_PAGE_WEBHOOK_URL") or None,
             alertmanager_url=(env.get("REMEDIATOR_ALERTMANAGER_URL") or "").rstrip("/") or None,
             ledger_file=env.get("REMEDIATOR_LEDGER_FILE") or str(Path(recovery_dir) / "data-loss.jsonl"),
-            max_body_bytes=int(_number(env, "REMEDIATOR_MAX_BODY_BYTES", defaults.MAX_BODY_BYTES, integer=True)),
+            max_body_bytes=int(
+                _number(env, "REMEDIATOR_MAX_BODY_BYTES", defaults.MAX_BODY_BYTES, integer=True)
+            ),
             queue=env.get("REMEDIATOR_QUEUE") or defaults.QUEUE,
             log_level=(env.get("REMEDIATOR_LOG_LEVEL") or "INFO").upper(),
             lock_ttl=_number(env, "REMEDIATOR_LOCK_TTL", defaults.LOCK_TTL),
@@ -197,11 +199,7 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """The secret values set, so that logs and answers can be scrubbed of them."""
-        return [
-            getattr(self, f.name)
-            for f in fields(self)
-            if not f.repr and getattr(self, f.name)
-        ]
+        return [getattr(self, f.name) for f in fields(self) if not f.repr and getattr(self, f.name)]
 
     def as_dict(self) -> dict[str, object]:
         """The settings with every secret replaced by whether it is set, safe to show."""

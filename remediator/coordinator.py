@@ -50,7 +50,9 @@ class HostRecord:
             if value is None or value == "":
                 return default
             if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value.split("/"):
-                raise CoordinatorError(f"coordinator gave host {host_id} an unsafe {name}: {str(value)[:60]!r}")
+                raise CoordinatorError(
+                    f"coordinator gave host {host_id} an unsafe {name}: {str(value)[:60]!r}"
+                )
             return value
 
         port = raw.get("ssh_port", 22)
@@ -102,8 +104,14 @@ class Coordinator(Protocol):
 class HttpCoordinator:
     """The coordinator HTTP API of the contract, with bounded retries and backoff on 5xx."""
 
-    def __init__(self, base_url: str, admin_key: str | None, timeout: float = 10.0,
-                 retries: int = RETRIES, backoff: float = BACKOFF) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        admin_key: str | None,
+        timeout: float = 10.0,
+        retries: int = RETRIES,
+        backoff: float = BACKOFF,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._admin_key = admin_key
         self.timeout = timeout
@@ -117,14 +125,17 @@ class HttpCoordinator:
         last = ""
         for attempt in range(1, self.retries + 1):
             try:
-                resp = self.session.request(method, self.base_url + path, json=body, headers=headers,
-                                            timeout=self.timeout)
+                resp = self.session.request(
+                    method, self.base_url + path, json=body, headers=headers, timeout=self.timeout
+                )
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}"
             else:
                 if resp.status_code < 500:
                     if resp.status_code >= 400:
-                        raise CoordinatorError(f"{method} {path} answered {resp.status_code}: {resp.text[:200]}")
+                        raise CoordinatorError(
+                            f"{method} {path} answered {resp.status_code}: {resp.text[:200]}"
+                        )
                     return resp.json() if resp.content else {}
                 last = f"HTTP {resp.status_code}"
             if attempt < self.retries:
@@ -137,7 +148,11 @@ class HttpCoordinator:
         raw = self._call("GET", "/sync/hosts")
         if not isinstance(raw, dict):
             raise CoordinatorError("GET /sync/hosts did not return an object")
-        return {h: HostRecord.from_api(h, r) for h, r in raw.items() if is_valid_host_id(h) and isinstance(r, dict)}
+        return {
+            h: HostRecord.from_api(h, r)
+            for h, r in raw.items()
+            if is_valid_host_id(h) and isinstance(r, dict)
+        }
 
     def host(self, host_id: str) -> HostRecord | None:
         return self.hosts().get(host_id)
@@ -153,10 +168,14 @@ class HttpCoordinator:
         return self._call("POST", "/admin/retire-host", body, admin=True)
 
     def pause_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]:
-        return self._call("POST", "/admin/pause-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True)
+        return self._call(
+            "POST", "/admin/pause-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True
+        )
 
     def resume_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]:
-        return self._call("POST", "/admin/resume-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True)
+        return self._call(
+            "POST", "/admin/resume-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True
+        )
 
     def record_data_loss(self, record: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", "/admin/data-loss", record, admin=True)
@@ -183,7 +202,10 @@ class InProcessCoordinator:
         result = self.sync.sync_host(host_id, force=True)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
-        return {"requested": True, "result": result if isinstance(result, dict | bool | None) else str(result)}
+        return {
+            "requested": True,
+            "result": result if isinstance(result, dict | bool | None) else str(result),
+        }
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.http, name)
@@ -191,7 +213,9 @@ class InProcessCoordinator:
 
 def coordinator_from_settings(settings: Settings) -> Coordinator:
     """The in-process backend when RingRift's module is importable, else the HTTP client."""
-    http = HttpCoordinator(settings.coordinator_url, settings.coordinator_admin_key, settings.coordinator_timeout)
+    http = HttpCoordinator(
+        settings.coordinator_url, settings.coordinator_admin_key, settings.coordinator_timeout
+    )
     try:
         module = importlib.import_module(IN_PROCESS_MODULE)
     except ImportError:

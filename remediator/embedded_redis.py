@@ -39,8 +39,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedRedis:
     """A redis-server child process on a loopback port, with its data in ``workdir``."""
 
-    def __init__(self, workdir: str | Path, port: int | None = None, binary: str | None = None,
-                 appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: str | Path,
+        port: int | None = None,
+        binary: str | None = None,
+        appendonly: bool = False,
+    ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
@@ -55,13 +60,20 @@ class EmbeddedRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.workdir),
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--protected-mode", "yes",
-            "--logfile", str(self.workdir / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(self.workdir / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
@@ -73,7 +85,9 @@ class EmbeddedRedis:
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"redis-server did not start; see {self.workdir / 'redis.log'}") from None
+                    raise RuntimeError(
+                        f"redis-server did not start; see {self.workdir / 'redis.log'}"
+                    ) from None
                 time.sleep(0.02)
             finally:
                 client.close()

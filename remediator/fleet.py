@@ -34,11 +34,11 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
     conn = ctx.conn
     window = ctx.rules.fleet.window_minutes * 60
     fleet = _fleet(conn)
-    if refresh and fleet.get("provider_ok") == "0":
-        # A provider outage is re-checked while it lasts, so held ladders resume when it clears.
-        if time.time() - float(fleet.get("provider_checked_at") or 0) > PROVIDER_CHECK_MAX_AGE:
-            _check_provider(ctx)
-            fleet = _fleet(conn)
+    # A provider outage is re-checked while it lasts, so held ladders resume when it clears.
+    stale = time.time() - float(fleet.get("provider_checked_at") or 0) > PROVIDER_CHECK_MAX_AGE
+    if refresh and fleet.get("provider_ok") == "0" and stale:
+        _check_provider(ctx)
+        fleet = _fleet(conn)
     at_risk = 0
     unrecoverable = 0
     for host in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"):
@@ -62,9 +62,14 @@ def _check_provider(ctx: Any) -> bool:
 
     statuses = provider_statuses(ctx.settings)
     ok = all(v is not False for v in statuses.values())
-    ctx.conn.hset(keys.FLEET, mapping={"provider_ok": "1" if ok else "0",
-                                       "provider_checked_at": f"{time.time():.3f}",
-                                       "provider_statuses": json.dumps(statuses)})
+    ctx.conn.hset(
+        keys.FLEET,
+        mapping={
+            "provider_ok": "1" if ok else "0",
+            "provider_checked_at": f"{time.time():.3f}",
+            "provider_statuses": json.dumps(statuses),
+        },
+    )
     return ok
 
 
@@ -76,10 +81,14 @@ def _check_network(ctx: Any) -> bool:
     if parsed.hostname:
         endpoints.append(f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}")
     result = probe(endpoints, timeout=min(5.0, ctx.settings.ssh_connect_timeout))
-    ctx.conn.hset(keys.FLEET, mapping={"network_ok": "1" if result.ok else "0",
-                                       "network_checked_at": f"{time.time():.3f}",
-                                       "network_detail": json.dumps({"reachable": result.reachable,
-                                                                     "total": result.total})})
+    ctx.conn.hset(
+        keys.FLEET,
+        mapping={
+            "network_ok": "1" if result.ok else "0",
+            "network_checked_at": f"{time.time():.3f}",
+            "network_detail": json.dumps({"reachable": result.reachable, "total": result.total}),
+        },
+    )
     return result.ok
 
 
@@ -116,8 +125,12 @@ def evaluate(ctx: Any) -> dict[str, Any]:
     try:
         return _evaluate(ctx)
     finally:
-        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-                  1, keys.FLEET_LOCK, token)
+        conn.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+            1,
+            keys.FLEET_LOCK,
+            token,
+        )
 
 
 def _evaluate(ctx: Any) -> dict[str, Any]:
@@ -129,7 +142,9 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
     done: dict[str, Any] = {"critical_hosts": facts["critical_hosts"], "storm": storm}
     if storm and fleet.get("storm") != "1":
         storm_id = uuid.uuid4().hex[:12]
-        conn.hset(keys.FLEET, mapping={"storm": "1", "storm_id": storm_id, "storm_started_at": f"{time.time():.3f}"})
+        conn.hset(
+            keys.FLEET, mapping={"storm": "1", "storm_id": storm_id, "storm_started_at": f"{time.time():.3f}"}
+        )
         log.warning("storm %s: %d hosts critical within the window", storm_id, facts["critical_hosts"])
         fleet = _fleet(conn)
     storm_id = fleet.get("storm_id", "")
@@ -144,13 +159,22 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
     facts = {**fleet_facts(ctx, refresh=False), "storm_active": facts["storm_active"]}
     decision = rules.decide(facts)
     window = rules.fleet.window_minutes * 60
-    affected = sorted(h.decode() for h in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"))
+    affected = sorted(
+        h.decode() for h in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf")
+    )
     if facts["storm_active"] and storm_id:
         for page in decision.pages[:1]:
             done["page"] = open_incident(
-                conn, ctx.settings, dedup_key=f"remediator/storm/{storm_id}", severity=page.severity,
-                summary=f"{page.summary}: {len(affected)} hosts critical", targets=page.to or None,
-                hosts=tuple(affected), details={"facts": facts, "hosts": affected}, rule=page.rule)
+                conn,
+                ctx.settings,
+                dedup_key=f"remediator/storm/{storm_id}",
+                severity=page.severity,
+                summary=f"{page.summary}: {len(affected)} hosts critical",
+                targets=page.to or None,
+                hosts=tuple(affected),
+                details={"facts": facts, "hosts": affected},
+                rule=page.rule,
+            )
         if decision.pause_selfplay and not ctx.dry_run:
             new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
             if new:

@@ -55,8 +55,9 @@ def new_ladder_id() -> str:
     return uuid.uuid4().hex
 
 
-def start_ladders(conn: redis.Redis, queue_name: str, requests: Iterable[LadderRequest],
-                  limit: LadderLimit | None = None) -> IntakeResult:
+def start_ladders(
+    conn: redis.Redis, queue_name: str, requests: Iterable[LadderRequest], limit: LadderLimit | None = None
+) -> IntakeResult:
     """Enqueue a ladder for each request whose host has none queued or running, atomically."""
     requests = list(requests)
     if not requests:
@@ -94,9 +95,15 @@ def start_ladders(conn: redis.Redis, queue_name: str, requests: Iterable[LadderR
                         result.skipped.append({**entry, "reason": f"{what} {active[name].decode()}"})
                         continue
                     if req.host_id is not None and recent[name] >= limit.count:
-                        result.skipped.append({**entry, "reason": (
-                            f"ladder limit reached: {recent[name]} ladders in the last "
-                            f"{limit.window_seconds / 60:g} min (rules ladder.max_ladders_per_host)")})
+                        result.skipped.append(
+                            {
+                                **entry,
+                                "reason": (
+                                    f"ladder limit reached: {recent[name]} ladders in the last "
+                                    f"{limit.window_seconds / 60:g} min (rules ladder.max_ladders_per_host)"
+                                ),
+                            }
+                        )
                         continue
                     ladder_id = new_ladder_id()
                     job_datas.append(_job_data(queue, req, ladder_id))
@@ -113,13 +120,23 @@ def start_ladders(conn: redis.Redis, queue_name: str, requests: Iterable[LadderR
 
 def _job_data(queue: Queue, req: LadderRequest, ladder_id: str) -> Any:
     if req.host_id is None:
-        return Queue.prepare_data(DISCOVERY_JOB, args=(ladder_id,), kwargs={"dry_run": req.dry_run},
-                                  job_id=ladder_id, timeout=defaults.JOB_TIMEOUT,
-                                  result_ttl=defaults.JOB_RESULT_TTL,
-                                  description=f"discover critical hosts ({req.alertname or 'manual'})")
-    return Queue.prepare_data(LADDER_JOB, args=(req.host_id, ladder_id), job_id=ladder_id,
-                              timeout=defaults.JOB_TIMEOUT, result_ttl=defaults.JOB_RESULT_TTL,
-                              description=f"remediate {req.host_id}")
+        return Queue.prepare_data(
+            DISCOVERY_JOB,
+            args=(ladder_id,),
+            kwargs={"dry_run": req.dry_run},
+            job_id=ladder_id,
+            timeout=defaults.JOB_TIMEOUT,
+            result_ttl=defaults.JOB_RESULT_TTL,
+            description=f"discover critical hosts ({req.alertname or 'manual'})",
+        )
+    return Queue.prepare_data(
+        LADDER_JOB,
+        args=(req.host_id, ladder_id),
+        job_id=ladder_id,
+        timeout=defaults.JOB_TIMEOUT,
+        result_ttl=defaults.JOB_RESULT_TTL,
+        description=f"remediate {req.host_id}",
+    )
 
 
 def _record_start(pipe: Any, req: LadderRequest, ladder_id: str, now: float) -> None:
@@ -132,11 +149,31 @@ def _record_start(pipe: Any, req: LadderRequest, ladder_id: str, now: float) -> 
     pipe.zadd(keys.LADDER_STARTS.format(host), {ladder_id: now})
     pipe.zremrangebyscore(keys.LADDER_STARTS.format(host), "-inf", now - 7 * 86400)
     pipe.delete(keys.HOST.format(host))
-    store.update_host(pipe, host, ladder_id=ladder_id, job_id=ladder_id, status="queued", step="diagnose",
-                      attempt=0, outcome="running", started_at=f"{now:.3f}", fingerprint=req.fingerprint,
-                      alertname=req.alertname, reason=req.reason, dry_run=req.dry_run)
-    store.append_audit(pipe, host, "intake", "queued", req.reason, job_id=ladder_id,
-                       fingerprint=req.fingerprint or None, dry_run=req.dry_run or None)
+    store.update_host(
+        pipe,
+        host,
+        ladder_id=ladder_id,
+        job_id=ladder_id,
+        status="queued",
+        step="diagnose",
+        attempt=0,
+        outcome="running",
+        started_at=f"{now:.3f}",
+        fingerprint=req.fingerprint,
+        alertname=req.alertname,
+        reason=req.reason,
+        dry_run=req.dry_run,
+    )
+    store.append_audit(
+        pipe,
+        host,
+        "intake",
+        "queued",
+        req.reason,
+        job_id=ladder_id,
+        fingerprint=req.fingerprint or None,
+        dry_run=req.dry_run or None,
+    )
 
 
 def cancel_ladder(conn: redis.Redis, host_id: str, reason: str, fingerprint: str = "") -> dict[str, Any]:
@@ -149,18 +186,35 @@ def cancel_ladder(conn: redis.Redis, host_id: str, reason: str, fingerprint: str
                 ladder_id = pipe.get(active_key)
                 pipe.multi()
                 if ladder_id is None:
-                    store.append_audit(pipe, host_id, "intake", "resolved", f"{reason}; no ladder running",
-                                       fingerprint=fingerprint or None)
+                    store.append_audit(
+                        pipe,
+                        host_id,
+                        "intake",
+                        "resolved",
+                        f"{reason}; no ladder running",
+                        fingerprint=fingerprint or None,
+                    )
                     pipe.execute()
                     return {"host_id": host_id, "fingerprint": fingerprint, "reason": "no ladder running"}
                 ladder_id = ladder_id.decode()
                 pipe.set(keys.CANCEL.format(host_id), ladder_id, ex=ACTIVE_TTL)
                 store.update_host(pipe, host_id, cancel_reason=reason)
-                store.append_audit(pipe, host_id, "intake", "cancel-requested", reason, job_id=ladder_id,
-                                   fingerprint=fingerprint or None)
+                store.append_audit(
+                    pipe,
+                    host_id,
+                    "intake",
+                    "cancel-requested",
+                    reason,
+                    job_id=ladder_id,
+                    fingerprint=fingerprint or None,
+                )
                 pipe.execute()
-                return {"host_id": host_id, "fingerprint": fingerprint, "ladder_id": ladder_id,
-                        "action": "stop at next step"}
+                return {
+                    "host_id": host_id,
+                    "fingerprint": fingerprint,
+                    "ladder_id": ladder_id,
+                    "action": "stop at next step",
+                }
             except redis.WatchError:
                 continue
     raise redis.ConnectionError("too much contention on the host keys; try again")

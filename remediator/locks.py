@@ -49,8 +49,9 @@ class HostLock:
             raise LockNotAcquired(f"host {self.host_id} is locked by another worker")
         self.fence = int(self.connection.incr(keys.FENCE.format(self.host_id)))
         if self._renew:
-            self._thread = threading.Thread(target=self._renew_loop, name=f"lock-renew-{self.host_id}",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._renew_loop, name=f"lock-renew-{self.host_id}", daemon=True
+            )
             self._thread.start()
         return self.fence
 
@@ -90,6 +91,7 @@ class HostLock:
         self.acquire()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

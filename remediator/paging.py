@@ -19,22 +19,43 @@ log = logging.getLogger("remediator.paging")
 INCIDENT_TTL = 7 * 86400  # seconds an open incident is remembered
 
 
-def open_incident(conn: redis.Redis, settings: Settings, *, dedup_key: str, summary: str, severity: str,
-                  targets: tuple[str, ...] | None, hosts: tuple[str, ...] = (),
-                  details: dict[str, Any] | None = None, rule: str = "") -> dict[str, Any]:
+def open_incident(
+    conn: redis.Redis,
+    settings: Settings,
+    *,
+    dedup_key: str,
+    summary: str,
+    severity: str,
+    targets: tuple[str, ...] | None,
+    hosts: tuple[str, ...] = (),
+    details: dict[str, Any] | None = None,
+    rule: str = "",
+) -> dict[str, Any]:
     """Trigger a page unless this incident is already open; returns what happened (for the audit)."""
     key = keys.INCIDENT.format(dedup_key)
-    record = {"dedup_key": dedup_key, "summary": summary, "severity": severity, "rule": rule,
-              "hosts": json.dumps(list(hosts)), "opened_at": f"{time.time():.3f}",
-              "targets": json.dumps(list(targets) if targets else None)}
+    record = {
+        "dedup_key": dedup_key,
+        "summary": summary,
+        "severity": severity,
+        "rule": rule,
+        "hosts": json.dumps(list(hosts)),
+        "opened_at": f"{time.time():.3f}",
+        "targets": json.dumps(list(targets) if targets else None),
+    }
     # HSETNX on a marker field claims the incident atomically: only the first caller pages.
     if not conn.hsetnx(key, "dedup_key", dedup_key):
         return {"dedup_key": dedup_key, "paged": False, "reason": "incident already open"}
     conn.hset(key, mapping=record)
     conn.expire(key, INCIDENT_TTL)
     conn.sadd(keys.INCIDENTS, dedup_key)
-    page = Page(dedup_key=dedup_key, summary=summary, severity=severity, source="ringrift-remediator",
-                details=details or {}, hosts=hosts)
+    page = Page(
+        dedup_key=dedup_key,
+        summary=summary,
+        severity=severity,
+        source="ringrift-remediator",
+        details=details or {},
+        hosts=hosts,
+    )
     outcomes = deliver(page, pagers_from_settings(settings), list(targets) if targets else None)
     for pager, outcome in outcomes.items():
         metrics.PAGES.labels(pager=pager, action="trigger", result=outcome.split(":")[0]).inc()
@@ -49,9 +70,13 @@ def resolve_incident(conn: redis.Redis, settings: Settings, dedup_key: str) -> d
         return {"dedup_key": dedup_key, "resolved": False, "reason": "no open incident"}
     raw = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
     conn.delete(key)
-    page = Page(dedup_key=dedup_key, summary=raw.get("summary") or dedup_key,
-                severity=raw.get("severity") or "critical", source="ringrift-remediator",
-                hosts=tuple(json.loads(raw.get("hosts") or "[]")))
+    page = Page(
+        dedup_key=dedup_key,
+        summary=raw.get("summary") or dedup_key,
+        severity=raw.get("severity") or "critical",
+        source="ringrift-remediator",
+        hosts=tuple(json.loads(raw.get("hosts") or "[]")),
+    )
     targets = json.loads(raw.get("targets") or "null")
     outcomes = deliver(page, pagers_from_settings(settings), targets, action="resolve")
     for pager, outcome in outcomes.items():

@@ -39,8 +39,11 @@ def _error(code: int, error: str, field: str | None = None, **extra: Any) -> Any
 def alertmanager() -> Any:
     settings = get_settings()
     if not check_authorization(request.headers.get("Authorization"), settings.webhook_token):
-        return _error(401, "missing or wrong credentials: send 'Authorization: Bearer <token>' "
-                           "(http_config.authorization) or basic auth with the token as password")
+        return _error(
+            401,
+            "missing or wrong credentials: send 'Authorization: Bearer <token>' "
+            "(http_config.authorization) or basic auth with the token as password",
+        )
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         return _error(413, f"body larger than {settings.max_body_bytes} bytes (REMEDIATOR_MAX_BODY_BYTES)")
     if not request.is_json:
@@ -53,15 +56,20 @@ def alertmanager() -> Any:
     except PayloadError as exc:
         return _error(400, exc.message, field=exc.field)
     except HostIdError as exc:
-        return _error(422, "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$; nothing was accepted",
-                      field=exc.field)
+        return _error(
+            422, "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$; nothing was accepted", field=exc.field
+        )
     try:
         answer = _store(alerts)
     except redis.RedisError as exc:
         log.error("could not store alerts: %s", type(exc).__name__)
         return _error(503, "work could not be stored (Redis unavailable); retry later", retry=True)
-    for bucket, outcome in (("accepted", "accepted"), ("skipped", "skipped"), ("resolved", "cancelled"),
-                            ("recorded", "fleet")):
+    for bucket, outcome in (
+        ("accepted", "accepted"),
+        ("skipped", "skipped"),
+        ("resolved", "cancelled"),
+        ("recorded", "fleet"),
+    ):
         for item in answer[bucket]:
             metrics.ALERTS.labels(status=item.get("status", "firing"), outcome=outcome).inc()
     return _answer(202, answer)
@@ -79,28 +87,43 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
     critical_seen: dict[str, float] = {}
     now = time.time()
     for alert in alerts:
-        entry = {"host_id": alert.host_id, "fingerprint": alert.fingerprint, "alertname": alert.alertname,
-                 "status": alert.status}
+        entry = {
+            "host_id": alert.host_id,
+            "fingerprint": alert.fingerprint,
+            "alertname": alert.alertname,
+            "status": alert.status,
+        }
         if rules.feeds_fleet(alert.alertname):
             recorded.append(entry)
             continue
         if not rules.starts_ladder(alert.alertname):
-            skipped.append({**entry, "reason": f"alertname {alert.alertname!r} does not start a ladder "
-                                               "(rules alerts.start_ladder)"})
+            skipped.append(
+                {
+                    **entry,
+                    "reason": f"alertname {alert.alertname!r} does not start a ladder "
+                    "(rules alerts.start_ladder)",
+                }
+            )
             continue
         if alert.status == "resolved":
             if alert.host_id is None:
                 skipped.append({**entry, "reason": "resolved cluster-level alert: nothing to cancel"})
             else:
-                resolved.append({**entry, **cancel_ladder(conn, alert.host_id, "alert resolved",
-                                                          alert.fingerprint)})
+                resolved.append(
+                    {**entry, **cancel_ladder(conn, alert.host_id, "alert resolved", alert.fingerprint)}
+                )
             continue
         if alert.host_id is not None:
             critical_seen[alert.host_id] = now
-        requests_.append(LadderRequest(
-            host_id=alert.host_id, fingerprint=alert.fingerprint, alertname=alert.alertname,
-            reason=f"{alert.alertname} firing" + ("" if alert.host_id else ": discover critical hosts"),
-            dry_run=settings.dry_run))
+        requests_.append(
+            LadderRequest(
+                host_id=alert.host_id,
+                fingerprint=alert.fingerprint,
+                alertname=alert.alertname,
+                reason=f"{alert.alertname} firing" + ("" if alert.host_id else ": discover critical hosts"),
+                dry_run=settings.dry_run,
+            )
+        )
     if recorded:
         fleet = {f"alert:{a['alertname']}": f"{a['status']} {now:.3f}" for a in recorded}
         conn.hset(keys.FLEET, mapping=fleet)

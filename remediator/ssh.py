@@ -82,9 +82,12 @@ class HostSession:
             "config": [],
         }
         try:
-            self.conn = self.loop.run_until_complete(asyncio.wait_for(
-                asyncssh.connect(self.record.address, **options), timeout=s.ssh_connect_timeout + 1))
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+            self.conn = self.loop.run_until_complete(
+                asyncio.wait_for(
+                    asyncssh.connect(self.record.address, **options), timeout=s.ssh_connect_timeout + 1
+                )
+            )
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
             self.close()
             raise SSHError(classify(exc)) from None
         return self
@@ -94,8 +97,9 @@ class HostSession:
         timeout = timeout or self.settings.ssh_command_timeout
         try:
             result = self.loop.run_until_complete(
-                self.conn.run(command, input=stdin, check=False, timeout=timeout))
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                self.conn.run(command, input=stdin, check=False, timeout=timeout)
+            )
+        except (TimeoutError, OSError, asyncssh.Error) as exc:
             raise SSHError(f"{command.split()[0]}: {classify(exc)}") from None
         return CommandResult(command, result.exit_status, str(result.stdout or ""), str(result.stderr or ""))
 
@@ -104,7 +108,7 @@ class HostSession:
             self.conn.close()
             try:
                 self.loop.run_until_complete(asyncio.wait_for(self.conn.wait_closed(), timeout=5))
-            except (asyncio.TimeoutError, OSError, asyncssh.Error):
+            except (TimeoutError, OSError, asyncssh.Error):
                 pass
             self.conn = None
         if not self.loop.is_closed():
@@ -113,17 +117,31 @@ class HostSession:
     def __enter__(self) -> HostSession:
         return self.connect()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
 def ssh_command_for_rsync(settings: Settings, record: HostRecord) -> str:
     """The ``rsync -e`` command: OpenSSH with host keys checked and no prompts."""
-    parts = ["ssh", "-p", str(record.ssh_port), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-             "-o", f"UserKnownHostsFile={settings.ssh_known_hosts}",
-             "-o", f"ConnectTimeout={int(settings.ssh_connect_timeout)}", "-o", "ServerAliveInterval=15",
-             "-F", "/dev/null"]
+    parts = [
+        "ssh",
+        "-p",
+        str(record.ssh_port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={settings.ssh_known_hosts}",
+        "-o",
+        f"ConnectTimeout={int(settings.ssh_connect_timeout)}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-F",
+        "/dev/null",
+    ]
     if settings.ssh_key_file:
         parts += ["-i", settings.ssh_key_file, "-o", "IdentitiesOnly=yes"]
     return shlex.join(parts)
@@ -136,12 +154,21 @@ class RsyncResult:
     stderr: str
 
 
-def rsync_pull(settings: Settings, record: HostRecord, dest: Path, *, dry_run: bool = False,
-               timeout: float | None = None) -> RsyncResult:
+def rsync_pull(
+    settings: Settings, record: HostRecord, dest: Path, *, dry_run: bool = False, timeout: float | None = None
+) -> RsyncResult:
     """Copy the host's data dir into ``dest``. Never deletes on either side; ``--dry-run`` copies nothing."""
     dest.mkdir(parents=True, exist_ok=True)
-    argv = ["rsync", "-a", "--partial", "--stats", "--protect-args", "--timeout=60",
-            "-e", ssh_command_for_rsync(settings, record)]
+    argv = [
+        "rsync",
+        "-a",
+        "--partial",
+        "--stats",
+        "--protect-args",
+        "--timeout=60",
+        "-e",
+        ssh_command_for_rsync(settings, record),
+    ]
     if dry_run:
         argv.append("--dry-run")
     host = f"[{record.address}]" if ":" in record.address else record.address

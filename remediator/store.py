@@ -39,8 +39,9 @@ def update_host(conn: redis.Redis | Pipeline, host_id: str, **fields: Any) -> No
     conn.zadd(keys.HOSTS, {host_id: now})
 
 
-def append_audit(conn: redis.Redis | Pipeline, host_id: str, step: str, outcome: str, detail: str = "",
-                 **evidence: Any) -> dict[str, Any]:
+def append_audit(
+    conn: redis.Redis | Pipeline, host_id: str, step: str, outcome: str, detail: str = "", **evidence: Any
+) -> dict[str, Any]:
     """Append one entry to the host's audit trail; returns the entry. Never pass a secret here."""
     entry: dict[str, Any] = {"ts": round(time.time(), 3), "step": step, "outcome": outcome}
     if detail:

@@ -46,4 +46,6 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
 from remediator.sim.testing import make_sim_cluster, sim_cluster  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""The whole stack for end-to-end tests: receiver app, real ``remediator worker`` processes, simulated cluster."""
+"""The whole stack for end-to-end tests: receiver, real ``remediator worker`` processes, simulated cluster."""
 
 from __future__ import annotations
 
@@ -31,8 +31,13 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"worker{len(self.workers)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "remediator", "worker"], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "remediator", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.workers.append(proc)
         return proc
 
@@ -43,8 +48,12 @@ class Stack:
                 proc.wait()
 
     def post(self, alerts: list[dict[str, Any]]) -> dict[str, Any]:
-        resp = self.app.test_client().post("/webhook/alertmanager", data=json.dumps(payload(alerts)),
-                                           content_type="application/json", headers=bearer())
+        resp = self.app.test_client().post(
+            "/webhook/alertmanager",
+            data=json.dumps(payload(alerts)),
+            content_type="application/json",
+            headers=bearer(),
+        )
         assert resp.status_code == 202, resp.get_data(as_text=True)
         return resp.get_json()
 
@@ -58,9 +67,12 @@ class Stack:
         return [(e["step"], e["outcome"]) for e in self.audit(host_id)]
 
     def wait_finished(self, host_id: str, timeout: float = 90) -> dict[str, Any]:
-        return wait_for(lambda: self.host(host_id) if self.host(host_id).get("status") == "finished" else None,
-                        timeout=timeout, interval=0.2, what=f"{host_id}'s ladder to finish "
-                        f"(last: {self.steps(host_id)[-3:]})")
+        return wait_for(
+            lambda: self.host(host_id) if self.host(host_id).get("status") == "finished" else None,
+            timeout=timeout,
+            interval=0.2,
+            what=f"{host_id}'s ladder to finish (last: {self.steps(host_id)[-3:]})",
+        )
 
     def active(self, host_id: str) -> bool:
         return self.conn.exists(keys.ACTIVE.format(host_id)) == 1
@@ -69,15 +81,17 @@ class Stack:
 def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **extra_env: str) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
     env.update(sim.env())
-    env.update({
-        "REDIS_URL": redis_url,
-        "REMEDIATOR_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
-        "REMEDIATOR_RULES_FILE": str(FAST_RULES),
-        "REMEDIATOR_SSH_CONNECT_TIMEOUT": "3",
-        "REMEDIATOR_LEDGER_FILE": str(tmp / "ledger.jsonl"),
-        "REMEDIATOR_LOCK_TTL": "6",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
-    })
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "REMEDIATOR_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+            "REMEDIATOR_RULES_FILE": str(FAST_RULES),
+            "REMEDIATOR_SSH_CONNECT_TIMEOUT": "3",
+            "REMEDIATOR_LEDGER_FILE": str(tmp / "ledger.jsonl"),
+            "REMEDIATOR_LOCK_TTL": "6",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+        }
+    )
     env.update(extra_env)
     (tmp / "prom").mkdir(exist_ok=True)
     for key, value in env.items():

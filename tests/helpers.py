@@ -12,8 +12,9 @@ WEBHOOK_TOKEN = "whk-7f3a9c1e5b2d4f60-secret"
 ADMIN_TOKEN = "adm-91c2e8f4a7b3d650-secret"
 
 
-def alert(host_id: str | None = "h1", status: str = "firing", alertname: str = "CriticalSyncHosts",
-          **labels: str) -> dict[str, Any]:
+def alert(
+    host_id: str | None = "h1", status: str = "firing", alertname: str = "CriticalSyncHosts", **labels: str
+) -> dict[str, Any]:
     lbl = {"alertname": alertname, "severity": "critical", **labels}
     if host_id is not None:
         lbl["host_id"] = host_id
@@ -49,8 +50,9 @@ def bearer(token: str = WEBHOOK_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:

@@ -59,18 +59,50 @@ def seed_host(conn: redis.Redis, host_id: str = "gpu-node-07") -> str:
     """A host whose ladder diagnosed it, climbed past force_sync and now runs restart_agent."""
     ladder_id = "ladder" + host_id.replace(".", "").replace("-", "")[:20]
     conn.set(keys.ACTIVE.format(host_id), ladder_id)
-    store.update_host(conn, host_id, ladder_id=ladder_id, job_id="job-restart-1", status="running",
-                      step="restart_agent", phase="run", attempt=1, rung=1, pos=0, outcome="running",
-                      started_at="1800000000.000", reason="CriticalSyncHosts firing",
-                      plan=[["force_sync"], ["restart_agent", "force_sync"], ["recover_data", "escalate"],
-                            ["escalate"]],
-                      facts={"ssh_reachable": True, "agent_running": True, "unsynced_games": 412})
+    store.update_host(
+        conn,
+        host_id,
+        ladder_id=ladder_id,
+        job_id="job-restart-1",
+        status="running",
+        step="restart_agent",
+        phase="run",
+        attempt=1,
+        rung=1,
+        pos=0,
+        outcome="running",
+        started_at="1800000000.000",
+        reason="CriticalSyncHosts firing",
+        plan=[["force_sync"], ["restart_agent", "force_sync"], ["recover_data", "escalate"], ["escalate"]],
+        facts={"ssh_reachable": True, "agent_running": True, "unsynced_games": 412},
+    )
     store.append_audit(conn, host_id, "intake", "queued", "CriticalSyncHosts firing", job_id=ladder_id)
-    store.append_audit(conn, host_id, "diagnose", "done", "plan: force_sync | restart_agent+force_sync",
-                       ladder_id=ladder_id, facts={"unsynced_games": 412, "ssh_reachable": True})
-    store.append_audit(conn, host_id, "force_sync", "ran", "coordinator accepted a forced sync",
-                       ladder_id=ladder_id, attempt=1)
-    store.append_audit(conn, host_id, "force_sync", "verify-failed",
-                       "not verified within 300s: last_sync did not advance", ladder_id=ladder_id,
-                       last_sync_before=1799999000.0, last_sync_after=1799999000.0)
+    store.append_audit(
+        conn,
+        host_id,
+        "diagnose",
+        "done",
+        "plan: force_sync | restart_agent+force_sync",
+        ladder_id=ladder_id,
+        facts={"unsynced_games": 412, "ssh_reachable": True},
+    )
+    store.append_audit(
+        conn,
+        host_id,
+        "force_sync",
+        "ran",
+        "coordinator accepted a forced sync",
+        ladder_id=ladder_id,
+        attempt=1,
+    )
+    store.append_audit(
+        conn,
+        host_id,
+        "force_sync",
+        "verify-failed",
+        "not verified within 300s: last_sync did not advance",
+        ladder_id=ladder_id,
+        last_sync_before=1799999000.0,
+        last_sync_after=1799999000.0,
+    )
     return ladder_id

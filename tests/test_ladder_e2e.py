@@ -18,8 +18,9 @@ H = "host-01"
 @pytest.fixture
 def stack(sim_cluster, redis_url, tmp_path, monkeypatch, httpserver):
     httpserver.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    s = make_stack(sim_cluster, redis_url, tmp_path, monkeypatch,
-                   REMEDIATOR_PAGE_WEBHOOK_URL=httpserver.url_for("/page"))
+    s = make_stack(
+        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=httpserver.url_for("/page")
+    )
     s.start_worker()
     yield s
     s.stop()
@@ -30,8 +31,11 @@ def pages_received(httpserver) -> list[dict]:
 
 
 def sha256_files(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_agent_dead_is_fixed_by_restart_then_verified_sync(stack: Stack):
@@ -142,8 +146,11 @@ def test_hanging_host_is_bounded_by_the_connect_timeout_and_treated_as_unreachab
     sim.hang_host(H)
     sim.make_critical(H)
     stack.post([alert(H)])
-    diag = wait_for(lambda: next((e for e in stack.audit(H) if e["step"] == "diagnose"), None), timeout=30,
-                    what="diagnosis")
+    diag = wait_for(
+        lambda: next((e for e in stack.audit(H) if e["step"] == "diagnose"), None),
+        timeout=30,
+        what="diagnosis",
+    )
     assert diag["facts"]["ssh_reachable"] is False
     assert "timed out" in diag["sources"]["ssh"]
     state = stack.wait_finished(H, timeout=60)
@@ -195,10 +202,17 @@ def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tm
         for h in sim.host_ids:
             assert stack.wait_finished(h)["outcome"] == "dry-run", stack.steps(h)
         assert [s for s, o in stack.steps("host-01") if o == "planned"] == [
-            "restart_agent", "force_sync", "recover_data", "escalate", "escalate"]
+            "restart_agent",
+            "force_sync",
+            "recover_data",
+            "escalate",
+            "escalate",
+        ]
         assert [s for s, o in stack.steps("host-03") if o == "planned"] == ["retire", "escalate"]
         assert {h: sim.counts(h) for h in sim.host_ids} == before
-        assert not (sim.recovery_dir / "host-02").exists() or not any((sim.recovery_dir / "host-02").iterdir())
+        assert not (sim.recovery_dir / "host-02").exists() or not any(
+            (sim.recovery_dir / "host-02").iterdir()
+        )
         assert not (tmp_path / "ledger.jsonl").exists()
     finally:
         stack.stop()

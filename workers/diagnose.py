@@ -112,9 +112,11 @@ def diagnose(ctx: Context, host_id: str) -> Diagnosis:
         _on_host(ctx, diag, record)
     diag.coordinator_log_tail = _coordinator_log(ctx, host_id)
     if diag.inventory is not None:
-        ctx.conn.set(INVENTORY_KEY.format(host_id),
-                     json.dumps({"at": diag.at, **{k: v for k, v in diag.inventory.items() if k != "files"}}),
-                     ex=INVENTORY_TTL)
+        ctx.conn.set(
+            INVENTORY_KEY.format(host_id),
+            json.dumps({"at": diag.at, **{k: v for k, v in diag.inventory.items() if k != "files"}}),
+            ex=INVENTORY_TTL,
+        )
     return diag
 
 
@@ -138,8 +140,14 @@ def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
             diag.ssh_reachable = echo.ok and echo.stdout.strip() == "OK"
             diag.sources["ssh"] = f"ssh {record.ssh_user}@{record.address}:{record.ssh_port} echo OK"
             last_sync = record.last_sync or 0.0
-            inv = session.run(quote_template("python3 - {data_dir} {last_sync}", data_dir=record.data_dir,
-                                             last_sync=repr(float(last_sync))), stdin=INVENTORY_SOURCE)
+            inv = session.run(
+                quote_template(
+                    "python3 - {data_dir} {last_sync}",
+                    data_dir=record.data_dir,
+                    last_sync=repr(float(last_sync)),
+                ),
+                stdin=INVENTORY_SOURCE,
+            )
             if inv.ok:
                 diag.inventory = json.loads(inv.stdout)
                 diag.inventory_at = time.time()

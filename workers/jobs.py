@@ -35,10 +35,19 @@ def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:
         critical = sorted(h for h, r in hosts.items() if r.state == "critical")
         policy = ctx.rules.ladder.max_ladders_per_host
         result = start_ladders(
-            ctx.conn, ctx.settings.queue,
-            [LadderRequest(host_id=h, reason=f"discovered critical by {ladder_id}", alertname="CriticalSyncHosts",
-                           dry_run=dry_run or ctx.dry_run) for h in critical],
-            LadderLimit(policy.count, policy.window_minutes * 60))
+            ctx.conn,
+            ctx.settings.queue,
+            [
+                LadderRequest(
+                    host_id=h,
+                    reason=f"discovered critical by {ladder_id}",
+                    alertname="CriticalSyncHosts",
+                    dry_run=dry_run or ctx.dry_run,
+                )
+                for h in critical
+            ],
+            LadderLimit(policy.count, policy.window_minutes * 60),
+        )
         return {"critical": critical, "accepted": result.accepted, "skipped": result.skipped}
     finally:
         ctx.conn.delete(keys.ACTIVE.format(DISCOVERY))

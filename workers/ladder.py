@@ -61,7 +61,11 @@ class Ladder:
         conn = self.ctx.conn
         self.state = store.get_host(conn, self.host_id)
         active = conn.get(keys.ACTIVE.format(self.host_id))
-        if active is None or active.decode() != self.ladder_id or self.state.get("ladder_id") != self.ladder_id:
+        if (
+            active is None
+            or active.decode() != self.ladder_id
+            or self.state.get("ladder_id") != self.ladder_id
+        ):
             return "superseded: another ladder owns this host"
         if self.ctx.job_id and self.state.get("job_id") not in (self.ctx.job_id, None, ""):
             return f"stale job: the ladder moved on to job {self.state.get('job_id')}"
@@ -73,8 +77,12 @@ class Ladder:
             return "locked: another worker is advancing this ladder"
         token = bind(host_id=self.host_id, ladder_id=self.ladder_id, job_id=self.ctx.job_id)
         try:
-            self._update(status="running", fence=fence, heartbeat=f"{time.time():.3f}",
-                         job_id=self.ctx.job_id or self.state.get("job_id"))
+            self._update(
+                status="running",
+                fence=fence,
+                heartbeat=f"{time.time():.3f}",
+                job_id=self.ctx.job_id or self.state.get("job_id"),
+            )
             return self._loop(fence)
         except LockLost:
             return "lock lost: another worker took over"
@@ -121,9 +129,15 @@ class Ladder:
         lad.remember(diagnosis={**diag.summary(), "record": diag.record, "inventory_full": None})
         plan = plan_for(facts)
         self._commit(facts=facts, plan=plan, rung=0, pos=0, attempt=1)
-        lad.audit("diagnose", "done", f"plan: {' | '.join('+'.join(r) for r in plan) or 'nothing to do'}",
-                  facts=facts, sources=diag.sources, unsynced_first_at=(diag.inventory or {}).get(
-                      "first_unsynced_at"), unsynced_last_at=(diag.inventory or {}).get("last_unsynced_at"))
+        lad.audit(
+            "diagnose",
+            "done",
+            f"plan: {' | '.join('+'.join(r) for r in plan) or 'nothing to do'}",
+            facts=facts,
+            sources=diag.sources,
+            unsynced_first_at=(diag.inventory or {}).get("first_unsynced_at"),
+            unsynced_last_at=(diag.inventory or {}).get("last_unsynced_at"),
+        )
         metrics.STEPS.labels(step="diagnose", result="done").inc()
         from remediator.fleet import after_diagnosis
 
@@ -139,7 +153,9 @@ class Ladder:
         """Record what would be done, rung by rung, running each step in its mutation-free form."""
         for rung in plan:
             for step in rung:
-                outcome = STEPS[step].run(LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, lad.fence))
+                outcome = STEPS[step].run(
+                    LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, lad.fence)
+                )
                 lad.audit(step, "planned", outcome.detail, **outcome.evidence)
         self._commit(plan=plan)
         return self._finish("dry-run", "plan recorded; nothing was changed")
@@ -150,8 +166,12 @@ class Ladder:
         facts = {**lad.facts, **fleet_facts(self.ctx)}
         decision = self.ctx.rules.decide(facts)
         if decision.hold_ladders:
-            lad.audit(self.state["step"], "held", "fleet-wide fault (provider outage or network): holding",
-                      rules_matched=list(decision.matched))
+            lad.audit(
+                self.state["step"],
+                "held",
+                "fleet-wide fault (provider outage or network): holding",
+                rules_matched=list(decision.matched),
+            )
             return self._schedule(self.ctx.rules.ladder.recheck_interval_seconds, "held by the rules")
         return None
 
@@ -166,8 +186,12 @@ class Ladder:
         intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{step}:{attempt}")
         self.lock.check()
         if not self.ctx.conn.set(intent, lad.fence, nx=True, ex=7 * 86400):
-            lad.audit(step, "resumed", f"attempt {attempt} already ran under fence "
-                                       f"{self.ctx.conn.get(intent).decode()}: verifying instead of repeating")
+            lad.audit(
+                step,
+                "resumed",
+                f"attempt {attempt} already ran under fence "
+                f"{self.ctx.conn.get(intent).decode()}: verifying instead of repeating",
+            )
             self._commit(phase="verify", verify_started_at=f"{time.time():.3f}")
             return None
         t0 = time.monotonic()
@@ -201,8 +225,11 @@ class Ladder:
             if time.time() - started < limit:
                 self._commit(last_verify=verdict.detail)
                 return self._schedule(self._wait_for(step), verdict.detail)
-            verdict = Verdict("failed", f"not verified within {policy.verify_timeout_seconds:g}s: {verdict.detail}",
-                              verdict.evidence)
+            verdict = Verdict(
+                "failed",
+                f"not verified within {policy.verify_timeout_seconds:g}s: {verdict.detail}",
+                verdict.evidence,
+            )
         lad.audit(step, f"verify-{verdict.status}", verdict.detail, **verdict.evidence)
         if verdict.status == "failed":
             return self._retry_or_climb(lad, verdict.detail)
@@ -223,19 +250,31 @@ class Ladder:
         from remediator.fleet import fleet_facts
         from remediator.paging import open_incident
 
-        facts = {**lad.facts, **fleet_facts(self.ctx, refresh=False),
-                 "minutes_in_ladder": round((time.time() - started) / 60, 2),
-                 "ladder_step": self.state.get("step") or "none", "ladder_outcome": "running",
-                 "attempts": int(self.state.get("attempt") or 0),
-                 "selfplay_paused": bool(self.ctx.conn.sismember(keys.PAUSED, self.host_id))}
+        facts = {
+            **lad.facts,
+            **fleet_facts(self.ctx, refresh=False),
+            "minutes_in_ladder": round((time.time() - started) / 60, 2),
+            "ladder_step": self.state.get("step") or "none",
+            "ladder_outcome": "running",
+            "attempts": int(self.state.get("attempt") or 0),
+            "selfplay_paused": bool(self.ctx.conn.sismember(keys.PAUSED, self.host_id)),
+        }
         if lad.dry_run:
             return
         for page in self.ctx.rules.decide(facts).pages:
             if page.scope != "host":
                 continue
-            open_incident(self.ctx.conn, self.ctx.settings, dedup_key=f"remediator/{self.host_id}/{self.ladder_id}/"
-                          f"{page.rule}", summary=f"{page.summary}: {self.host_id}", severity=page.severity,
-                          targets=page.to or None, hosts=(self.host_id,), details={"facts": facts}, rule=page.rule)
+            open_incident(
+                self.ctx.conn,
+                self.ctx.settings,
+                dedup_key=f"remediator/{self.host_id}/{self.ladder_id}/{page.rule}",
+                summary=f"{page.summary}: {self.host_id}",
+                severity=page.severity,
+                targets=page.to or None,
+                hosts=(self.host_id,),
+                details={"facts": facts},
+                rule=page.rule,
+            )
 
     # -- moving along the ladder -----------------------------------------------------------------
     def _retry_or_climb(self, lad: LadderRun, why: str) -> str | None:
@@ -286,15 +325,33 @@ class Ladder:
         job_id = uuid.uuid4().hex
         when = datetime.now(UTC) + timedelta(seconds=delay)
         with self.ctx.conn.pipeline() as pipe:
-            store.update_host(pipe, self.host_id, job_id=job_id, status="waiting" if delay else "queued",
-                              next_check_at=f"{when.timestamp():.3f}", waiting_for=why,
-                              heartbeat=f"{time.time():.3f}")
+            store.update_host(
+                pipe,
+                self.host_id,
+                job_id=job_id,
+                status="waiting" if delay else "queued",
+                next_check_at=f"{when.timestamp():.3f}",
+                waiting_for=why,
+                heartbeat=f"{time.time():.3f}",
+            )
             if delay > 0:
-                self.ctx.queue.enqueue_at(when, LADDER_JOB, self.host_id, self.ladder_id, job_id=job_id,
-                                          pipeline=pipe, description=f"remediate {self.host_id}: {why}")
+                self.ctx.queue.enqueue_at(
+                    when,
+                    LADDER_JOB,
+                    self.host_id,
+                    self.ladder_id,
+                    job_id=job_id,
+                    pipeline=pipe,
+                    description=f"remediate {self.host_id}: {why}",
+                )
             else:
-                self.ctx.queue.enqueue_call(LADDER_JOB, args=(self.host_id, self.ladder_id), job_id=job_id,
-                                            pipeline=pipe, description=f"remediate {self.host_id}: {why}")
+                self.ctx.queue.enqueue_call(
+                    LADDER_JOB,
+                    args=(self.host_id, self.ladder_id),
+                    job_id=job_id,
+                    pipeline=pipe,
+                    description=f"remediate {self.host_id}: {why}",
+                )
             pipe.execute()
         return f"waiting: {why} (next check in {delay:g}s, job {job_id})"
 
@@ -303,13 +360,25 @@ class Ladder:
         lad = LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, 0)
         lad.audit("ladder", outcome, detail, tried=lad.scratch.get("tried"))
         with conn.pipeline() as pipe:
-            store.update_host(pipe, self.host_id, status="finished", outcome=outcome, outcome_detail=detail,
-                              finished_at=f"{time.time():.3f}", phase="done")
+            store.update_host(
+                pipe,
+                self.host_id,
+                status="finished",
+                outcome=outcome,
+                outcome_detail=detail,
+                finished_at=f"{time.time():.3f}",
+                phase="done",
+            )
             pipe.execute()
         # Release the host for the next alert only if this ladder still owns it (compare-and-delete).
-        conn.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1], KEYS[2]) end "
-                  "return 0", 2, keys.ACTIVE.format(self.host_id), keys.CANCEL.format(self.host_id),
-                  self.ladder_id)
+        conn.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1], KEYS[2]) end "
+            "return 0",
+            2,
+            keys.ACTIVE.format(self.host_id),
+            keys.CANCEL.format(self.host_id),
+            self.ladder_id,
+        )
         metrics.LADDERS.labels(outcome=outcome).inc()
         if outcome == "healthy":
             from remediator.fleet import host_recovered

@@ -44,7 +44,7 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         job_id = state.get("job_id")
         try:
             status = Job.fetch(job_id, connection=conn).get_status() if job_id else None
-        except Exception:  # noqa: BLE001 - a missing or unreadable job is what we are here to repair
+        except Exception:
             status = None
         if status in LIVE:
             continue
@@ -58,11 +58,22 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
                     continue
                 pipe.multi()
                 store.update_host(pipe, host, job_id=new_id, status="queued")
-                store.append_audit(pipe, host, "sweeper", "resumed",
-                                   f"job {job_id} was {status or 'lost'}: resuming the ladder", job_id=new_id,
-                                   ladder_id=ladder_id)
-                queue.enqueue_call("workers.jobs.run_ladder", args=(host, ladder_id), job_id=new_id,
-                                   pipeline=pipe, description=f"remediate {host}: resumed by sweeper")
+                store.append_audit(
+                    pipe,
+                    host,
+                    "sweeper",
+                    "resumed",
+                    f"job {job_id} was {status or 'lost'}: resuming the ladder",
+                    job_id=new_id,
+                    ladder_id=ladder_id,
+                )
+                queue.enqueue_call(
+                    "workers.jobs.run_ladder",
+                    args=(host, ladder_id),
+                    job_id=new_id,
+                    pipeline=pipe,
+                    description=f"remediate {host}: resumed by sweeper",
+                )
                 pipe.execute()
                 resumed.append(host)
             except redis.WatchError:

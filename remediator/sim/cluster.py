@@ -551,10 +551,11 @@ class SimCluster:
         """Start the host's agent unless it runs (not counted as a restart); returns its pid."""
         host = self.host(host_id)
         proc = agentctl.start(host.paths)
-        if proc is not None:
-            with self._lock:
-                self._agents.append(proc)
-        return host.agent_pid
+        if proc is None:
+            return host.agent_pid
+        with self._lock:
+            self._agents.append(proc)
+        return proc.pid
 
     # -- faults ----------------------------------------------------------------------------------------------
 

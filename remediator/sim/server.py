@@ -7,7 +7,6 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-
 POLL_INTERVAL = 0.05  # seconds between two looks of serve_forever for a shutdown request
 
 

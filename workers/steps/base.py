@@ -72,8 +72,17 @@ class LadderRun:
         self.ctx.conn.expire(key, 7 * 86400)
 
     def audit(self, step: str, outcome: str, detail: str = "", **evidence: Any) -> None:
-        store.append_audit(self.ctx.conn, self.host_id, step, outcome, detail, ladder_id=self.ladder_id,
-                           job_id=self.ctx.job_id, dry_run=self.dry_run or None, **evidence)
+        store.append_audit(
+            self.ctx.conn,
+            self.host_id,
+            step,
+            outcome,
+            detail,
+            ladder_id=self.ladder_id,
+            job_id=self.ctx.job_id,
+            dry_run=self.dry_run or None,
+            **evidence,
+        )
 
 
 def _scratch_key(host_id: str, ladder_id: str) -> str:

@@ -35,8 +35,11 @@ def run(lad: LadderRun) -> StepOutcome:
         return StepOutcome("failed", "no host record from diagnosis")
     dest = recovery_path(s.recovery_dir, lad.host_id)
     result = rsync_pull(s, record, dest, dry_run=lad.dry_run)
-    evidence = {"destination": str(dest), "rsync_exit": result.exit_status,
-                "files_transferred": result.files_transferred}
+    evidence = {
+        "destination": str(dest),
+        "rsync_exit": result.exit_status,
+        "files_transferred": result.files_transferred,
+    }
     lad.remember(rsync_attempted=True, rsync_exit=result.exit_status)
     if result.exit_status != 0:
         evidence["stderr"] = result.stderr[-300:]
@@ -50,7 +53,7 @@ def run(lad: LadderRun) -> StepOutcome:
     except SSHError as exc:
         host_inv = None
         evidence["checksum_error"] = str(exc)
-    last_sync = (lad.diagnosis.get("last_sync") or 0.0)
+    last_sync = lad.diagnosis.get("last_sync") or 0.0
     local = inventory(str(dest), last_sync)
     mismatched = []
     if host_inv is not None:
@@ -58,8 +61,13 @@ def run(lad: LadderRun) -> StepOutcome:
             mine = local["files"].get(name)
             if mine is not None and mine.get("sha256") != entry.get("sha256"):
                 mismatched.append(name)
-    evidence.update(files=local["file_count"], games=local["games"], unsynced_games=local["unsynced_games"],
-                    checksum_mismatches=mismatched[:20], checksums_compared=host_inv is not None)
+    evidence.update(
+        files=local["file_count"],
+        games=local["games"],
+        unsynced_games=local["unsynced_games"],
+        checksum_mismatches=mismatched[:20],
+        checksums_compared=host_inv is not None,
+    )
     argv = import_argv(s.import_command, str(dest), lad.host_id)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=IMPORT_TIMEOUT, check=False)
     evidence["import_exit"] = proc.returncode
@@ -81,8 +89,11 @@ def verify(lad: LadderRun) -> Verdict:
         return Verdict("ok", "dry run: nothing copied")
     rec = lad.scratch.get("recovery") or {}
     expected = (lad.facts or {}).get("unsynced_games")
-    evidence = {"expected_unsynced_games": expected, "recovered_unsynced_games": rec.get("unsynced_games"),
-                "checksum_mismatches": rec.get("checksum_mismatches")}
+    evidence = {
+        "expected_unsynced_games": expected,
+        "recovered_unsynced_games": rec.get("unsynced_games"),
+        "checksum_mismatches": rec.get("checksum_mismatches"),
+    }
     if rec.get("checksum_mismatches"):
         return Verdict("failed", "recovered files differ from the host's", evidence)
     if expected is not None and (rec.get("unsynced_games") or 0) < expected:

@@ -15,7 +15,9 @@ def run(lad: LadderRun) -> StepOutcome:
     if record is None:
         return StepOutcome("failed", "no host record from diagnosis")
     if lad.dry_run:
-        return StepOutcome("ran", f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})")
+        return StepOutcome(
+            "ran", f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})"
+        )
     try:
         with HostSession(s, record) as session:
             first = session.run(s.agent_restart_command, timeout=60)
@@ -23,8 +25,11 @@ def run(lad: LadderRun) -> StepOutcome:
             if first.ok:
                 return StepOutcome("ran", "restart command succeeded", evidence)
             fallback = session.run(s.agent_fallback_command, timeout=60)
-            evidence.update(fallback=s.agent_fallback_command, fallback_exit_status=fallback.exit_status,
-                            stderr=(first.stderr + fallback.stderr)[-300:])
+            evidence.update(
+                fallback=s.agent_fallback_command,
+                fallback_exit_status=fallback.exit_status,
+                stderr=(first.stderr + fallback.stderr)[-300:],
+            )
             if fallback.ok:
                 return StepOutcome("ran", "restart failed; fallback command succeeded", evidence)
             return StepOutcome("failed", "restart and fallback commands both failed", evidence)
@@ -44,5 +49,8 @@ def verify(lad: LadderRun) -> Verdict:
         return Verdict("failed", f"ssh: {exc}")
     if check.ok:
         return Verdict("ok", "sync agent is running", {"check": s.agent_check_command})
-    return Verdict("failed", "sync agent is not running after the restart",
-                   {"check": s.agent_check_command, "exit_status": check.exit_status})
+    return Verdict(
+        "failed",
+        "sync agent is not running after the restart",
+        {"check": s.agent_check_command, "exit_status": check.exit_status},
+    )

@@ -45,8 +45,13 @@ def _attempt_rsync(lad: LadderRun) -> None:
         return
     s = lad.ctx.settings
     try:
-        result = rsync_pull(s, lad.record, recovery_path(s.recovery_dir, lad.host_id), dry_run=lad.dry_run,
-                            timeout=s.ssh_connect_timeout * 3 + 30)
+        result = rsync_pull(
+            s,
+            lad.record,
+            recovery_path(s.recovery_dir, lad.host_id),
+            dry_run=lad.dry_run,
+            timeout=s.ssh_connect_timeout * 3 + 30,
+        )
         lad.remember(rsync_attempted=True, rsync_exit=result.exit_status)
     except (SSHError, OSError) as exc:
         lad.remember(rsync_attempted=True, rsync_exit=None, rsync_error=str(exc))
@@ -77,8 +82,12 @@ def _document_loss(lad: LadderRun, record: dict[str, Any]) -> dict[str, Any]:
         ledger = Path(s.ledger_file)
         ledger.parent.mkdir(parents=True, exist_ok=True)
         # This line is the documentation of the loss: the checklist it carries says so.
-        entry = {**record, "checklist": {**record["checklist"], "loss_documented": True},
-                 "ladder_id": lad.ladder_id, "recorded_at": _iso(time.time())}
+        entry = {
+            **record,
+            "checklist": {**record["checklist"], "loss_documented": True},
+            "ladder_id": lad.ladder_id,
+            "recorded_at": _iso(time.time()),
+        }
         line = json.dumps(entry, sort_keys=True)
         with ledger.open("a", encoding="utf-8") as fh:
             fh.write(line + "\n")
@@ -101,12 +110,20 @@ def run(lad: LadderRun) -> StepOutcome:
     if lad.dry_run:
         return StepOutcome("ran", "would document the loss and retire if the rules allow", {"loss": record})
     documented = _document_loss(lad, record)
-    facts = {**lad.facts, "checklist_complete": all(checklist(lad)[k] for k in (
-        "accessible_checked", "rsync_attempted", "loss_documented", "training_log_updated"))}
+    facts = {
+        **lad.facts,
+        "checklist_complete": all(
+            checklist(lad)[k]
+            for k in ("accessible_checked", "rsync_attempted", "loss_documented", "training_log_updated")
+        ),
+    }
     lad.remember(checklist=checklist(lad), checklist_complete=facts["checklist_complete"])
     if not lad.ctx.rules.may_retire(facts):
-        return StepOutcome("declined", "retirement is not allowed automatically by the rules: paging a human",
-                           {"loss": loss_record(lad), **documented})
+        return StepOutcome(
+            "declined",
+            "retirement is not allowed automatically by the rules: paging a human",
+            {"loss": loss_record(lad), **documented},
+        )
     lad.ctx.coordinator.retire(lad.host_id, reason="data_loss", acknowledge_loss=True)
     lad.remember(retired=True)
     return StepOutcome("ran", "host retired with acknowledge_loss", {"loss": loss_record(lad), **documented})

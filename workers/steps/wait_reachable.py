@@ -14,8 +14,11 @@ MUTATES = False
 def run(lad: LadderRun) -> StepOutcome:
     since = lad.scratch.get("unreachable_since") or time.time()
     lad.remember(unreachable_since=since)
-    return StepOutcome("ran", "host unreachable but its instance runs: waiting for it to come back",
-                       {"ssh_error": lad.diagnosis.get("ssh_error"), "cloud_state": lad.facts.get("cloud_state")})
+    return StepOutcome(
+        "ran",
+        "host unreachable but its instance runs: waiting for it to come back",
+        {"ssh_error": lad.diagnosis.get("ssh_error"), "cloud_state": lad.facts.get("cloud_state")},
+    )
 
 
 def verify(lad: LadderRun) -> Verdict:

@@ -1,0 +1,53 @@
+# Two commands on a fresh machine:  `make demo` runs it, `make test` passes the tests.
+# Both install what they need: Debian packages via apt-get when missing (as root), Python deps in .venv.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SYSTEM_BINARIES := redis-server sshd ssh rsync prometheus-alertmanager chromium
+SYSTEM_PACKAGES := redis-server openssh-server openssh-client rsync prometheus-alertmanager chromium
+PYTEST_ARGS ?=
+
+.PHONY: test demo dev lint format system venv clean
+
+test: system venv lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: system venv
+	$(VENV)/bin/remediator demo
+
+dev: venv
+	$(VENV)/bin/remediator dev
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# System binaries the real-component tests need. Missing ones are installed with apt-get; where that is
+# impossible (not root) the target fails: the suite never skips a test for a missing binary.
+system:
+	@missing=""; for b in $(SYSTEM_BINARIES); do \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "missing:$$missing -> apt-get install $(SYSTEM_PACKAGES)"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "run as root (or install them yourself)"; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    $(SYSTEM_PACKAGES) || exit 1; \
+	fi; \
+	for b in $(SYSTEM_BINARIES); do command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || \
+	  { echo "still missing: $$b"; exit 1; }; done
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

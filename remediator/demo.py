@@ -1,0 +1,214 @@
+"""``remediator demo``: the product working on this machine, end to end, in about a minute.
+
+Embedded Redis, a simulated cluster of five hosts each failing differently, the receiver and two RQ
+workers; ``CriticalSyncHosts`` is fired through a real Alertmanager when one is installed (else the
+same v4 payload is posted directly); progress is shown live and a per-host summary ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+from werkzeug.serving import make_server
+
+from remediator import store
+from remediator.embedded_redis import EmbeddedRedis, free_port
+
+SCENARIOS = {
+    "agent-dead": "sync agent killed",
+    "agent-wedged": "agent alive but stuck",
+    "retired-back": "retired, reachable again",
+    "terminated": "instance terminated with unsynced games",
+    "healthy": "nothing wrong (a stale alert)",
+}
+STEPS = ["diagnose", "force_sync", "restart_agent", "recover_data", "unretire", "retire", "escalate"]
+
+
+def _alert(host_id: str) -> dict[str, Any]:
+    return {
+        "labels": {"alertname": "CriticalSyncHosts", "host_id": host_id, "severity": "critical"},
+        "annotations": {"summary": f"{host_id} has not synced"},
+    }
+
+
+def _fire(token: str, receiver: str, workdir: Path, hosts: list[str]) -> tuple[str, Any]:
+    """Send the alerts as Alertmanager would: through a real one when it is installed."""
+    if shutil.which("prometheus-alertmanager") or shutil.which("alertmanager"):
+        from remediator.sim.alertmanager import AlertmanagerProcess
+
+        am = AlertmanagerProcess(workdir / "alertmanager", webhook_url=receiver, bearer_token=token)
+        am.start()
+        am.post_alerts([_alert(h) for h in hosts])
+        return f"alerts posted to a real Alertmanager at {am.url}", am
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "remediator",
+        "groupKey": "demo",
+        "alerts": [{**_alert(h), "status": "firing", "startsAt": now} for h in hosts],
+    }
+    requests.post(receiver, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    return "no Alertmanager installed: posted the same v4 payload to the receiver", None
+
+
+def _progress(conn: redis.Redis, hosts: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for h in hosts:
+        state = store.get_host(conn, h)
+        audit = store.get_audit(conn, h)
+        rows.append(
+            {
+                "host_id": h,
+                "scenario": SCENARIOS[h],
+                "status": state.get("status", "-"),
+                "step": state.get("step", "-"),
+                "outcome": state.get("outcome", "-") if state.get("status") == "finished" else "running",
+                "steps_taken": [f"{e['step']}:{e['outcome']}" for e in audit if e["step"] in STEPS],
+                "games_recovered": next(
+                    (
+                        e.get("unsynced_games")
+                        for e in audit
+                        if e["step"] == "recover_data" and e["outcome"] == "ran"
+                    ),
+                    None,
+                ),
+                "games_lost": next(
+                    (
+                        e.get("loss", {}).get("games_lost")
+                        for e in audit
+                        if e["step"] == "retire" and "loss" in e
+                    ),
+                    None,
+                ),
+            }
+        )
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="ringrift-remediator demo")
+    for col in ("host", "scenario", "step", "outcome", "steps taken"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["host_id"], r["scenario"], r["step"], r["outcome"], " > ".join(r["steps_taken"][-4:]))
+    return table
+
+
+def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from remediator import create_app
+    from remediator.sim import SimCluster
+
+    console = Console(stderr=as_json)
+    workdir = Path(tempfile.mkdtemp(prefix="remediator-demo-"))
+    hosts = list(SCENARIOS)
+    token = secrets.token_urlsafe(16)
+    workers: list[subprocess.Popen[bytes]] = []
+    am = None
+    server = None
+    with EmbeddedRedis(workdir / "redis") as r, SimCluster(host_ids=hosts, root=workdir / "sim") as sim:
+        env = {
+            **os.environ,
+            **sim.env(),
+            "REDIS_URL": r.url,
+            "REMEDIATOR_WEBHOOK_TOKEN": token,
+            "REMEDIATOR_RULES_FILE": str(Path(__file__).parent / "sim" / "demo-rules.yaml"),
+            "REMEDIATOR_SSH_CONNECT_TIMEOUT": "3",
+            "REMEDIATOR_LOG_LEVEL": "WARNING",
+            "REMEDIATOR_LEDGER_FILE": str(workdir / "data-loss.jsonl"),
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+        }
+        (workdir / "metrics").mkdir()
+        os.environ.update(
+            {k: v for k, v in env.items() if k.startswith(("REMEDIATOR_", "REDIS_URL", "PROM"))}
+        )
+        try:
+            port = free_port()
+            server = make_server("127.0.0.1", port, create_app(), threaded=True)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            for i in range(2):
+                log = (workdir / f"worker{i}.log").open("wb")
+                workers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "remediator", "worker"],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+            console.print(
+                f"simulated cluster: {len(hosts)} hosts under {workdir}; receiver on 127.0.0.1:{port}"
+            )
+            sim.kill_agent("agent-dead")
+            sim.wait_for(
+                lambda: "sync agent started" in sim.host("agent-wedged").sync_log.read_text(),
+                10,
+                0.05,
+                "agent up",
+            )
+            sim.wedge_agent("agent-wedged")
+            sim.retired_host_back_online("retired-back")
+            sim.kill_agent("terminated")
+            sim.terminate_instance("terminated")
+            for h in ("agent-dead", "agent-wedged", "terminated"):
+                sim.make_critical(h)
+            how, am = _fire(token, f"http://127.0.0.1:{port}/webhook/alertmanager", workdir, hosts)
+            console.print(f"CriticalSyncHosts fired for {', '.join(hosts)}: {how}")
+            conn = redis.Redis.from_url(r.url)
+            deadline = time.monotonic() + timeout
+            with Live(_table(_progress(conn, hosts)), console=console, refresh_per_second=4) as live:
+                while time.monotonic() < deadline:
+                    rows = _progress(conn, hosts)
+                    live.update(_table(rows))
+                    if all(row["status"] == "finished" for row in rows):
+                        break
+                    time.sleep(0.5)
+            rows = _progress(conn, hosts)
+        finally:
+            if am is not None:
+                am.stop()
+            if server is not None:
+                server.shutdown()
+            for proc in workers:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGTERM)
+            for proc in workers:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    finished = all(row["status"] == "finished" for row in rows)
+    if as_json:
+        print(json.dumps({"finished": finished, "hosts": rows}, indent=2))
+    else:
+        console.print("\nsummary")
+        for row in rows:
+            extra = ""
+            if row["games_recovered"] is not None:
+                extra = f", {row['games_recovered']} unsynced games recovered"
+            if row["games_lost"] is not None:
+                extra += f", {row['games_lost']} games lost (documented)"
+            console.print(
+                f"  {row['host_id']:<13} {row['outcome']:<10} {' > '.join(row['steps_taken'])}{extra}"
+            )
+    return 0 if finished else 1
