@@ -67,7 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"date: {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(
-        "| hosts | start s (median, min–max) | all first syncs s | stop s | agents peak RSS MiB | sshd RSS MiB |"
+        "| hosts | start s (median, min-max) | all first syncs s | stop s "
+        "| agents peak RSS MiB | sshd RSS MiB |"
     )
     print("|---:|---|---:|---:|---:|---:|")
     for hosts in args.hosts:
@@ -78,7 +79,7 @@ def main() -> None:
 
         starts = [r["start"] for r in runs]
         print(
-            f"| {hosts} | {med('start'):.2f} ({min(starts):.2f}–{max(starts):.2f}) | {med('first_sync'):.2f} "
+            f"| {hosts} | {med('start'):.2f} ({min(starts):.2f}-{max(starts):.2f}) | {med('first_sync'):.2f} "
             f"| {med('stop'):.2f} | {med('agent_peak_mib'):.0f} ({med('agent_peak_mib') / hosts:.1f}/agent) "
             f"| {med('sshd_mib'):.0f} |",
             flush=True,

@@ -15,11 +15,10 @@ when the process that owns the sim (``--owner-pid``) is gone, so a crashed test 
 
 from __future__ import annotations
 
-import argparse
-import http.client
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -39,13 +38,13 @@ HTTP_TIMEOUT = 10.0  # seconds for one ingest call
 
 
 class Agent:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.host_id: str = args.host_id
-        self.paths = HostPaths(args.host_root)
-        self.coordinator = urlsplit(args.coordinator)
-        self.interval: float = args.interval
-        self.network_flag = Path(args.network_flag) if args.network_flag else None
-        self.owner_pid: int | None = args.owner_pid
+    def __init__(self, args: dict[str, str]) -> None:
+        self.host_id = args["--host-id"]
+        self.paths = HostPaths(args["--host-root"])
+        self.coordinator = urlsplit(args["--coordinator"])
+        self.interval = float(args.get("--interval", "1.0"))
+        self.network_flag = Path(args["--network-flag"]) if args.get("--network-flag") else None
+        self.owner_pid = int(args["--owner-pid"]) if args.get("--owner-pid") else None
         self.wedged = False
         self.stopping = False
 
@@ -89,20 +88,29 @@ class Agent:
         )
 
     def post(self, path: str, body: str) -> tuple[int, dict[str, object]]:
-        conn = http.client.HTTPConnection(
-            self.coordinator.hostname or "127.0.0.1", self.coordinator.port or 80, timeout=HTTP_TIMEOUT
+        """One HTTP/1.0 POST over a plain socket (http.client costs 25 ms of imports per agent)."""
+        payload = body.encode()
+        host = self.coordinator.hostname or "127.0.0.1"
+        head = (
+            f"POST {path} HTTP/1.0\r\nHost: {host}:{self.coordinator.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
+        with socket.create_connection((host, self.coordinator.port or 80), timeout=HTTP_TIMEOUT) as conn:
+            conn.sendall(head.encode() + payload)
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        raw = b"".join(chunks)
+        header, _, content = raw.partition(b"\r\n\r\n")
         try:
-            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            raw = response.read()
-        finally:
-            conn.close()
+            status = int(header.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise OSError(f"malformed HTTP answer: {raw[:80]!r}") from None
         try:
-            answer = json.loads(raw or b"{}")
+            answer = json.loads(content or b"{}")
         except ValueError:
-            answer = {"error": raw[:200].decode("utf-8", "replace")}
-        return response.status, answer if isinstance(answer, dict) else {"answer": answer}
+            answer = {"error": content[:200].decode("utf-8", "replace")}
+        return status, answer if isinstance(answer, dict) else {"answer": answer}
 
     def on_sigterm(self, *_: object) -> None:
         """Stop now, even in the middle of a slow sync (what systemd's stop asks of a service)."""
@@ -147,16 +155,25 @@ class Agent:
         return 0
 
 
+OPTIONS = {"--host-id", "--host-root", "--coordinator", "--interval", "--network-flag", "--owner-pid"}
+REQUIRED = ("--host-id", "--host-root", "--coordinator")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """``--name value`` pairs (argparse costs 10 ms of imports per agent)."""
+    if len(argv) % 2 or any(name not in OPTIONS for name in argv[::2]):
+        raise SystemExit(f"usage: sync_agent.py {' '.join(f'{o} VALUE' for o in sorted(OPTIONS))}")
+    args = dict(zip(argv[::2], argv[1::2], strict=True))
+    missing = [name for name in REQUIRED if name not in args]
+    if missing:
+        raise SystemExit(f"sync_agent.py: missing {', '.join(missing)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host-id", required=True)
-    parser.add_argument("--host-root", required=True)
-    parser.add_argument("--coordinator", required=True, help="base URL of the sim coordinator")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between syncs")
-    parser.add_argument("--network-flag", help="file whose existence means the network is down")
-    parser.add_argument("--owner-pid", type=int, help="exit when this process is gone")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return Agent(parser.parse_args(argv)).run()
+        return Agent(args).run()
     except KeyboardInterrupt:
         return 0
 
