@@ -111,6 +111,20 @@ def list_host_summaries(conn: redis.Redis, limit: int = 1000) -> list[dict[str, 
     return [host_summary(state) for state in store.list_hosts(conn, limit=limit)]
 
 
+def list_hosts_with_progress(conn: redis.Redis, limit: int = 1000) -> list[dict[str, Any]]:
+    """Host summaries, each with its ``progress`` along the ladder (audits read in one round trip)."""
+    states = store.list_hosts(conn, limit=limit)
+    pipe = conn.pipeline(transaction=False)
+    for state in states:
+        pipe.lrange(keys.AUDIT.format(state["host_id"]), 0, -1)
+    out = []
+    for state, raw in zip(states, pipe.execute(), strict=True):
+        audit = [json.loads(item) for item in raw]
+        progress = ladder_progress(typed_state(state["host_id"], state), audit)
+        out.append({**host_summary(state), "progress": progress})
+    return out
+
+
 def host_detail(conn: redis.Redis, host_id: str) -> dict[str, Any] | None:
     """A host's full state, its progress along the ladder and its audit trail; None if never seen."""
     state = store.get_host(conn, host_id)

@@ -92,8 +92,7 @@ def _hosts_table(conn: redis.Redis) -> Table:
     table = Table(title="hosts in remediation", title_justify="left")
     for column in ("host", "status", "step", "attempt", "outcome", "ladder", "progress", "updated"):
         table.add_column(column, overflow="fold")
-    for host in ops.list_host_summaries(conn):
-        detail = ops.host_detail(conn, host["host_id"]) or {"progress": []}
+    for host in ops.list_hosts_with_progress(conn):
         table.add_row(
             _text(host["host_id"]),
             _text(host["status"]),
@@ -101,7 +100,7 @@ def _hosts_table(conn: redis.Redis) -> Table:
             _text(host["attempt"]),
             _text(host["outcome"]),
             _text(host["ladder_id"]),
-            _ladder_text(detail["progress"]),
+            _ladder_text(host["progress"]),
             _when(host["updated_at"]),
         )
     return table

@@ -1,8 +1,8 @@
 """``/ui``: the status page (server-rendered, no external assets) and its admin forms.
 
-The admin token is typed into a password field and posted to ``/ui/remediate`` or ``/ui/requeue``, which
-check it like the API does; it is never put in a URL or a page. Knowing it is also what stops a
-cross-site form post from acting.
+The admin forms live on ``/ui/admin``, which does not refresh itself. The admin token is typed into a
+password field and posted to ``/ui/remediate`` or ``/ui/requeue``, which check it like the API does; it
+is never put in a URL or a page. Knowing it is also what stops a cross-site form post from acting.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ log = logging.getLogger("remediator.ui")
 
 REFRESH = 5  # seconds between the status page's own reloads
 FAILED_SHOWN = 50  # failed jobs listed on the status page
+HOSTS_SHOWN = 200  # hosts listed on the status page, most recently updated first
 _AUDIT_KEYS = {"ts", "step", "outcome", "detail"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -96,10 +97,7 @@ def _failed_jobs(conn: redis.Redis) -> list[dict[str, Any]]:
 def index() -> Response:
     conn = get_redis()
     rules = get_rules()
-    hosts = []
-    for state in ops.list_host_summaries(conn, limit=200):
-        detail = ops.host_detail(conn, state["host_id"]) or {"progress": []}
-        hosts.append({**state, "progress": detail["progress"]})
+    hosts = ops.list_hosts_with_progress(conn, limit=HOSTS_SHOWN)
     fleet = ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
     return _page("index.html", hosts=hosts, fleet=fleet, failed=_failed_jobs(conn), refresh=REFRESH)
 
@@ -112,6 +110,13 @@ def host(host_id: str) -> Response:
     if detail is None:
         return _message(404, "Unknown host", f"The remediator has no state for {host_id}.")
     return _page("host.html", detail=detail, refresh=REFRESH)
+
+
+@bp.get("/admin")
+def admin() -> Response:
+    """The admin forms, on a page that does not refresh (a half-typed token would be lost)."""
+    host_id = request.args.get("host_id", "")
+    return _page("admin.html", host_id=host_id if is_valid_host_id(host_id) else "", refresh=None)
 
 
 def _authorized() -> bool:

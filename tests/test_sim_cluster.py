@@ -130,20 +130,40 @@ def test_force_sync_of_a_host_with_a_dead_agent_changes_nothing(
     assert sim.host("host-01").paths.force_sync.exists()  # asked, but nobody was there to answer
 
 
-def test_wedged_agent_is_alive_but_never_syncs(make_sim_cluster: Callable[..., SimCluster]) -> None:
-    sim = make_sim_cluster(hosts=2, sync_interval=600)
+def test_wedged_agent_is_alive_without_periodic_syncs_until_a_forced_sync(
+    make_sim_cluster: Callable[..., SimCluster],
+) -> None:
+    sim = make_sim_cluster(hosts=2, sync_interval=0.2)
     _first_sync_landed(sim, "host-01")
-    _first_sync_landed(sim, "host-02")
     pid = sim.wedge_agent("host-01")
     sim.make_critical("host-01")
     before = sim.last_sync("host-01")
+    syncs = sim.counts("host-02")["syncs"]
+    sim.wait_for(lambda: sim.counts("host-02")["syncs"] >= syncs + 3, what="three periodic syncs elsewhere")
+    assert sim.last_sync("host-01") == before
+    assert sim.ssh_run("host-01", "pgrep -f sync_agent").stdout.strip() == str(pid)
     assert _force_sync(sim, "host-01").status_code == 202
+    sim.wait_for(lambda: sim.state("host-01") == "healthy", what="a forced sync kicks the wedged agent")
+    assert sim.host("host-01").agent_pid == pid
+
+
+def test_hard_wedged_agent_never_syncs_until_restarted(make_sim_cluster: Callable[..., SimCluster]) -> None:
+    sim = make_sim_cluster(hosts=2, sync_interval=600)
+    _first_sync_landed(sim, "host-01")
+    _first_sync_landed(sim, "host-02")
+    pid = sim.wedge_agent("host-01", until_restart=True)
+    sim.make_critical("host-01")
+    before = sim.last_sync("host-01")
+    assert _force_sync(sim, "host-01").status_code == 202
+    # A healthy host's forced sync is the barrier: once it landed, host-01's would have too.
     healthy_before = sim.last_sync("host-02")
     assert _force_sync(sim, "host-02").status_code == 202
     sim.wait_for(lambda: sim.last_sync("host-02") > healthy_before, what="host-02 forced sync")
     assert sim.host("host-01").agent_pid == pid
     assert sim.last_sync("host-01") == before
     assert sim.ssh_run("host-01", "pgrep -f sync_agent").stdout.strip() == str(pid)
+    assert sim.ssh_run("host-01", "systemctl restart ringrift-sync-agent").returncode == 0
+    sim.wait_for(lambda: sim.state("host-01") == "healthy", what="the restarted agent syncs")
 
 
 def test_wedging_a_dead_agent_is_refused(sim_cluster: SimCluster) -> None:
@@ -172,7 +192,8 @@ def test_retired_host_refuses_syncs_until_unretired(make_sim_cluster: Callable[.
     assert sim.host("host-01").agent_pid is not None
     sim.wait_for(lambda: sim.counts("host-01")["sync_refusals"] >= 1, what="a refused sync")
     assert sim.state("host-01") == "critical"
-    assert "sync refused" in sim.host("host-01").sync_log.read_text()
+    log = sim.host("host-01").sync_log
+    sim.wait_for(lambda: "sync refused" in log.read_text(), what="the agent logs the refusal")
     answer = requests.post(
         f"{sim.coordinator_url}/admin/unretire",
         json={"host_id": "host-01"},

@@ -574,14 +574,18 @@ class SimCluster:
         assert self.coordinator is not None
         self.wait_for(lambda: self.coordinator.ingesting[host_id] <= 0, 5.0, 0.01, "in-flight sync")  # type: ignore[union-attr]
 
-    def wedge_agent(self, host_id: str) -> int:
-        """The agent stays alive (pgrep finds it) but never syncs again; a restart clears it."""
+    def wedge_agent(self, host_id: str, until_restart: bool = False) -> int:
+        """The agent stays alive (pgrep finds it) but stops its periodic syncs.
+
+        A forced sync kicks it back to life, unless ``until_restart``: then it never syncs again and only
+        a restart (``systemctl restart``, the fallback) clears it.
+        """
         host = self.host(host_id)
         pid = host.agent_pid
         if pid is None:
             raise SimError(f"{host_id} has no running agent to wedge")
         host.paths.wedged.unlink(missing_ok=True)
-        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR2 if until_restart else signal.SIGUSR1)
         self.wait_for(host.paths.wedged.exists, 5.0, 0.01, f"agent of {host_id} wedged")
         self._wait_no_sync_in_flight(host_id)
         return pid

@@ -7,7 +7,8 @@ self-play lock, reads the clock (T), and posts every game created after its curs
 ``POST /sim/hosts/<id>/ingest``; the coordinator stores them and sets ``last_sync = T``. So a game is
 unsynced exactly when its ``created_at`` is later than the coordinator's ``last_sync``.
 
-Faults: SIGUSR1 wedges it (alive, never syncs again); ``run/faults/disk_full`` makes every sync fail
+Faults: SIGUSR1 wedges it softly (alive, no periodic syncs, a forced sync kicks it), SIGUSR2 hard
+(alive, never syncs again until restarted); ``run/faults/disk_full`` makes every sync fail
 with ENOSPC; ``run/faults/dies_after_restart`` makes it die shortly after starting; the cluster's
 network-down flag makes syncs fail as unreachable. It never deletes a game file. It exits by itself
 when the process that owns the sim (``--owner-pid``) is gone, so a crashed test leaves no agent behind.
@@ -35,6 +36,8 @@ except ImportError:  # run by file without the package on sys.path (the normal c
 TRIGGER_POLL = 0.1  # seconds between two looks for a force-sync request
 DIES_AFTER = 0.5  # seconds an agent with the "dies after restart" fault lives
 HTTP_TIMEOUT = 10.0  # seconds for one ingest call
+SOFT_WEDGE = "soft"  # SIGUSR1: no periodic syncs; a forced sync kicks the loop back to life
+HARD_WEDGE = "hard"  # SIGUSR2: never syncs again, forced or not; only a restart clears it
 
 
 class Agent:
@@ -45,7 +48,7 @@ class Agent:
         self.interval = float(args.get("--interval", "1.0"))
         self.network_flag = Path(args["--network-flag"]) if args.get("--network-flag") else None
         self.owner_pid = int(args["--owner-pid"]) if args.get("--owner-pid") else None
-        self.wedged = False
+        self.wedged: str | None = None  # SOFT_WEDGE or HARD_WEDGE once signalled
         self.stopping = False
 
     def log(self, level: str, message: str) -> None:
@@ -121,7 +124,8 @@ class Agent:
         return self.owner_pid is not None and not procs.alive(self.owner_pid)
 
     def run(self) -> int:
-        signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "wedged", True))
+        signal.signal(signal.SIGUSR1, lambda *_: setattr(self, "wedged", self.wedged or SOFT_WEDGE))
+        signal.signal(signal.SIGUSR2, lambda *_: setattr(self, "wedged", HARD_WEDGE))
         signal.signal(signal.SIGTERM, self.on_sigterm)
         self.paths.wedged.unlink(missing_ok=True)
         self.log("INFO", "sync agent started")
@@ -135,11 +139,11 @@ class Agent:
                 return 0
             if self.wedged:
                 self.paths.wedged.touch()  # for the sim: no sync is in flight from here on
-                if not self.paths.force_sync.exists():
+                if self.wedged == HARD_WEDGE or not self.paths.force_sync.exists():
                     time.sleep(TRIGGER_POLL)
                     continue
-                # A forced sync kicks the stuck loop: the runbook's Option 1 is what fixes a wedge.
-                self.wedged = False
+                # A forced sync kicks a stuck loop: the runbook's Option 1 is what fixes a soft wedge.
+                self.wedged = None
                 self.log("INFO", "wedged sync loop kicked by a forced sync")
             requested = self.paths.force_sync.exists()
             if requested or time.monotonic() >= next_sync:

@@ -1,0 +1,271 @@
+"""The status page in a real headless Chromium: it loads, shows a seeded host's step and timeline, and is
+screenshotted; plus the admin forms and escaping, through the Flask test client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import require_binary
+from helpers import ADMIN_TOKEN
+from ops_helpers import QUEUE, make_settings, run_jobs_failing, seed_host, start_ladder
+from rq import Queue
+from werkzeug.serving import make_server
+
+from remediator import create_app, keys, store
+
+CHROMIUM_TIMEOUT = 90  # seconds one headless Chromium run may take
+DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-page.png"
+HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
+
+
+@pytest.fixture
+def app(redis_url: str):
+    return create_app({"SETTINGS": make_settings(redis_url), "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def served(app) -> Iterator[str]:
+    """The app served over HTTP on a loopback port, for the browser."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="ui-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+
+
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("chromium") or require_binary("/usr/bin/chromium")
+    profile = tmp_path / f"chromium-profile-{time.monotonic_ns()}"
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT, check=False)
+    assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
+    return proc
+
+
+def dump_dom(tmp_path: Path, url: str) -> str:
+    return chromium(tmp_path, "--dump-dom", url).stdout
+
+
+def seed_fleet(conn: redis.Redis) -> None:
+    """A fleet worth looking at: hosts at different places on the ladder, a storm, a paused host, a page."""
+    now = time.time()
+    seed_host(conn, "gpu-node-07")
+    store.update_host(
+        conn,
+        "vast-31",
+        ladder_id="lv31",
+        job_id="jv31",
+        status="finished",
+        step="force_sync",
+        phase="done",
+        attempt=1,
+        outcome="healthy",
+        outcome_detail="last_sync advanced",
+        started_at=f"{now - 400:.3f}",
+        plan=[["force_sync"], ["restart_agent", "force_sync"]],
+    )
+    for step, outcome in (
+        ("diagnose", "done"),
+        ("force_sync", "ran"),
+        ("force_sync", "verify-ok"),
+        ("ladder", "healthy"),
+    ):
+        store.append_audit(conn, "vast-31", step, outcome, "", ladder_id="lv31")
+    store.update_host(
+        conn,
+        "lambda-12",
+        ladder_id="ll12",
+        job_id="jl12",
+        status="waiting",
+        step="wait_reachable",
+        phase="verify",
+        attempt=1,
+        outcome="running",
+        waiting_for="ssh not reachable yet",
+        started_at=f"{now - 900:.3f}",
+        plan=[["wait_reachable"], ["escalate"]],
+    )
+    store.append_audit(
+        conn, "lambda-12", "diagnose", "done", "plan: wait_reachable | escalate", ladder_id="ll12"
+    )
+    store.update_host(
+        conn,
+        "old-box-2",
+        ladder_id="lo2",
+        job_id="jo2",
+        status="finished",
+        step="escalate",
+        phase="done",
+        attempt=1,
+        outcome="failed",
+        outcome_detail="ladder exhausted: paged on-call",
+        started_at=f"{now - 5000:.3f}",
+        plan=[["unretire"], ["restart_agent", "force_sync"], ["recover_data", "escalate"]],
+    )
+    for step, outcome in (
+        ("diagnose", "done"),
+        ("unretire", "verify-ok"),
+        ("restart_agent", "failed"),
+        ("recover_data", "verify-ok"),
+        ("escalate", "ran"),
+        ("ladder", "failed"),
+    ):
+        store.append_audit(conn, "old-box-2", step, outcome, "", ladder_id="lo2")
+    conn.zadd(keys.FLEET_CRITICAL, {"gpu-node-07": now - 20, "lambda-12": now - 60, "old-box-2": now - 120})
+    conn.hset(
+        keys.FLEET, mapping={"storm": "1", "storm_id": "3f9c2a1b7d4e", "storm_started_at": f"{now - 120:.3f}"}
+    )
+    conn.sadd(keys.PAUSED, "gpu-node-07", "lambda-12")
+    conn.sadd(keys.INCIDENTS, "remediator/storm/3f9c2a1b7d4e")
+    conn.hset(
+        keys.INCIDENT.format("remediator/storm/3f9c2a1b7d4e"),
+        mapping={
+            "dedup_key": "remediator/storm/3f9c2a1b7d4e",
+            "summary": "sync storm: 3 hosts critical",
+            "severity": "critical",
+            "hosts": json.dumps(["gpu-node-07", "lambda-12", "old-box-2"]),
+            "opened_at": f"{now - 100:.3f}",
+        },
+    )
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+# -- in Chromium ---------------------------------------------------------------------------------------
+
+
+def test_status_page_in_chromium_shows_the_seeded_hosts_current_step_and_the_fleet(
+    served, redis_conn, tmp_path
+):
+    seed_fleet(redis_conn)
+    dom = dump_dom(tmp_path, f"{served}/ui")
+    assert '<meta http-equiv="refresh" content="5">' in dom
+    assert 'data-host="gpu-node-07"' in dom
+    assert 'data-step="restart_agent" data-mark="current"' in dom
+    assert 'data-step="force_sync" data-mark="failed"' in dom
+    assert 'data-step="diagnose" data-mark="ok"' in dom
+    assert "ACTIVE" in dom and "3f9c2a1b7d4e" in dom  # the storm
+    assert "sync storm: 3 hosts critical" in dom  # the open page
+    assert 'type="password"' not in dom  # the forms live on /ui/admin, which does not refresh
+    assert 'href="/ui/admin"' in dom
+
+
+def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, tmp_path):
+    dom = dump_dom(tmp_path, f"{served}/ui/admin?host_id=gpu-node-07")
+    assert 'http-equiv="refresh"' not in dom
+    assert dom.count('type="password" name="token"') == 2 and ADMIN_TOKEN not in dom
+    assert 'name="host_id" value="gpu-node-07"' in dom
+    assert 'action="/ui/remediate"' in dom and 'action="/ui/requeue"' in dom
+
+
+def test_host_page_in_chromium_shows_the_timeline_with_evidence(served, redis_conn, tmp_path):
+    seed_host(redis_conn, "gpu-node-07")
+    dom = dump_dom(tmp_path, f"{served}/ui/hosts/gpu-node-07")
+    assert 'class="entry" data-step="force_sync" data-outcome="verify-failed"' in dom
+    assert "last_sync did not advance" in dom
+    assert "last_sync_after" in dom  # evidence
+    assert "restart_agent (run), attempt 1" in dom
+
+
+def test_hostile_audit_text_is_escaped_and_never_runs_in_chromium(served, redis_conn, tmp_path):
+    seed_host(redis_conn, "gpu-node-07")
+    store.append_audit(redis_conn, "gpu-node-07", "force_sync", "failed", HOSTILE, evidence=HOSTILE)
+    store.update_host(redis_conn, "gpu-node-07", outcome_detail=HOSTILE)
+    for page in ("/ui", "/ui/hosts/gpu-node-07"):
+        dom = dump_dom(tmp_path, served + page)
+        assert "pwned" not in dom.split("<title>")[1].split("</title>")[0]
+        assert "<img src" not in dom and "<script>" not in dom
+        assert "&lt;img src=x" in dom
+
+
+def test_status_page_screenshot_is_a_png_of_the_window_size(served, redis_conn, tmp_path):
+    seed_fleet(redis_conn)
+    shot = tmp_path / "status-page.png"
+    chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", f"{served}/ui")
+    assert shot.exists() and png_size(shot) == (1280, 900)
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+# -- pages and forms (test client) ---------------------------------------------------------------------
+
+
+def test_pages_carry_a_strict_content_security_policy(client, redis_conn):
+    seed_host(redis_conn, "gpu-node-07")
+    for page in ("/ui", "/ui/hosts/gpu-node-07"):
+        resp = client.get(page)
+        assert resp.status_code == 200 and resp.mimetype == "text/html"
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+        assert "http://" not in resp.get_data(as_text=True).split("<body>")[0]  # no external assets
+
+
+def test_host_page_is_422_for_an_invalid_host_id_and_404_for_an_unknown_one(client):
+    assert client.get("/ui/hosts/a;reboot").status_code == 422
+    assert client.get("/ui/hosts/unknown-host").status_code == 404
+
+
+@pytest.mark.parametrize("token", ["", "wrong", ADMIN_TOKEN + "x"])
+def test_admin_forms_refuse_a_wrong_token_and_change_nothing(client, redis_conn, token):
+    resp = client.post("/ui/remediate", data={"host_id": "h1", "token": token})
+    assert resp.status_code == 401 and "admin token" in resp.get_data(as_text=True)
+    resp = client.post("/ui/requeue", data={"token": token})
+    assert resp.status_code == 401
+    assert Queue(QUEUE, connection=redis_conn).count == 0 and not redis_conn.exists(keys.HOST.format("h1"))
+
+
+def test_remediate_form_with_the_admin_token_queues_one_ladder_then_409(client, redis_conn):
+    resp = client.post("/ui/remediate", data={"host_id": "h1", "token": ADMIN_TOKEN, "dry_run": "1"})
+    assert resp.status_code == 202
+    page = resp.get_data(as_text=True)
+    assert "dry-run ladder" in page and ADMIN_TOKEN not in page
+    assert store.get_host(redis_conn, "h1")["dry_run"] == "1"
+    again = client.post("/ui/remediate", data={"host_id": "h1", "token": ADMIN_TOKEN})
+    assert again.status_code == 409 and "already remediating" in again.get_data(as_text=True)
+    assert Queue(QUEUE, connection=redis_conn).count == 1
+
+
+def test_requeue_form_resumes_a_failed_ladder_once(client, redis_conn, monkeypatch):
+    ladder_id = start_ladder(redis_conn, "h1")
+    run_jobs_failing(redis_conn, monkeypatch)
+    resp = client.post("/ui/requeue", data={"token": ADMIN_TOKEN, "host_id": "h1"})
+    assert resp.status_code == 202 and "resumed" in resp.get_data(as_text=True)
+    again = client.post("/ui/requeue", data={"token": ADMIN_TOKEN, "job_id": ladder_id})
+    assert again.status_code == 200 and "unchanged" in again.get_data(as_text=True)
+    assert Queue(QUEUE, connection=redis_conn).count == 1
+    assert client.post("/ui/requeue", data={"token": ADMIN_TOKEN, "job_id": "a;b"}).status_code == 422
