@@ -11,10 +11,13 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from remediator import defaults, keys, store
 
@@ -116,6 +119,50 @@ def start_ladders(
             except redis.WatchError:
                 continue
     raise redis.ConnectionError("too much contention on the host keys; try again")
+
+
+def queue_ladder_job(
+    pipe: Any,
+    queue: Queue,
+    host_id: str,
+    ladder_id: str,
+    *,
+    description: str,
+    delay: float = 0.0,
+    **state: Any,
+) -> str:
+    """Queue the next ``run_ladder`` job of a ladder (now, or ``delay`` seconds from now) and point
+    the host's state at it, in one MULTI (the caller's, or opened here on a fresh pipeline); returns
+    the new job id. The ladder, the sweeper and manual re-queue all go through here, so every ladder
+    job has the same timeout."""
+    if not pipe.explicit_transaction:
+        # rq's enqueue_call opens MULTI itself and refuses once commands are buffered: open it first.
+        pipe.multi()
+    job_id = uuid.uuid4().hex
+    when = datetime.now(UTC) + timedelta(seconds=delay)
+    store.update_host(pipe, host_id, job_id=job_id, next_check_at=f"{when.timestamp():.3f}", **state)
+    options = {
+        "job_id": job_id,
+        "pipeline": pipe,
+        "result_ttl": defaults.JOB_RESULT_TTL,
+        "description": f"remediate {host_id}: {description}",
+    }
+    if delay > 0:
+        timeout = defaults.JOB_TIMEOUT
+        queue.enqueue_at(when, LADDER_JOB, args=(host_id, ladder_id), job_timeout=timeout, **options)
+    else:
+        queue.enqueue_call(LADDER_JOB, args=(host_id, ladder_id), timeout=defaults.JOB_TIMEOUT, **options)
+    return job_id
+
+
+def job_status(conn: redis.Redis, job_id: str | None) -> JobStatus | None:
+    """The RQ status of a job, or None when there is no such job (expired, deleted, never written)."""
+    if not job_id:
+        return None
+    try:
+        return Job.fetch(job_id, connection=conn).get_status()
+    except NoSuchJobError:
+        return None
 
 
 def _job_data(queue: Queue, req: LadderRequest, ladder_id: str) -> Any:

@@ -15,7 +15,6 @@ A failed ``workers.jobs.discover`` job starts a new discovery unless one is alre
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from remediator import defaults, keys, store
+from remediator import keys, store
 from remediator.hosts import is_valid_host_id
 from remediator.intake import (
     DISCOVERY,
@@ -35,6 +34,8 @@ from remediator.intake import (
     MAX_WATCH_RETRIES,
     LadderLimit,
     LadderRequest,
+    job_status,
+    queue_ladder_job,
     start_ladders,
 )
 
@@ -92,15 +93,6 @@ def ladder_of(job: Job) -> LadderTarget | None:
     if job.func_name == DISCOVERY_JOB and len(args) == 1 and isinstance(args[0], str):
         return LadderTarget(None, args[0], bool(kwargs.get("dry_run")))
     return None
-
-
-def _status(conn: redis.Redis, job_id: str | None) -> JobStatus | None:
-    if not job_id:
-        return None
-    try:
-        return Job.fetch(job_id, connection=conn).get_status()
-    except NoSuchJobError:
-        return None
 
 
 def requeue_job(
@@ -168,7 +160,7 @@ def _requeue_ladder(
                         ladder_id,
                     )
                 current = (pipe.hget(host_key, "job_id") or b"").decode()
-                status = _status(conn, current)
+                status = job_status(conn, current)
                 if status in LIVE:
                     pipe.unwatch()
                     if current != job.id:
@@ -181,9 +173,10 @@ def _requeue_ladder(
                         ladder_id,
                         current,
                     )
-                new_id = uuid.uuid4().hex
                 pipe.multi()
-                store.update_host(pipe, host, job_id=new_id, status="queued")
+                new_id = queue_ladder_job(
+                    pipe, queue, host, ladder_id, description=f"requeued by {who}", status="queued"
+                )
                 store.append_audit(
                     pipe,
                     host,
@@ -193,15 +186,6 @@ def _requeue_ladder(
                     job_id=new_id,
                     ladder_id=ladder_id,
                     previous_job_id=current or job.id,
-                )
-                queue.enqueue_call(
-                    LADDER_JOB,
-                    args=(host, ladder_id),
-                    job_id=new_id,
-                    pipeline=pipe,
-                    timeout=defaults.JOB_TIMEOUT,
-                    result_ttl=defaults.JOB_RESULT_TTL,
-                    description=f"remediate {host}: requeued by {who}",
                 )
                 failed.remove(job, pipeline=pipe)
                 if current and current != job.id:
@@ -242,7 +226,7 @@ def _requeue_discovery(
     guard = conn.get(keys.ACTIVE.format(DISCOVERY))
     if guard is not None:
         guard_id = guard.decode()
-        if guard_id != job.id or _status(conn, guard_id) in LIVE:
+        if guard_id != job.id or job_status(conn, guard_id) in LIVE:
             failed.remove(job)
             return Requeued(
                 job.id, "unchanged", f"discovery {guard_id} is already queued", None, guard_id, guard_id

@@ -11,12 +11,11 @@ worker that finds it claimed goes on to verification instead of acting twice in 
 from __future__ import annotations
 
 import time
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from remediator import keys, metrics, store
 from remediator.exceptions import CoordinatorError, LockLost, LockNotAcquired
+from remediator.intake import queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
 from workers.context import Context
@@ -24,7 +23,6 @@ from workers.diagnose import diagnose
 from workers.steps import STEPS
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 
-LADDER_JOB = "workers.jobs.run_ladder"
 MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a job's duration)
 SINGLE_ATTEMPT = {"wait_reachable", "retire", "escalate"}
 
@@ -322,36 +320,18 @@ class Ladder:
         """Free the worker: the next advance runs as a new job ``delay`` seconds from now."""
         assert self.lock is not None
         self.lock.check()
-        job_id = uuid.uuid4().hex
-        when = datetime.now(UTC) + timedelta(seconds=delay)
         with self.ctx.conn.pipeline() as pipe:
-            store.update_host(
+            job_id = queue_ladder_job(
                 pipe,
+                self.ctx.queue,
                 self.host_id,
-                job_id=job_id,
+                self.ladder_id,
+                description=why,
+                delay=delay,
                 status="waiting" if delay else "queued",
-                next_check_at=f"{when.timestamp():.3f}",
                 waiting_for=why,
                 heartbeat=f"{time.time():.3f}",
             )
-            if delay > 0:
-                self.ctx.queue.enqueue_at(
-                    when,
-                    LADDER_JOB,
-                    self.host_id,
-                    self.ladder_id,
-                    job_id=job_id,
-                    pipeline=pipe,
-                    description=f"remediate {self.host_id}: {why}",
-                )
-            else:
-                self.ctx.queue.enqueue_call(
-                    LADDER_JOB,
-                    args=(self.host_id, self.ladder_id),
-                    job_id=job_id,
-                    pipeline=pipe,
-                    description=f"remediate {self.host_id}: {why}",
-                )
             pipe.execute()
         return f"waiting: {why} (next check in {delay:g}s, job {job_id})"
 

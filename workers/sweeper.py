@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 
 import redis
 from rq import Queue
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from remediator import keys, store
 from remediator.config import Settings
+from remediator.intake import job_status, queue_ladder_job
 
 log = logging.getLogger("remediator.sweeper")
 
@@ -42,22 +42,20 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         if conn.exists(keys.LOCK.format(host)):
             continue  # a live worker holds it (a dead one's lock expires after REMEDIATOR_LOCK_TTL)
         job_id = state.get("job_id")
-        try:
-            status = Job.fetch(job_id, connection=conn).get_status() if job_id else None
-        except Exception:
-            status = None
+        status = job_status(conn, job_id)
         if status in LIVE:
             continue
         if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
             continue
-        new_id = uuid.uuid4().hex
         with conn.pipeline() as pipe:
             try:
                 pipe.watch(keys.HOST.format(host))
                 if pipe.hget(keys.HOST.format(host), "job_id") != (job_id or "").encode():
                     continue
                 pipe.multi()
-                store.update_host(pipe, host, job_id=new_id, status="queued")
+                new_id = queue_ladder_job(
+                    pipe, queue, host, ladder_id, description="resumed by sweeper", status="queued"
+                )
                 store.append_audit(
                     pipe,
                     host,
@@ -66,13 +64,6 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
                     f"job {job_id} was {status or 'lost'}: resuming the ladder",
                     job_id=new_id,
                     ladder_id=ladder_id,
-                )
-                queue.enqueue_call(
-                    "workers.jobs.run_ladder",
-                    args=(host, ladder_id),
-                    job_id=new_id,
-                    pipeline=pipe,
-                    description=f"remediate {host}: resumed by sweeper",
                 )
                 pipe.execute()
                 resumed.append(host)
