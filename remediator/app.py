@@ -12,7 +12,8 @@ from remediator.config import Settings
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the receiver app. ``test_config`` may carry ``SETTINGS`` (a Settings) and Flask keys."""
-    app = Flask(__name__)
+    # No static folder: the pages inline their CSS, and an unused /static route would only answer 404.
+    app = Flask(__name__, static_folder=None)
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or Settings.from_env()
     app.config["SETTINGS"] = settings

@@ -24,22 +24,8 @@ def redis_from_settings(settings: Settings) -> redis.Redis | None:
     )
 
 
-class StaticRules:
-    """The shipped rules, loaded once (no file to watch)."""
-
-    def __init__(self) -> None:
-        from remediator.rules import load_rules
-
-        self._rules = load_rules(None)
-
-    def current(self) -> Any:
-        return self._rules
-
-
 def rules_source(settings: Settings) -> Any:
-    """A watcher on REMEDIATOR_RULES_FILE (reloaded on change), or the shipped rules."""
-    if not settings.rules_file:
-        return StaticRules()
+    """A watcher on REMEDIATOR_RULES_FILE, or on the shipped rules when it is unset; reloads on change."""
     from remediator import metrics
     from remediator.rules import RulesWatcher
 

@@ -41,15 +41,19 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
         fleet = _fleet(conn)
     at_risk = 0
     unrecoverable = 0
-    for host in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"):
-        raw = conn.hget(keys.HOST.format(host.decode()), "facts")
+    critical = conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf")
+    # One round trip for all critical hosts: this runs at every phase of every ladder.
+    reader = conn.pipeline(transaction=False)
+    for host in critical:
+        reader.hget(keys.HOST.format(host.decode()), "facts")
+    for raw in reader.execute() if critical else []:
         host_facts = json.loads(raw) if raw else {}
         at_risk += int(host_facts.get("unsynced_games") or 0)
         unrecoverable += host_facts.get("data_recoverable") is False
     return {
         "unsynced_games_at_risk": at_risk,
         "unrecoverable_hosts": unrecoverable,
-        "critical_hosts": conn.zcount(keys.FLEET_CRITICAL, time.time() - window, "+inf"),
+        "critical_hosts": len(critical),
         "storm_active": fleet.get("storm") == "1",
         "cluster_network_ok": fleet.get("network_ok") != "0",
         "provider_status_ok": fleet.get("provider_ok") != "0",

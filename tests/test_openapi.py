@@ -15,9 +15,6 @@ from ops_helpers import admin, make_settings, run_jobs_failing, seed_host, start
 from remediator import create_app, store
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
-# Flask always adds a static-file route (remediator has no static folder, so it only ever answers 404);
-# it is not part of the API. Flask(__name__, static_folder=None) in app.py would remove it.
-IGNORED_ENDPOINTS = {"static"}
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 
 
@@ -46,8 +43,6 @@ def openapi_path(rule: str) -> str:
 def app_operations(app) -> set[tuple[str, str]]:
     out = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in IGNORED_ENDPOINTS:
-            continue
         for method in rule.methods - IGNORED_METHODS:
             out.add((openapi_path(rule.rule), method.lower()))
     return out

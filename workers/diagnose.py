@@ -103,11 +103,10 @@ def diagnose(ctx: Context, host_id: str) -> Diagnosis:
             diag.known_to_coordinator = False
     if record is not None:
         diag.record = asdict(record)
-        diag.coordinator_state = "retired" if record.state == "retired" else record.state
+        # A retired host is not syncing: for the ladder it is critical, with host_retired set.
+        diag.coordinator_state = "critical" if record.state == "retired" else record.state
         diag.last_sync = record.last_sync
         diag.host_retired = record.retired or record.state == "retired"
-        if diag.coordinator_state == "retired":
-            diag.coordinator_state = "critical"
         _cloud(ctx, diag, record)
         _on_host(ctx, diag, record)
     diag.coordinator_log_tail = _coordinator_log(ctx, host_id)

@@ -124,7 +124,7 @@ class Ladder:
         if not diag.known_to_coordinator:
             lad.audit("diagnose", "failed", "the coordinator does not know this host", **diag.summary())
             return self._finish("failed", "host unknown to the coordinator")
-        lad.remember(diagnosis={**diag.summary(), "record": diag.record, "inventory_full": None})
+        lad.remember(diagnosis={**diag.summary(), "record": diag.record})
         plan = plan_for(facts)
         self._commit(facts=facts, plan=plan, rung=0, pos=0, attempt=1)
         lad.audit(
@@ -288,7 +288,7 @@ class Ladder:
         rung = int(self.state.get("rung") or 0) + 1
         if self.state.get("step") == "escalate" or rung >= len(plan):
             return self._finish("failed", f"ladder exhausted: {why}")
-        if plan[rung] == ["escalate"] or plan[rung][0] == "escalate":
+        if plan[rung][0] == "escalate":
             lad.remember(escalation_reason=why)
         self._commit(rung=rung, pos=0, step=plan[rung][0], phase="run", attempt=1)
         return None

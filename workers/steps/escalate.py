@@ -30,40 +30,22 @@ def run(lad: LadderRun) -> StepOutcome:
     }
     if lad.dry_run:
         return StepOutcome("ran", f"would page: {reason}", {"rules_matched": list(decision.matched)})
-    results = []
-    pages = [p for p in decision.pages if p.scope == "host"]
-    for page in pages:
-        results.append(
-            open_incident(
-                lad.ctx.conn,
-                lad.ctx.settings,
-                dedup_key=f"remediator/{lad.host_id}/{lad.ladder_id}",
-                summary=f"{page.summary}: {lad.host_id}: {reason}",
-                severity=page.severity,
-                targets=page.to or None,
-                hosts=(lad.host_id,),
-                details=details,
-                rule=page.rule,
-            )
-        )
-        break  # one page per ladder incident, whatever number of rules matched
-    if not pages:
-        # The rules chose no page for an escalation: still put it on record, never drop it silently.
-        results.append(
-            open_incident(
-                lad.ctx.conn,
-                lad.ctx.settings,
-                dedup_key=f"remediator/{lad.host_id}/{lad.ladder_id}",
-                summary=f"remediation escalated: {lad.host_id}: {reason}",
-                severity="critical",
-                targets=None,
-                hosts=(lad.host_id,),
-                details=details,
-                rule="(no rule matched)",
-            )
-        )
+    # One page per ladder incident, whatever number of rules matched. When the rules chose none, the
+    # escalation is still put on record and sent to every configured pager: never dropped silently.
+    page = next((p for p in decision.pages if p.scope == "host"), None)
+    result = open_incident(
+        lad.ctx.conn,
+        lad.ctx.settings,
+        dedup_key=f"remediator/{lad.host_id}/{lad.ladder_id}",
+        summary=f"{page.summary if page else 'remediation escalated'}: {lad.host_id}: {reason}",
+        severity=page.severity if page else "critical",
+        targets=(page.to or None) if page else None,
+        hosts=(lad.host_id,),
+        details=details,
+        rule=page.rule if page else "(no rule matched)",
+    )
     return StepOutcome(
-        "ran", f"escalated to a human: {reason}", {"rules_matched": list(decision.matched), "pages": results}
+        "ran", f"escalated to a human: {reason}", {"rules_matched": list(decision.matched), "pages": [result]}
     )
 
 
