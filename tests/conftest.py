@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Iterator
 
 import pytest
 import redis
+from pytest_httpserver import HTTPServer
 
 from remediator.embedded_redis import EmbeddedRedis
 
@@ -49,3 +51,28 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
 
 
 from remediator.sim.testing import make_sim_cluster, sim_cluster  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def _loopback_http() -> Iterator[HTTPServer]:
+    httpserver = HTTPServer(host="127.0.0.1", port=0)
+    httpserver.start()
+    yield httpserver
+    httpserver.stop()
+
+
+@pytest.fixture
+def server(_loopback_http: HTTPServer) -> Iterator[HTTPServer]:
+    """A local HTTP server on 127.0.0.1 that answers as each test tells it (shared, cleared per test);
+    it stands in for PagerDuty, Slack-style webhooks and the cloud provider APIs."""
+    _loopback_http.clear()
+    yield _loopback_http
+    _loopback_http.clear()
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """The base URL of a loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import require_binary
+from helpers import wait_for
 from pytest_httpserver import HTTPServer
 
 from remediator.sim.alertmanager import AlertmanagerProcess
@@ -32,16 +32,6 @@ def webhook() -> Iterator[HTTPServer]:
     yield server
     server.clear()
     server.stop()
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"condition not met within {timeout} s")
 
 
 def process_gone(pid: int) -> bool:
@@ -67,7 +57,7 @@ def test_a_posted_alert_reaches_the_webhook_with_the_bearer_token(
 
         [listed] = am.alerts()
         assert listed["labels"]["host_id"] == "gpu-3" and listed["status"]["state"] == "active"
-        request, _ = wait_until(lambda: webhook.log)[0]  # type: ignore[index]
+        request, _ = wait_for(lambda: webhook.log)[0]  # type: ignore[index]
         pid = am.pid
 
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
@@ -92,7 +82,7 @@ def test_basic_auth_and_resolved_notifications(tmp_path: Path, webhook: HTTPServ
         tmp_path, webhook.url_for("/webhook/alertmanager"), basic_auth=("alertmanager", "pw-s3cret")
     ) as am:
         am.post_alerts([alert("gpu-4")])
-        wait_until(lambda: webhook.log)
+        wait_for(lambda: webhook.log)
         am.post_alerts(
             [{**alert("gpu-4"), "endsAt": "2000-01-01T00:00:00Z", "startsAt": "2000-01-01T00:00:00Z"}]
         )
@@ -100,7 +90,7 @@ def test_basic_auth_and_resolved_notifications(tmp_path: Path, webhook: HTTPServ
         def resolved() -> bool:
             return any(json.loads(r.get_data())["status"] == "resolved" for r, _ in webhook.log)
 
-        wait_until(resolved)
+        wait_for(resolved)
         assert am.alerts() == []
 
     expected = "Basic " + base64.b64encode(b"alertmanager:pw-s3cret").decode()
@@ -117,7 +107,7 @@ def test_two_instances_gossip_as_an_ha_pair(tmp_path: Path, webhook: HTTPServer)
                 status = second._session.get(second.url + "/api/v2/status", timeout=5).json()
                 return len(status["cluster"]["peers"] or [])
 
-            assert wait_until(lambda: peers() == 2)
+            assert wait_for(lambda: peers() == 2)
             pids = [first.pid, second.pid]
 
     assert all(pid is not None and process_gone(pid) for pid in pids)

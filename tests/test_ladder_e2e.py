@@ -16,18 +16,18 @@ H = "host-01"
 
 
 @pytest.fixture
-def stack(sim_cluster, redis_url, tmp_path, monkeypatch, httpserver):
-    httpserver.expect_request("/page", method="POST").respond_with_json({"ok": True})
+def stack(sim_cluster, redis_url, tmp_path, monkeypatch, server):
+    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     s = make_stack(
-        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=httpserver.url_for("/page")
+        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
     )
     s.start_worker()
     yield s
     s.stop()
 
 
-def pages_received(httpserver) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in httpserver.log]
+def pages_received(server) -> list[dict]:
+    return [json.loads(req.get_data()) for req, _ in server.log]
 
 
 def sha256_files(root: Path) -> dict[str, str]:
@@ -70,7 +70,7 @@ def test_wedged_agent_is_fixed_by_force_sync_alone(stack: Stack):
     assert sim.counts(H)["agent_restarts"] == 0
 
 
-def test_agent_that_keeps_dying_leads_to_verified_recovery_then_escalation(stack: Stack, httpserver):
+def test_agent_that_keeps_dying_leads_to_verified_recovery_then_escalation(stack: Stack, server):
     sim = stack.sim
     sim.agent_dies_after_restart(H)
     sim.kill_agent(H)
@@ -91,7 +91,7 @@ def test_agent_that_keeps_dying_leads_to_verified_recovery_then_escalation(stack
     assert recovery["import"]["games"] == recovery["games"]
     assert sim.counts(H)["imports"] == 1
     assert ("escalate", "ran") in stack.steps(H)
-    assert any(H in json.dumps(p) for p in pages_received(httpserver))
+    assert any(H in json.dumps(p) for p in pages_received(server))
 
 
 def test_retired_host_back_online_is_unretired_and_resynced(stack: Stack):
@@ -104,7 +104,7 @@ def test_retired_host_back_online_is_unretired_and_resynced(stack: Stack):
     assert sim.counts(H)["unretires"] == 1 and not sim.retired(H)
 
 
-def test_terminated_instance_documents_the_loss_and_pages_without_retiring(stack: Stack, httpserver):
+def test_terminated_instance_documents_the_loss_and_pages_without_retiring(stack: Stack, server):
     sim = stack.sim
     sim.kill_agent(H)
     # A first look while the host is reachable (a dry run) counts its unsynced games.
@@ -122,7 +122,7 @@ def test_terminated_instance_documents_the_loss_and_pages_without_retiring(stack
     checklist = ledger[0]["checklist"]
     assert checklist["accessible_checked"] and checklist["rsync_attempted"] and checklist["loss_documented"]
     assert expected.count >= 0
-    assert any(H in json.dumps(p) for p in pages_received(httpserver))
+    assert any(H in json.dumps(p) for p in pages_received(server))
 
 
 def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_never_retired(stack: Stack):

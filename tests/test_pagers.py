@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import require_binary
+from helpers import wait_for
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
@@ -40,41 +39,6 @@ PAGE = Page(
     details={"unsynced_games": 1234, "checklist": {"rsync attempted": True}},
     hosts=("gpu-1", "gpu-2"),
 )
-
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[HTTPServer]:
-    httpserver = HTTPServer(host="127.0.0.1", port=0)
-    httpserver.start()
-    yield httpserver
-    httpserver.stop()
-
-
-@pytest.fixture
-def server(_server: HTTPServer) -> Iterator[HTTPServer]:
-    """A local HTTP server on loopback that answers as each test tells it (shared, cleared per test)."""
-    _server.clear()
-    yield _server
-    _server.clear()
-
-
-@pytest.fixture
-def closed_url() -> str:
-    """The base URL of a loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> object:
-    """Poll until the condition is truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"condition not met within {timeout} s")
 
 
 def posted_json(server: HTTPServer) -> list[object]:
@@ -310,13 +274,13 @@ def test_alertmanager_pager_raises_a_remediation_escalation_then_ends_it(
     }
     assert alert["annotations"]["summary"] == "gpu-7 still critical after 30 min"
     assert alert["status"]["state"] == "active" and alert["generatorURL"] == "http://remediator.test/ui"
-    [firing] = wait_until(lambda: notifications(server, "firing"))  # type: ignore[misc]
+    [firing] = wait_for(lambda: notifications(server, "firing"))  # type: ignore[misc]
     assert firing["labels"]["alertname"] == "RemediationEscalation"
 
     pager.resolve(page)
 
     assert alertmanager.alerts(active=True) == []
-    [resolved] = wait_until(lambda: notifications(server, "resolved"))  # type: ignore[misc]
+    [resolved] = wait_for(lambda: notifications(server, "resolved"))  # type: ignore[misc]
     assert resolved["labels"]["dedup_key"] == "host-gpu-7-stuck"
 
 

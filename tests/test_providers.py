@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +33,6 @@ FAST = RetryPolicy(attempts=2, backoff=0.0, timeout=5.0)
 
 # What the SDK's show_instances needs in every row besides the state fields (it computes from them).
 ROW_BASE = {"start_date": 1714550400.0, "extra_env": [["RINGRIFT", "1"]], "ssh_host": "127.0.0.1"}
-
-
-@pytest.fixture(scope="module")
-def _server() -> Iterator[HTTPServer]:
-    httpserver = HTTPServer(host="127.0.0.1", port=0)
-    httpserver.start()
-    yield httpserver
-    httpserver.stop()
-
-
-@pytest.fixture
-def server(_server: HTTPServer) -> Iterator[HTTPServer]:
-    """A local HTTP server on loopback that answers as each test tells it (shared, cleared per test)."""
-    _server.clear()
-    yield _server
-    _server.clear()
-
-
-@pytest.fixture
-def closed_url() -> str:
-    """The base URL of a loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def vast_row(instance_id: int, actual_status: str | None, cur_state: str = "running") -> dict[str, Any]:
