@@ -10,6 +10,7 @@ import pytest
 import redis
 from pytest_httpserver import HTTPServer
 
+from remediator import create_app
 from remediator.embedded_redis import EmbeddedRedis
 
 
@@ -76,3 +77,16 @@ def closed_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def app(redis_url: str):
+    """The real app on the session's Redis, with the test tokens (tests may override this fixture)."""
+    from helpers import make_settings
+
+    return create_app({"SETTINGS": make_settings(redis_url), "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import pytest
 import redis
-from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN
+from helpers import ADMIN_TOKEN, make_settings  # noqa: F401 - re-exported for the ops tests
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from remediator import keys, store
-from remediator.config import Settings
 from remediator.intake import LadderRequest, start_ladders
 
 QUEUE = "remediator"
-
-
-def make_settings(redis_url: str, **overrides: object) -> Settings:
-    base = Settings(redis_url=redis_url, webhook_token=WEBHOOK_TOKEN, admin_token=ADMIN_TOKEN)
-    return Settings(**{**base.__dict__, **overrides})
 
 
 def admin(token: str = ADMIN_TOKEN) -> dict[str, str]:

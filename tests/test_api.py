@@ -25,16 +25,6 @@ from remediator import create_app, keys, store
 from workers.sweeper import sweep
 
 
-@pytest.fixture
-def app(redis_url: str):
-    return create_app({"SETTINGS": make_settings(redis_url), "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -24,11 +24,6 @@ def app(redis_url: str):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
 def spec(client) -> dict[str, Any]:
     resp = client.get("/openapi.json")
     assert resp.status_code == 200 and resp.mimetype == "application/json"

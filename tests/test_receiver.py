@@ -7,11 +7,10 @@ import json
 
 import pytest
 import redis
-from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, alert, bearer, payload
+from helpers import WEBHOOK_TOKEN, alert, bearer, make_settings, payload
 from rq import Queue
 
 from remediator import create_app, keys
-from remediator.config import Settings
 from remediator.embedded_redis import EmbeddedRedis
 
 URL = "/webhook/alertmanager"
@@ -33,21 +32,6 @@ HOSTILE_HOST_IDS = [
     "h1/../../root",
     "h\x00null",
 ]
-
-
-def make_settings(redis_url: str, **overrides: object) -> Settings:
-    base = Settings(redis_url=redis_url, webhook_token=WEBHOOK_TOKEN, admin_token=ADMIN_TOKEN)
-    return Settings(**{**base.__dict__, **overrides})
-
-
-@pytest.fixture
-def app(redis_url: str):
-    return create_app({"SETTINGS": make_settings(redis_url), "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def queued_jobs(conn: redis.Redis) -> list[str]:

@@ -17,25 +17,15 @@ import pytest
 import redis
 from conftest import require_binary
 from helpers import ADMIN_TOKEN
-from ops_helpers import QUEUE, make_settings, run_jobs_failing, seed_host, start_ladder
+from ops_helpers import QUEUE, run_jobs_failing, seed_host, start_ladder
 from rq import Queue
 from werkzeug.serving import make_server
 
-from remediator import create_app, keys, store
+from remediator import keys, store
 
 CHROMIUM_TIMEOUT = 90  # seconds one headless Chromium run may take
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-page.png"
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
-
-
-@pytest.fixture
-def app(redis_url: str):
-    return create_app({"SETTINGS": make_settings(redis_url), "TESTING": True})
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture
