@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
-from e2e import Stack, make_stack
+from e2e import FAST_RULES, Stack, make_stack
 from helpers import alert, wait_for
 
 from remediator import keys
+from remediator.intake import LadderRequest, start_ladders
 
 H = "host-01"
 
@@ -104,25 +106,67 @@ def test_retired_host_back_online_is_unretired_and_resynced(stack: Stack):
     assert sim.counts(H)["unretires"] == 1 and not sim.retired(H)
 
 
-def test_terminated_instance_documents_the_loss_and_pages_without_retiring(stack: Stack, server):
-    sim = stack.sim
-    sim.kill_agent(H)
-    # A first look while the host is reachable (a dry run) counts its unsynced games.
-    stack.conn.set("remediator:inventory:" + H, json.dumps({"at": 1.0, "unsynced_games": 0}))
-    sim.make_critical(H)
-    expected = sim.unsynced_games(H)
-    sim.terminate_instance(H)
-    stack.post([alert(H)])
-    state = stack.wait_finished(H)
-    assert state["outcome"] == "escalated", stack.steps(H)
-    assert ("retire", "declined") in stack.steps(H)
-    assert sim.counts(H)["retires"] == 0 and sim.counts(H)["data_loss_records"] == 1
-    ledger = [json.loads(line) for line in (stack.tmp / "ledger.jsonl").read_text().splitlines()]
-    assert ledger[0]["host_id"] == H and ledger[0]["first_game_at"] and ledger[0]["last_game_at"]
-    checklist = ledger[0]["checklist"]
-    assert checklist["accessible_checked"] and checklist["rsync_attempted"] and checklist["loss_documented"]
-    assert expected.count >= 0
-    assert any(H in json.dumps(p) for p in pages_received(server))
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+@pytest.mark.parametrize("automatic", [False, True], ids=["auto-retire-off", "auto-retire-on"])
+def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rules_say(
+    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, automatic
+):
+    # Self-play off, so the unsynced games on the host are exactly the ones written here.
+    sim = make_sim_cluster(hosts=1, selfplay=False)
+    rules = tmp_path / "rules.yaml"
+    text = FAST_RULES.read_text()
+    rules.write_text(text.replace("automatic: false", "automatic: true") if automatic else text)
+    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
+    stack = make_stack(
+        sim,
+        redis_url,
+        tmp_path,
+        monkeypatch,
+        REMEDIATOR_RULES_FILE=str(rules),
+        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+    )
+    stack.start_worker()
+    try:
+        sim.kill_agent(H)
+        sim.make_critical(H)
+        sim.write_games(H, 4)
+        sim.write_games(H, 3)
+        lost = sim.unsynced_games(H)
+        assert lost.count == 7
+        # The remediator's first look at the host (a dry run) counts its unsynced games over SSH ...
+        start_ladders(stack.conn, "remediator", [LadderRequest(H, "first look", dry_run=True)])
+        assert stack.wait_finished(H)["outcome"] == "dry-run"
+        # ... then the instance is terminated: the host can never be reached again.
+        sim.terminate_instance(H)
+        stack.post([alert(H)])
+        state = stack.wait_finished(H)
+        ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+        assert len(ledger) == 1 and ledger[0]["host_id"] == H
+        assert ledger[0]["games_lost"] == lost.count
+        assert ledger[0]["first_game_at"] == iso(lost.first_at)
+        assert ledger[0]["last_game_at"] == iso(lost.last_at)
+        checklist = ledger[0]["checklist"]
+        assert checklist["accessible_checked"] and not checklist["accessible"]
+        assert checklist["unsynced_games_counted"] and checklist["unsynced_games"] == lost.count
+        assert checklist["rsync_attempted"] and checklist["loss_documented"]
+        assert sim.counts(H)["data_loss_records"] == 1  # the training-log entry at the coordinator
+        assert sim.data_loss_records[0]["games_lost"] == lost.count
+        if automatic:
+            assert state["outcome"] == "retired", stack.steps(H)
+            assert sim.counts(H)["retires"] == 1 and sim.retired(H)
+            retire_call = next(c for c in sim.calls if c["call"] == "retire-host" and c["status"] == 200)
+            assert retire_call["body"]["acknowledge_loss"] is True
+        else:
+            assert state["outcome"] == "escalated", stack.steps(H)
+            assert ("retire", "declined") in stack.steps(H)
+            assert sim.counts(H)["retires"] == 0 and not sim.retired(H)
+            page = next(p for p in pages_received(server) if H in json.dumps(p))
+            assert page["details"]["checklist"]["loss_documented"] is True
+    finally:
+        stack.stop()
 
 
 def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_never_retired(stack: Stack):
