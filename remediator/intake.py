@@ -155,14 +155,20 @@ def queue_ladder_job(
     return job_id
 
 
-def job_status(conn: redis.Redis, job_id: str | None) -> JobStatus | None:
-    """The RQ status of a job, or None when there is no such job (expired, deleted, never written)."""
+def fetch_job(conn: redis.Redis, job_id: str | None) -> Job | None:
+    """The RQ job, or None when there is no such job (expired, deleted, never written)."""
     if not job_id:
         return None
     try:
-        return Job.fetch(job_id, connection=conn).get_status()
+        return Job.fetch(job_id, connection=conn)
     except NoSuchJobError:
         return None
+
+
+def job_status(conn: redis.Redis, job_id: str | None) -> JobStatus | None:
+    """The RQ status of a job, or None when there is no such job."""
+    job = fetch_job(conn, job_id)
+    return job.get_status() if job else None
 
 
 def _job_data(queue: Queue, req: LadderRequest, ladder_id: str) -> Any:

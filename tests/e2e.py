@@ -94,8 +94,10 @@ def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **e
     )
     env.update(extra_env)
     (tmp / "prom").mkdir(exist_ok=True)
+    # The in-process receiver gets the remediator's settings; PROMETHEUS_MULTIPROC_DIR stays with the
+    # worker processes: in this process prometheus_client would bind its metrics to it for good.
     for key, value in env.items():
-        if key.startswith(("REMEDIATOR_", "REDIS_URL", "PROMETHEUS_")):
+        if key.startswith(("REMEDIATOR_", "REDIS_URL")):
             monkeypatch.setenv(key, value)
     stack = Stack(sim=sim, conn=redis.Redis.from_url(redis_url), env=env, tmp=tmp)
     stack.app = create_app()

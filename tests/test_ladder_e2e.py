@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -258,5 +260,121 @@ def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tm
             (sim.recovery_dir / "host-02").iterdir()
         )
         assert not (tmp_path / "ledger.jsonl").exists()
+    finally:
+        stack.stop()
+
+
+def running(marker: bytes) -> bool:
+    """Whether a process whose command line contains ``marker`` is alive on this machine."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if marker in fh.read():
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def descendants(pid: int) -> list[int]:
+    out = []
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except OSError:
+        return out
+    for child in children:
+        out += [child, *descendants(child)]
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running, i.e. neither gone nor a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def kill_worker(proc) -> None:
+    """SIGKILL a worker with its work horse, scheduler and their children, as a node failure would.
+    RQ's work horse runs in a session of its own (setsid), so every descendant's group is killed."""
+    pids = [proc.pid, *descendants(proc.pid)]
+    groups = set()
+    for pid in pids:
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    proc.wait()
+    assert not [pid for pid in pids if alive(pid)], "a process of the killed worker survived"
+
+
+def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(
+    sim_cluster, redis_url, tmp_path, monkeypatch
+):
+    sim = sim_cluster
+    # The step's command lingers after the restart, so the kill lands inside the step, provably.
+    stack = make_stack(
+        sim,
+        redis_url,
+        tmp_path,
+        monkeypatch,
+        REMEDIATOR_AGENT_RESTART_COMMAND="systemctl restart ringrift-sync-agent; sleep 7.31",
+    )
+    first = stack.start_worker()
+    try:
+        sim.kill_agent(H)
+        sim.make_critical(H)
+        stack.post([alert(H)])
+        wait_for(lambda: running(b"sleep\x007.31"), timeout=60, what="restart_agent's command to run")
+        assert sim.counts(H)["agent_restarts"] == 1
+        kill_worker(first)
+        stack.start_worker()
+        state = stack.wait_finished(H, timeout=120)
+        assert state["outcome"] == "healthy", stack.steps(H)
+        steps = stack.steps(H)
+        assert ("sweeper", "resumed") in steps
+        assert ("restart_agent", "resumed") in steps  # attempt 1 had run: verified, not repeated
+        assert sim.counts(H)["agent_restarts"] == 1
+    finally:
+        stack.stop()
+
+
+def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_once(
+    sim_cluster, redis_url, tmp_path, monkeypatch
+):
+    sim = sim_cluster
+    importer = sim.env()["REMEDIATOR_IMPORT_COMMAND"]
+    stack = make_stack(
+        sim,
+        redis_url,
+        tmp_path,
+        monkeypatch,
+        REMEDIATOR_IMPORT_COMMAND=f"sh -c 'sleep 7.37 && exec \"$@\"' import {importer}",
+    )
+    first = stack.start_worker()
+    try:
+        sim.agent_dies_after_restart(H)
+        sim.make_critical(H)
+        stack.post([alert(H)])
+        # rsync has copied the data; the import is about to run when the worker dies.
+        wait_for(lambda: running(b"sleep\x007.37"), timeout=120, what="recover_data's import to start")
+        assert sim.counts(H)["imports"] == 0
+        kill_worker(first)
+        stack.start_worker()
+        state = stack.wait_finished(H, timeout=150)
+        assert state["outcome"] == "recovered", stack.steps(H)
+        assert ("sweeper", "resumed") in stack.steps(H)
+        assert sim.counts(H)["imports"] == 1
+        recovered = sha256_files(sim.recovery_dir / H)
+        on_host = sha256_files(sim.host(H).data_dir)
+        assert recovered and all(on_host.get(name) == digest for name, digest in recovered.items())
     finally:
         stack.stop()

@@ -1,27 +1,40 @@
 """Resumes ladders whose worker died: a ladder not finished, not locked, whose job is neither queued
-nor running nor due soon gets a fresh job. Runs as a thread in every ``remediator worker`` process;
-one sweep at a time across the fleet (SET NX)."""
+nor running nor due soon gets a fresh job. A job RQ still calls "started" counts as dead once it has
+run longer than the lock TTL without its host lock: a live worker holds and renews the lock for the
+whole of an advance, and RQ itself would only notice the dead worker after the job timeout.
+Runs as a thread in every ``remediator worker`` process; one sweep at a time across the fleet (SET NX).
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from datetime import UTC
 
 import redis
 from rq import Queue
-from rq.job import JobStatus
+from rq.job import Job, JobStatus
 
 from remediator import keys, store
 from remediator.config import Settings
-from remediator.intake import job_status, queue_ladder_job
+from remediator.intake import fetch_job, queue_ladder_job
 
 log = logging.getLogger("remediator.sweeper")
 
 SWEEP_INTERVAL = 5.0  # seconds between sweeps
 SWEEP_LOCK = keys.PREFIX + ":lock:sweeper"
 LATE_GRACE = 10.0  # seconds a scheduled check may be late before the sweeper re-enqueues it
-LIVE = {JobStatus.QUEUED, JobStatus.STARTED}
+
+
+def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
+    """A started job whose host lock is gone (checked by the caller) and that started over a lock TTL ago."""
+    started = job.started_at
+    if started is None:
+        return False
+    if started.tzinfo is None:
+        started = started.replace(tzinfo=UTC)
+    return now - started.timestamp() > lock_ttl
 
 
 def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
@@ -42,8 +55,11 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         if conn.exists(keys.LOCK.format(host)):
             continue  # a live worker holds it (a dead one's lock expires after REMEDIATOR_LOCK_TTL)
         job_id = state.get("job_id")
-        status = job_status(conn, job_id)
-        if status in LIVE:
+        job = fetch_job(conn, job_id)
+        status = job.get_status() if job else None
+        if status == JobStatus.QUEUED:
+            continue
+        if status == JobStatus.STARTED and not _abandoned(job, settings.lock_ttl, now):
             continue
         if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
             continue
