@@ -313,7 +313,12 @@ def kill_worker(proc) -> None:
         except ProcessLookupError:
             continue
     proc.wait()
-    assert not [pid for pid in pids if alive(pid)], "a process of the killed worker survived"
+    # SIGKILL is delivered asynchronously: give the kernel a moment, then name any survivor.
+    try:
+        wait_for(lambda: not [pid for pid in pids if alive(pid)], timeout=10, what="the killed worker to die")
+    except AssertionError:
+        survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids if alive(pid)}
+        raise AssertionError(f"processes of the killed worker survived: {survivors}") from None
 
 
 def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(
