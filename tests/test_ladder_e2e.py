@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
-from e2e import FAST_RULES, Stack, make_stack
+from e2e import FAST_RULES, Stack, kill_worker, make_stack, running
 from helpers import alert, wait_for
 
 from remediator import keys
@@ -262,63 +260,6 @@ def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tm
         assert not (tmp_path / "ledger.jsonl").exists()
     finally:
         stack.stop()
-
-
-def running(marker: bytes) -> bool:
-    """Whether a process whose command line contains ``marker`` is alive on this machine."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if marker in fh.read():
-                        return True
-            except OSError:
-                continue
-    return False
-
-
-def descendants(pid: int) -> list[int]:
-    out = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            children = [int(c) for c in fh.read().split()]
-    except OSError:
-        return out
-    for child in children:
-        out += [child, *descendants(child)]
-    return out
-
-
-def alive(pid: int) -> bool:
-    """Running, i.e. neither gone nor a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
-
-def kill_worker(proc) -> None:
-    """SIGKILL a worker with its work horse, scheduler and their children, as a node failure would.
-    RQ's work horse runs in a session of its own (setsid), so every descendant's group is killed."""
-    pids = [proc.pid, *descendants(proc.pid)]
-    groups = set()
-    for pid in pids:
-        try:
-            groups.add(os.getpgid(pid))
-        except ProcessLookupError:
-            continue
-    for group in groups:
-        try:
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            continue
-    proc.wait()
-    # SIGKILL is delivered asynchronously: give the kernel a moment, then name any survivor.
-    try:
-        wait_for(lambda: not [pid for pid in pids if alive(pid)], timeout=10, what="the killed worker to die")
-    except AssertionError:
-        survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids if alive(pid)}
-        raise AssertionError(f"processes of the killed worker survived: {survivors}") from None
 
 
 def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(
