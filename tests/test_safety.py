@@ -1,0 +1,83 @@
+"""Values from outside never reach a shell, a path or a command unquoted."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from remediator.coordinator import HostRecord
+from remediator.exceptions import CoordinatorError, InvalidHostId
+from remediator.hosts import recovery_path
+from remediator.ssh import quote_template
+from workers.steps.recover_data import import_argv
+
+GOOD = {
+    "state": "critical",
+    "last_sync": 1.0,
+    "retired": False,
+    "address": "10.0.0.7",
+    "ssh_user": "ringrift",
+    "ssh_port": 22,
+    "provider": "vast",
+    "instance_id": "42",
+    "data_dir": "/data/selfplay",
+}
+
+
+def test_recovery_path_is_one_folder_below_the_recovery_dir(tmp_path):
+    assert recovery_path(tmp_path, "host-01") == (tmp_path / "host-01").resolve()
+
+
+@pytest.mark.parametrize("host_id", ["..", "../etc", "a/b", "/abs", "", ".hidden", "x" * 64])
+def test_recovery_path_refuses_anything_that_is_not_a_host_id(tmp_path, host_id):
+    with pytest.raises(InvalidHostId):
+        recovery_path(tmp_path, host_id)
+
+
+def test_import_command_placeholders_become_exactly_one_argument_each():
+    hostile_dir = "/data/recovered/h1; rm -rf / #"
+    argv = import_argv(
+        "python import.py --data-dir {data_dir} --host {host_id} --trigger-sync", hostile_dir, "h1"
+    )
+    assert argv == ["python", "import.py", "--data-dir", hostile_dir, "--host", "h1", "--trigger-sync"]
+
+
+def test_quoted_template_passes_a_hostile_value_to_the_shell_as_data(tmp_path):
+    hostile = "$(touch pwned); `touch pwned2` 'quote\" * ?"
+    command = quote_template("printf %s {value}", value=hostile)
+    out = subprocess.run(["sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout == hostile
+    assert list(tmp_path.iterdir()) == []
+    assert shlex.split(command) == ["printf", "%s", hostile]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("address", "10.0.0.7; reboot"),
+        ("address", "$(id)"),
+        ("ssh_user", "root -oProxyCommand=sh"),
+        ("ssh_user", "-oProxyCommand=x"),
+        ("data_dir", "/data/../etc"),
+        ("data_dir", "relative/path"),
+        ("data_dir", "/data/self play"),
+        ("data_dir", "/data/x\n"),
+        ("ssh_port", "22"),
+        ("ssh_port", 70000),
+    ],
+)
+def test_unsafe_coordinator_host_fields_are_refused(field, value):
+    with pytest.raises(CoordinatorError, match=field):
+        HostRecord.from_api("h1", {**GOOD, field: value})
+
+
+def test_a_well_formed_coordinator_record_is_accepted():
+    record = HostRecord.from_api("h1", GOOD)
+    assert (record.address, record.ssh_user, record.ssh_port, record.data_dir) == (
+        "10.0.0.7",
+        "ringrift",
+        22,
+        "/data/selfplay",
+    )
