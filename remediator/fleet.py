@@ -14,15 +14,17 @@ import logging
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
-from remediator import keys
+import redis
+
+from remediator import keys, store
 from remediator.exceptions import CoordinatorError
 from remediator.paging import open_incident, resolve_incident
 
 log = logging.getLogger("remediator.fleet")
 
-FLEET_LOCK_TTL = 30  # seconds one fleet evaluation may hold the fleet lock
+FLEET = "_fleet"  # audit trail name of fleet events; not a valid host id, so never a host's
+FLEET_LOCK_TTL = 30  # seconds one fleet evaluation may hold the fleet lock (and others wait for it)
 PROVIDER_CHECK_MAX_AGE = 10.0  # seconds a provider status reading is reused
 
 
@@ -74,17 +76,21 @@ def _check_provider(ctx: Any) -> bool:
             "provider_statuses": json.dumps(statuses),
         },
     )
+    store.append_audit(ctx.conn, FLEET, "provider-check", "ok" if ok else "outage", statuses=statuses)
     return ok
 
 
 def _check_network(ctx: Any) -> bool:
-    from remediator.netcheck import probe
+    """Runbook Escalation 1: probe the coordinator, every host's SSH port and the configured endpoints."""
+    from dataclasses import asdict
 
-    endpoints = list(ctx.settings.network_probes)
-    parsed = urlparse(ctx.settings.coordinator_url)
-    if parsed.hostname:
-        endpoints.append(f"{parsed.hostname}:{parsed.port or (443 if parsed.scheme == 'https' else 80)}")
-    result = probe(endpoints, timeout=min(5.0, ctx.settings.ssh_connect_timeout))
+    from remediator.netcheck import check_cluster_network
+
+    try:
+        hosts = {h: asdict(r) for h, r in ctx.coordinator.hosts().items()}
+    except CoordinatorError:
+        hosts = {}  # the coordinator's own endpoint is still probed, and counts as down
+    result = check_cluster_network(ctx.settings, hosts, timeout=min(5.0, ctx.settings.ssh_connect_timeout))
     ctx.conn.hset(
         keys.FLEET,
         mapping={
@@ -92,6 +98,14 @@ def _check_network(ctx: Any) -> bool:
             "network_checked_at": f"{time.time():.3f}",
             "network_detail": json.dumps({"reachable": result.reachable, "total": result.total}),
         },
+    )
+    store.append_audit(
+        ctx.conn,
+        FLEET,
+        "network-check",
+        "ok" if result.ok else "down",
+        reachable=result.reachable,
+        total=result.total,
     )
     return result.ok
 
@@ -111,30 +125,32 @@ def host_recovered(ctx: Any, host_id: str) -> None:
     """A ladder ended healthy: leave the window, resume selfplay if we paused it, maybe end the storm."""
     conn = ctx.conn
     conn.zrem(keys.FLEET_CRITICAL, host_id)
-    if conn.sismember(keys.PAUSED, host_id) and not ctx.dry_run:
+    paused = bool(conn.sismember(keys.PAUSED, host_id))
+    facts = {"host_id": host_id, "coordinator_state": "healthy", "selfplay_paused": paused}
+    if paused and ctx.rules.decide(facts).resume_selfplay and not ctx.dry_run:
         try:
             ctx.coordinator.resume_selfplay([host_id], "remediator: host recovered")
             conn.srem(keys.PAUSED, host_id)
+            store.append_audit(conn, FLEET, "resume-selfplay", "done", hosts=[host_id])
         except CoordinatorError as exc:
             log.error("could not resume selfplay on %s: %s", host_id, exc)
     evaluate(ctx)
 
 
 def evaluate(ctx: Any) -> dict[str, Any]:
-    """One fleet evaluation under the fleet lock (another worker evaluating is enough)."""
-    conn = ctx.conn
-    token = uuid.uuid4().hex
-    if not conn.set(keys.FLEET_LOCK, token, nx=True, ex=FLEET_LOCK_TTL):
-        return {"skipped": "another worker is evaluating the fleet"}
+    """One fleet evaluation at a time. Waiting for the lock (never skipping) matters: the evaluation
+    that sees the last host recover is the one that ends the storm and resolves its page."""
+    lock = ctx.conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=FLEET_LOCK_TTL)
+    if not lock.acquire():
+        log.error("fleet lock held for over %ss; fleet evaluation skipped", FLEET_LOCK_TTL)
+        return {"skipped": "fleet lock not acquired"}
     try:
         return _evaluate(ctx)
     finally:
-        conn.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-            1,
-            keys.FLEET_LOCK,
-            token,
-        )
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("fleet lock expired during an evaluation")
 
 
 def _evaluate(ctx: Any) -> dict[str, Any]:
@@ -150,6 +166,9 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
             keys.FLEET, mapping={"storm": "1", "storm_id": storm_id, "storm_started_at": f"{time.time():.3f}"}
         )
         log.warning("storm %s: %d hosts critical within the window", storm_id, facts["critical_hosts"])
+        store.append_audit(
+            conn, FLEET, "storm", "started", storm_id=storm_id, critical_hosts=facts["critical_hosts"]
+        )
         fleet = _fleet(conn)
     storm_id = fleet.get("storm_id", "")
     facts["storm_active"] = storm or fleet.get("storm") == "1"
@@ -167,7 +186,8 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
         h.decode() for h in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf")
     )
     if facts["storm_active"] and storm_id:
-        for page in decision.pages[:1]:
+        # One page per storm: the first fleet-wide page the rules decide on (host pages are the ladders').
+        for page in [p for p in decision.pages if p.scope == "fleet"][:1]:
             done["page"] = open_incident(
                 conn,
                 ctx.settings,
@@ -179,6 +199,17 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
                 details={"facts": facts, "hosts": affected},
                 rule=page.rule,
             )
+            if done["page"]["paged"]:
+                store.append_audit(
+                    conn,
+                    FLEET,
+                    "page",
+                    "sent",
+                    page.summary,
+                    storm_id=storm_id,
+                    hosts=affected,
+                    outcomes=done["page"]["outcomes"],
+                )
         if decision.pause_selfplay and not ctx.dry_run:
             new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
             if new:
@@ -186,9 +217,11 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
                     ctx.coordinator.pause_selfplay(new, f"remediator: storm {storm_id}")
                     conn.sadd(keys.PAUSED, *new)
                     done["paused"] = new
+                    store.append_audit(conn, FLEET, "pause-selfplay", "done", storm_id=storm_id, hosts=new)
                 except CoordinatorError as exc:
                     log.error("could not pause selfplay on %s: %s", new, exc)
     if not storm and fleet.get("storm") == "1" and not conn.scard(keys.PAUSED):
         conn.hset(keys.FLEET, mapping={"storm": "0", "storm_ended_at": f"{time.time():.3f}"})
         done["resolved"] = resolve_incident(conn, ctx.settings, f"remediator/storm/{storm_id}")
+        store.append_audit(conn, FLEET, "storm", "ended", storm_id=storm_id, page=done["resolved"])
     return done
