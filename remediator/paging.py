@@ -11,12 +11,20 @@ import redis
 
 from remediator import keys, metrics
 from remediator.config import Settings
-from remediator.pagers import deliver, pagers_from_settings
+from remediator.pagers import UNDELIVERABLE, deliver, pagers_from_settings
 from remediator.pagers.base import Page
 
 log = logging.getLogger("remediator.paging")
 
 INCIDENT_TTL = 7 * 86400  # seconds an open incident is remembered
+
+
+def _count_pages(conn: redis.Redis, outcomes: dict[str, str], action: str) -> None:
+    for pager, outcome in outcomes.items():
+        if pager == UNDELIVERABLE:  # deliver()'s summary entry, not a pager: counted once, as such
+            metrics.count(conn, "remediator_pages", pager="none", action=action, result="undeliverable")
+        else:
+            metrics.count(conn, "remediator_pages", pager=pager, action=action, result=outcome.split(":")[0])
 
 
 def open_incident(
@@ -57,8 +65,7 @@ def open_incident(
         hosts=hosts,
     )
     outcomes = deliver(page, pagers_from_settings(settings), list(targets) if targets else None)
-    for pager, outcome in outcomes.items():
-        metrics.PAGES.labels(pager=pager, action="trigger", result=outcome.split(":")[0]).inc()
+    _count_pages(conn, outcomes, "trigger")
     conn.hset(key, "outcomes", json.dumps(outcomes))
     return {"dedup_key": dedup_key, "paged": True, "outcomes": outcomes}
 
@@ -79,8 +86,7 @@ def resolve_incident(conn: redis.Redis, settings: Settings, dedup_key: str) -> d
     )
     targets = json.loads(raw.get("targets") or "null")
     outcomes = deliver(page, pagers_from_settings(settings), targets, action="resolve")
-    for pager, outcome in outcomes.items():
-        metrics.PAGES.labels(pager=pager, action="resolve", result=outcome.split(":")[0]).inc()
+    _count_pages(conn, outcomes, "resolve")
     return {"dedup_key": dedup_key, "resolved": True, "outcomes": outcomes}
 
 

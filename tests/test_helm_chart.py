@@ -645,7 +645,7 @@ def test_prometheus_rule_carries_the_prevention_and_self_alerts(
     # The warning comes before the critical state: it is a warning, on lag, not on the critical state.
     assert alerts["SyncLagWarning"]["labels"]["severity"] == "warning"
     assert "critical" not in alerts["SyncLagWarning"]["expr"]
-    assert 'outcome=~"failed"' in alerts["HighRecoveryFailureRate"]["expr"]
+    assert 'outcome=~"failed|escalated"' in alerts["HighRecoveryFailureRate"]["expr"]
 
 
 def test_alertmanager_config_routes_critical_sync_hosts_with_the_bearer_token(

@@ -57,6 +57,14 @@ def test_agent_dead_is_fixed_by_restart_then_verified_sync(stack: Stack):
     assert sim.counts(H)["agent_restarts"] == 1
     assert sim.state(H) == "healthy"
     assert not stack.active(H)
+    # The worker's numbers are read back through any receiver's /metrics.
+    text = stack.app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'remediator_ladders_total{outcome="healthy"} 1.0' in text
+    assert 'remediator_steps_total{result="ran",step="restart_agent"} 1.0' in text
+    assert 'remediator_steps_total{result="ran",step="force_sync"} 1.0' in text
+    assert 'remediator_step_duration_seconds_count{step="diagnose"} 1.0' in text
+    assert 'remediator_step_duration_seconds_bucket{le="+Inf",step="restart_agent"} 1.0' in text
+    assert "remediator_hosts_in_remediation 0.0" in text
 
 
 def test_wedged_agent_is_fixed_by_force_sync_alone(stack: Stack):
@@ -94,6 +102,9 @@ def test_agent_that_keeps_dying_leads_to_verified_recovery_then_escalation(stack
     assert sim.counts(H)["imports"] == 1
     assert ("escalate", "ran") in stack.steps(H)
     assert any(H in json.dumps(p) for p in pages_received(server))
+    text = stack.app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'remediator_ladders_total{outcome="recovered"} 1.0' in text
+    assert 'remediator_pages_total{action="trigger",pager="webhook",result="sent"} 1.0' in text
 
 
 def test_retired_host_back_online_is_unretired_and_resynced(stack: Stack):

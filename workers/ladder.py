@@ -71,7 +71,7 @@ class Ladder:
         try:
             fence = self.lock.acquire()
         except LockNotAcquired:
-            metrics.LOCK_CONTENTION.inc()
+            metrics.count(conn, "remediator_lock_contention")
             return "locked: another worker is advancing this ladder"
         token = bind(host_id=self.host_id, ladder_id=self.ladder_id, job_id=self.ctx.job_id)
         try:
@@ -119,7 +119,9 @@ class Ladder:
     def _diagnose(self, lad: LadderRun) -> str | None:
         t0 = time.monotonic()
         diag = diagnose(self.ctx, self.host_id)
-        metrics.STEP_SECONDS.labels(step="diagnose").observe(time.monotonic() - t0)
+        metrics.observe(
+            self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step="diagnose"
+        )
         facts = diag.facts()
         if not diag.known_to_coordinator:
             lad.audit("diagnose", "failed", "the coordinator does not know this host", **diag.summary())
@@ -136,7 +138,7 @@ class Ladder:
             unsynced_first_at=(diag.inventory or {}).get("first_unsynced_at"),
             unsynced_last_at=(diag.inventory or {}).get("last_unsynced_at"),
         )
-        metrics.STEPS.labels(step="diagnose", result="done").inc()
+        metrics.count(self.ctx.conn, "remediator_steps", step="diagnose", result="done")
         from remediator.fleet import after_diagnosis
 
         after_diagnosis(self.ctx, self.host_id, facts)
@@ -197,8 +199,8 @@ class Ladder:
             outcome = module.run(lad)
         except CoordinatorError as exc:
             outcome = StepOutcome("failed", f"coordinator: {exc}")
-        metrics.STEP_SECONDS.labels(step=step).observe(time.monotonic() - t0)
-        metrics.STEPS.labels(step=step, result=outcome.result).inc()
+        metrics.observe(self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step=step)
+        metrics.count(self.ctx.conn, "remediator_steps", step=step, result=outcome.result)
         lad.audit(step, outcome.result, outcome.detail, attempt=attempt, fence=lad.fence, **outcome.evidence)
         tried = lad.scratch.get("tried", [])
         lad.remember(tried=[*tried, f"{step}#{attempt}: {outcome.result}"])
@@ -359,7 +361,7 @@ class Ladder:
             keys.CANCEL.format(self.host_id),
             self.ladder_id,
         )
-        metrics.LADDERS.labels(outcome=outcome).inc()
+        metrics.count(conn, "remediator_ladders", outcome=outcome)
         if outcome == "healthy":
             from remediator.fleet import host_recovered
             from remediator.paging import open_incidents, resolve_incident
