@@ -48,7 +48,10 @@ def alertmanager() -> Any:
         return _error(413, f"body larger than {settings.max_body_bytes} bytes (REMEDIATOR_MAX_BODY_BYTES)")
     if not request.is_json:
         return _error(415, "Content-Type must be application/json", field="Content-Type")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON decoder can follow: not a webhook payload
+        body = None
     if body is None:
         return _error(400, "body is not valid JSON", field="(body)")
     try:
@@ -64,6 +67,22 @@ def alertmanager() -> Any:
     except redis.RedisError as exc:
         log.error("could not store alerts: %s", type(exc).__name__)
         return _error(503, "work could not be stored (Redis unavailable); retry later", retry=True)
+    for item in answer["accepted"]:
+        log.info(
+            "ladder queued",
+            extra={
+                "host_id": item["host_id"],
+                "job_id": item["job_id"],
+                "fingerprint": item["fingerprint"],
+                "alertname": item.get("alertname"),
+            },
+        )
+    for item in answer["skipped"]:
+        log.info(
+            "alert skipped: %s",
+            item["reason"],
+            extra={"host_id": item["host_id"], "fingerprint": item["fingerprint"]},
+        )
     for bucket, outcome in (
         ("accepted", "accepted"),
         ("skipped", "skipped"),

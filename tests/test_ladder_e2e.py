@@ -57,6 +57,13 @@ def test_agent_dead_is_fixed_by_restart_then_verified_sync(stack: Stack):
     assert sim.counts(H)["agent_restarts"] == 1
     assert sim.state(H) == "healthy"
     assert not stack.active(H)
+    # The worker logs JSON lines that say which host, ladder, job and step they are about.
+    lines = [
+        json.loads(line) for line in (stack.tmp / "worker0.log").read_text().splitlines() if line.strip()
+    ]
+    restart = next(e for e in lines if e["msg"].startswith("restart_agent attempt 1 ran"))
+    assert restart["host_id"] == H and restart["step"] == "restart_agent"
+    assert restart["ladder_id"] == state["ladder_id"] and restart["job_id"]
     # The worker's numbers are read back through any receiver's /metrics.
     text = stack.app.test_client().get("/metrics").get_data(as_text=True)
     assert 'remediator_ladders_total{outcome="healthy"} 1.0' in text

@@ -72,7 +72,9 @@ def test_hundred_concurrent_identical_deliveries_make_one_job_per_host(served, r
 
 def test_served_logs_are_json_lines_without_the_token(served):
     base, log = served
-    requests.post(f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer(), timeout=10)
+    accepted = requests.post(
+        f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer(), timeout=10
+    ).json()["accepted"][0]
     requests.post(
         f"{base}/webhook/alertmanager", json=payload([alert("h1")]), headers=bearer("x"), timeout=10
     )
@@ -81,8 +83,10 @@ def test_served_logs_are_json_lines_without_the_token(served):
     wait_for(lambda: '"status": 401' in log.read_text(), what="the access log line")
     text = log.read_text()
     assert WEBHOOK_TOKEN not in text
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    assert all(json.loads(ln) for ln in lines), "every log line is a JSON object"
+    lines = [json.loads(ln) for ln in text.splitlines() if ln.strip()]  # every line is a JSON object
+    queued = next(e for e in lines if e.get("msg") == "ladder queued")
+    assert queued["host_id"] == "h1"
+    assert (queued["job_id"], queued["fingerprint"]) == (accepted["job_id"], accepted["fingerprint"])
 
 
 def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(tmp_path):

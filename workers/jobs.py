@@ -15,8 +15,13 @@ log = logging.getLogger("remediator.worker")
 
 def run_ladder(host_id: str, ladder_id: str) -> str:
     """Advance host ``host_id``'s ladder ``ladder_id`` as far as it can go without waiting."""
-    result = Ladder(Context.current(), host_id, ladder_id).advance()
-    log.info("ladder %s on %s: %s", ladder_id, host_id, result)
+    ctx = Context.current()
+    result = Ladder(ctx, host_id, ladder_id).advance()
+    log.info(
+        "ladder advanced: %s",
+        result,
+        extra={"host_id": host_id, "ladder_id": ladder_id, "job_id": ctx.job_id},
+    )
     return result
 
 

@@ -10,6 +10,7 @@ worker that finds it claimed goes on to verification instead of acting twice in 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from workers.context import Context
 from workers.diagnose import diagnose
 from workers.steps import STEPS
 from workers.steps.base import LadderRun, StepOutcome, Verdict
+
+log = logging.getLogger("remediator.ladder")
 
 MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a job's duration)
 SINGLE_ATTEMPT = {"wait_reachable", "retire", "escalate"}
@@ -101,16 +104,20 @@ class Ladder:
                 self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
             lad = LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, fence)
-            if phase != "diagnose":
-                self._time_checks(lad, started)
-            if phase == "diagnose":
-                result = self._diagnose(lad)
-            elif phase == "run":
-                result = self._run(lad)
-            elif phase == "verify":
-                result = self._verify(lad)
-            else:
-                result = self._finish("failed", f"unknown phase {phase!r}")
+            token = bind(step="diagnose" if phase == "diagnose" else self.state.get("step"), phase=phase)
+            try:
+                if phase != "diagnose":
+                    self._time_checks(lad, started)
+                if phase == "diagnose":
+                    result = self._diagnose(lad)
+                elif phase == "run":
+                    result = self._run(lad)
+                elif phase == "verify":
+                    result = self._verify(lad)
+                else:
+                    result = self._finish("failed", f"unknown phase {phase!r}")
+            finally:
+                log_context.reset(token)
             if result is not None:
                 return result
         return self._schedule(0.0, "continuing in a new job")
@@ -202,6 +209,7 @@ class Ladder:
         metrics.observe(self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step=step)
         metrics.count(self.ctx.conn, "remediator_steps", step=step, result=outcome.result)
         lad.audit(step, outcome.result, outcome.detail, attempt=attempt, fence=lad.fence, **outcome.evidence)
+        log.info("%s attempt %d %s: %s", step, attempt, outcome.result, outcome.detail)
         tried = lad.scratch.get("tried", [])
         lad.remember(tried=[*tried, f"{step}#{attempt}: {outcome.result}"])
         if outcome.result == "declined":
@@ -231,6 +239,7 @@ class Ladder:
                 verdict.evidence,
             )
         lad.audit(step, f"verify-{verdict.status}", verdict.detail, **verdict.evidence)
+        log.info("%s verify %s: %s", step, verdict.status, verdict.detail)
         if verdict.status == "failed":
             return self._retry_or_climb(lad, verdict.detail)
         if verdict.final == "rediagnose":
@@ -341,6 +350,7 @@ class Ladder:
         conn = self.ctx.conn
         lad = LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, 0)
         lad.audit("ladder", outcome, detail, tried=lad.scratch.get("tried"))
+        log.info("ladder %s: %s", outcome, detail)
         with conn.pipeline() as pipe:
             store.update_host(
                 pipe,
