@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import requests
 
 from remediator.config import Settings
-from remediator.exceptions import CoordinatorError
+from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
 from remediator.hosts import is_valid_host_id
 
 log = logging.getLogger("remediator.coordinator")
@@ -102,7 +102,8 @@ class Coordinator(Protocol):
 
 
 class HttpCoordinator:
-    """The coordinator HTTP API of the contract, with bounded retries and backoff on 5xx."""
+    """The coordinator HTTP API of the contract, with bounded retries and backoff on 5xx and connection
+    errors; a read timeout is retried for GETs only (a POST that timed out may have been applied)."""
 
     def __init__(
         self,
@@ -130,6 +131,13 @@ class HttpCoordinator:
                 )
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}"
+                if method != "GET" and isinstance(exc, requests.ReadTimeout):
+                    # The request was sent and may have been applied: repeating a POST could apply
+                    # it twice (a second data-loss record, say). Only reads are retried after this.
+                    raise CoordinatorUnavailable(
+                        f"{method} {path} timed out after {self.timeout:g}s; not retried, since the "
+                        "coordinator may have applied it"
+                    ) from None
             else:
                 if resp.status_code < 500:
                     if resp.status_code >= 400:
@@ -142,7 +150,7 @@ class HttpCoordinator:
                 log.warning("coordinator %s %s failed (%s); retrying in %.1fs", method, path, last, delay)
                 time.sleep(delay)  # bounded: at most retries-1 short backoffs inside one step
                 delay *= 2
-        raise CoordinatorError(f"{method} {path} failed after {self.retries} attempts: {last}")
+        raise CoordinatorUnavailable(f"{method} {path} failed after {self.retries} attempts: {last}")
 
     def hosts(self) -> dict[str, HostRecord]:
         raw = self._call("GET", "/sync/hosts")

@@ -15,6 +15,8 @@ MAX_BODY_BYTES = 1024 * 1024  # bytes (1 MiB)
 QUEUE = "remediator"
 LOCK_TTL = 60.0  # seconds a host lock lives unless renewed
 LOCK_RENEW_INTERVAL = 20.0  # seconds between renewals while a step runs
+WORKER_MAINTENANCE_INTERVAL = 30  # seconds between RQ maintenance passes, which also restart a
+# scheduler process that died (it does on a Redis outage); rq's own default is 10 minutes
 JOB_TIMEOUT = 900  # seconds one RQ job (one ladder step) may run
 JOB_RESULT_TTL = 86400  # seconds a finished job's result is kept
 AUDIT_MAX_ENTRIES = 1000  # entries kept per host's audit trail

@@ -25,6 +25,10 @@ class CoordinatorError(RemediatorError):
     """The coordinator answered with an error or could not be reached."""
 
 
+class CoordinatorUnavailable(CoordinatorError):
+    """The coordinator did not answer (connection error, timeout) or answered 5xx: a wait, not a "no"."""
+
+
 class SSHError(RemediatorError):
     """An SSH connection or remote command failed."""
 

@@ -67,13 +67,9 @@ class RemediatorApplication(BaseApplication):
         return create_app({"SETTINGS": self.settings})
 
 
-def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int, timeout: int) -> None:
-    """Run gunicorn in the foreground until it is told to stop."""
-    # Metrics from several processes are aggregated through files in this directory.
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="remediator-metrics-")
-    configure_logging(settings.log_level, settings.secrets())
-    options = {
+def gunicorn_options(*, bind: str, workers: int, threads: int, timeout: int) -> dict[str, Any]:
+    """The gunicorn settings ``remediator serve`` runs with (bench/ serves its baseline with them too)."""
+    return {
         "bind": bind,
         "workers": workers,
         "threads": threads,
@@ -87,5 +83,17 @@ def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int, t
         "child_exit": _child_exit,
         "preload_app": False,
         "forwarded_allow_ips": "127.0.0.1",
+        # gunicorn 27's runtime-control socket sits at one fixed path per user: two receivers on one
+        # machine would share it, and nothing here uses it.
+        "control_socket_disable": True,
     }
+
+
+def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int, timeout: int) -> None:
+    """Run gunicorn in the foreground until it is told to stop."""
+    # Metrics from several processes are aggregated through files in this directory.
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="remediator-metrics-")
+    configure_logging(settings.log_level, settings.secrets())
+    options = gunicorn_options(bind=bind, workers=workers, threads=threads, timeout=timeout)
     RemediatorApplication(settings, options).run()

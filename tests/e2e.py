@@ -159,3 +159,115 @@ def kill_worker(proc) -> None:
     except AssertionError:
         survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids if alive(pid)}
         raise AssertionError(f"processes of the killed worker survived: {survivors}") from None
+
+
+# -- the receiver as deployed, and Alertmanager's side -------------------------------------------------
+
+
+class Receiver:
+    """``remediator serve`` (gunicorn) as a subprocess on a fixed loopback port, restartable on that
+    port; stdout and stderr of every run are appended to one log file."""
+
+    def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
+        from remediator.embedded_redis import free_port
+
+        self.env = env
+        self.log = log
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url + "/webhook/alertmanager"
+
+    def start(self) -> Receiver:
+        import requests
+
+        argv = [sys.executable, "-m", "remediator", "serve", "--bind", f"127.0.0.1:{self.port}"]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [*argv, "--workers", "2", "--threads", "4"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        def healthy() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"gunicorn exited:\n{self.log_tail()}"
+            try:
+                return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, timeout=30, interval=0.1, what="the receiver to answer /healthz")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM (gunicorn's graceful stop), SIGKILL of the group if it hangs; waits for the exit."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Every JSON log line written so far (gunicorn's access and error logs, the app's logs)."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def webhook_codes(self) -> list[int]:
+        """The answer codes of every webhook request, from gunicorn's access log, in order."""
+        return [
+            int(e["status"])
+            for e in self.lines()
+            if e.get("logger") == "remediator.access" and e.get("path") == "/webhook/alertmanager"
+        ]
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def am_alert(host_id: str, resolved: bool = False) -> dict[str, Any]:
+    """A CriticalSyncHosts alert as Prometheus posts it to Alertmanager's /api/v2/alerts; ``resolved``
+    gives it an endsAt in the past, which is how Prometheus says it stopped firing."""
+    body: dict[str, Any] = {
+        "labels": {"alertname": "CriticalSyncHosts", "host_id": host_id, "severity": "critical"},
+        "annotations": {"summary": f"{host_id} sync critical"},
+    }
+    if resolved:
+        body["endsAt"] = "2000-01-01T00:00:01Z"
+    return body
+
+
+def prom_value(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples (with at least these labels) in Prometheus exposition text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        metric, _, label_text = series.partition("{")
+        if metric != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def ladders_started(conn: redis.Redis, host_id: str) -> int:
+    """How many ladders the receiver ever started for the host (the intake's own record)."""
+    return conn.zcard(keys.LADDER_STARTS.format(host_id))

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from remediator import keys, metrics, store
-from remediator.exceptions import CoordinatorError, LockLost, LockNotAcquired
+from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LockLost, LockNotAcquired
 from remediator.intake import queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
@@ -34,6 +34,10 @@ def plan_for(facts: dict[str, Any]) -> list[list[str]]:
     """The rungs of the ladder for what diagnosis found, cheapest first; each rung is tried in turn."""
     if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
         return []
+    if facts.get("coordinator_state") == "unknown":
+        # The coordinator did not answer: the host's state is unknown, not "unreachable". Wait for the
+        # coordinator and diagnose afresh (wait_reachable re-asks it), escalating after the same limit.
+        return [["wait_reachable"], ["escalate"]]
     if not facts.get("ssh_reachable"):
         if facts.get("cloud_state") == "terminated":
             return [["retire"], ["escalate"]]
@@ -204,8 +208,15 @@ class Ladder:
         t0 = time.monotonic()
         try:
             outcome = module.run(lad)
+        except CoordinatorUnavailable as exc:
+            # The coordinator is down, not the host: wait for it without using up an attempt. The
+            # action was not taken (or, after a POST timeout, is one that repeating cannot double).
+            self.ctx.conn.delete(intent)
+            return self._coordinator_down(lad, step, exc)
         except CoordinatorError as exc:
             outcome = StepOutcome("failed", f"coordinator: {exc}")
+        if lad.scratch.get("coordinator_down_since"):
+            lad.remember(coordinator_down_since=None)
         metrics.observe(self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step=step)
         metrics.count(self.ctx.conn, "remediator_steps", step=step, result=outcome.result)
         lad.audit(step, outcome.result, outcome.detail, attempt=attempt, fence=lad.fence, **outcome.evidence)
@@ -243,6 +254,7 @@ class Ladder:
         if verdict.status == "failed":
             return self._retry_or_climb(lad, verdict.detail)
         if verdict.final == "rediagnose":
+            lad.remember(unreachable_since=None)  # a later wait starts its own clock
             self._commit(phase="diagnose", step="diagnose")
             return None
         if verdict.final:
@@ -286,6 +298,18 @@ class Ladder:
             )
 
     # -- moving along the ladder -----------------------------------------------------------------
+    def _coordinator_down(self, lad: LadderRun, step: str, exc: CoordinatorUnavailable) -> str | None:
+        """Re-check on a schedule while the coordinator is down; escalate after the rules' limit."""
+        policy = self.ctx.rules.ladder
+        since = float(lad.scratch.get("coordinator_down_since") or time.time())
+        lad.remember(coordinator_down_since=since)
+        lad.audit(step, "coordinator-unavailable", str(exc))
+        log.warning("%s: coordinator unavailable: %s", step, exc)
+        if time.time() - since >= policy.unreachable_escalate_after_minutes * 60:
+            self._goto("escalate", reason=f"coordinator unavailable for {(time.time() - since) / 60:.1f} min")
+            return None
+        return self._schedule(policy.recheck_interval_seconds, f"coordinator unavailable during {step}")
+
     def _retry_or_climb(self, lad: LadderRun, why: str) -> str | None:
         step = self.state["step"]
         attempt = int(self.state.get("attempt") or 1)

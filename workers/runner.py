@@ -8,6 +8,7 @@ import tempfile
 import redis
 from rq import Queue, Worker
 
+from remediator import defaults
 from remediator.config import Settings
 from remediator.exceptions import ConfigError
 from remediator.logs import configure_logging
@@ -22,7 +23,9 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     configure_logging(settings.log_level, settings.secrets())
     conn = redis.Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue, connection=conn)
-    worker = Worker([queue], connection=conn, name=name)
+    worker = Worker(
+        [queue], connection=conn, name=name, maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL
+    )
     sweeper = None
     if not burst:
         from workers.sweeper import Sweeper

@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import time
 
-from remediator.exceptions import CoordinatorError
+from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 
 MUTATES = True
 
 
 def run(lad: LadderRun) -> StepOutcome:
-    record = lad.ctx.coordinator.host(lad.host_id)
+    try:
+        record = lad.ctx.coordinator.host(lad.host_id)
+    except CoordinatorUnavailable as exc:
+        # The coordinator is down, not the host: nothing to climb over. Verification re-checks on a
+        # schedule (the agent syncs by itself once the coordinator is back); if it does not, the next
+        # attempt requests the sync again.
+        lad.remember(force_sync_baseline=lad.diagnosis.get("last_sync"), force_sync_at=time.time())
+        return _coordinator_down(exc)
     baseline = record.last_sync if record else None
     lad.remember(force_sync_baseline=baseline, force_sync_at=time.time())
     if lad.dry_run:
         return StepOutcome("ran", "would POST /sync/hosts/<host>/sync {force: true}", {"last_sync": baseline})
-    lad.ctx.coordinator.force_sync(lad.host_id)
+    try:
+        lad.ctx.coordinator.force_sync(lad.host_id)
+    except CoordinatorUnavailable as exc:
+        return _coordinator_down(exc)
     return StepOutcome("ran", "sync requested", {"last_sync_before": baseline})
+
+
+def _coordinator_down(exc: CoordinatorUnavailable) -> StepOutcome:
+    return StepOutcome(
+        "ran",
+        "coordinator unavailable: sync not requested; re-checking until the verify timeout",
+        {"coordinator_error": str(exc), "sync_requested": False},
+    )
 
 
 def verify(lad: LadderRun) -> Verdict:

@@ -1,8 +1,10 @@
 """Runbook Option 3: rsync the host's data to ``<recovery dir>/<host_id>/``, verify it, import it.
 
 Nothing is deleted on the host (no ``--remove-source-files``, no ``rm``). The copy is verified file by
-file against a checksum inventory taken on the host, and the import runs at least once per attempt: it
-is idempotent (games are deduplicated by id), so a worker killed during it may run it again safely.
+file against a checksum inventory taken on the host. Like every mutating step, it runs at most once per
+attempt (the ladder's intent marker): a worker killed during it uses up that attempt, verification
+finds no recorded recovery, and the next attempt copies and imports again. The import is idempotent
+(games are deduplicated by id), so even a kill inside the import command itself loses nothing.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""Unreachable host whose instance still runs: never retire; re-check on a schedule, then escalate."""
+"""Unreachable host whose instance still runs: never retire; re-check on a schedule, then escalate.
+
+Also the wait of a ladder whose diagnosis got no host record because the coordinator did not answer
+(5xx, timeouts): the host's state is unknown, not "unreachable", so it is re-checked the same way and
+diagnosed afresh once the coordinator answers again.
+"""
 
 from __future__ import annotations
 
 import time
 
-from remediator.exceptions import SSHError
+from remediator.exceptions import CoordinatorError, SSHError
 from remediator.ssh import HostSession
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 
@@ -14,6 +19,12 @@ MUTATES = False
 def run(lad: LadderRun) -> StepOutcome:
     since = lad.scratch.get("unreachable_since") or time.time()
     lad.remember(unreachable_since=since)
+    if lad.record is None:
+        return StepOutcome(
+            "ran",
+            "coordinator unavailable during diagnosis: waiting to diagnose again",
+            {"coordinator_error": (lad.diagnosis.get("sources") or {}).get("coordinator")},
+        )
     return StepOutcome(
         "ran",
         "host unreachable but its instance runs: waiting for it to come back",
@@ -24,15 +35,24 @@ def run(lad: LadderRun) -> StepOutcome:
 def verify(lad: LadderRun) -> Verdict:
     record = lad.record
     if record is None:
-        return Verdict("failed", "no host record")
+        try:
+            lad.ctx.coordinator.host(lad.host_id)
+        except CoordinatorError as exc:
+            return _still_waiting(lad, "coordinator", {"coordinator_error": str(exc)})
+        return Verdict("ok", "coordinator answers again: diagnosing afresh", final="rediagnose")
     try:
         with HostSession(lad.ctx.settings, record) as session:
             session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
     except SSHError as exc:
-        waited = time.time() - (lad.scratch.get("unreachable_since") or time.time())
-        limit = lad.ctx.rules.ladder.unreachable_escalate_after_minutes * 60
-        evidence = {"ssh_error": str(exc), "waited_seconds": round(waited, 1)}
-        if waited >= limit:
-            return Verdict("failed", f"still unreachable after {waited / 60:.1f} min", evidence)
-        return Verdict("pending", "still unreachable; re-check scheduled", evidence)
+        return _still_waiting(lad, "host", {"ssh_error": str(exc)})
     return Verdict("ok", "host reachable again: diagnosing afresh", final="rediagnose")
+
+
+def _still_waiting(lad: LadderRun, what: str, evidence: dict[str, object]) -> Verdict:
+    """Pending until the rules' unreachable limit has passed, then failed (the ladder escalates)."""
+    waited = time.time() - (lad.scratch.get("unreachable_since") or time.time())
+    limit = lad.ctx.rules.ladder.unreachable_escalate_after_minutes * 60
+    evidence = {**evidence, "waited_seconds": round(waited, 1)}
+    if waited >= limit:
+        return Verdict("failed", f"{what} still unreachable after {waited / 60:.1f} min", evidence)
+    return Verdict("pending", f"{what} still unreachable; re-check scheduled", evidence)
