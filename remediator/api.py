@@ -50,7 +50,10 @@ def _json_object() -> dict[str, Any] | None:
     """The request body as a JSON object; {} when empty; None when it is not a JSON object."""
     if not request.get_data(cache=True):
         return {}
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON decoder can follow
+        return None
     return body if isinstance(body, dict) else None
 
 
@@ -142,7 +145,8 @@ def requeue_all_failed() -> Any:
     if body is None:
         return error(400, 'body must be a JSON object such as {"host_id": "h1"}, or empty', field="(body)")
     host_id = body.get("host_id")
-    if host_id is not None and not is_valid_host_id(host_id):
+    # Present means "only this host": null is refused, never read as "every host".
+    if "host_id" in body and not is_valid_host_id(host_id):
         return error(422, HOST_ID_RULE, field="host_id")
     settings = get_settings()
     results = requeue_failed(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from remediator.config import Settings
+from remediator.logs import Redactor
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -32,7 +33,26 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
-        # Every error is JSON, so clients and Alertmanager logs show a reason, never an HTML page.
-        return {"error": exc.description or exc.name}, exc.code or 500
+        # Every error is JSON, so clients and Alertmanager logs show a reason, never an HTML page; the
+        # exception's own headers (Allow on a 405, say) are kept.
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return {"error": exc.description or exc.name}, exc.code or 500, headers
+
+    redact = Redactor(settings.secrets())
+
+    @app.after_request
+    def redact_secrets(response: Response) -> Response:
+        # Secrets never appear in answers, even when a sender puts one into a label that is echoed back
+        # (an alertname in a "skipped" entry, a timeline on /ui).
+        if (
+            redact.secrets
+            and not response.direct_passthrough
+            and response.mimetype.startswith(("application/json", "text/"))
+        ):
+            text = response.get_data(as_text=True)
+            cleaned = redact(text)
+            if cleaned != text:
+                response.set_data(cleaned)
+        return response
 
     return app

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,9 +59,17 @@ def new_ladder_id() -> str:
 
 
 def start_ladders(
-    conn: redis.Redis, queue_name: str, requests: Iterable[LadderRequest], limit: LadderLimit | None = None
+    conn: redis.Redis,
+    queue_name: str,
+    requests: Iterable[LadderRequest],
+    limit: LadderLimit | None = None,
+    *,
+    also: Callable[[Any], None] | None = None,
 ) -> IntakeResult:
-    """Enqueue a ladder for each request whose host has none queued or running, atomically."""
+    """Enqueue a ladder for each request whose host has none queued or running, atomically.
+
+    ``also(pipe)`` queues more writes into the same transaction (the receiver's fleet sightings), so
+    they are stored with the ladders or not at all, and cost no round trip of their own."""
     requests = list(requests)
     if not requests:
         return IntakeResult()
@@ -114,6 +122,8 @@ def start_ladders(
                     result.accepted.append({**entry, "job_id": ladder_id, "ladder_id": ladder_id})
                 if job_datas:
                     queue.enqueue_many(job_datas, pipeline=pipe)
+                if also is not None:
+                    also(pipe)
                 pipe.execute()
                 return result
             except redis.WatchError:

@@ -146,14 +146,17 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
     if recorded:
         fleet = {f"alert:{a['alertname']}": f"{a['status']} {now:.3f}" for a in recorded}
         conn.hset(keys.FLEET, mapping=fleet)
-    if critical_seen:
-        with conn.pipeline() as pipe:
-            pipe.zadd(keys.FLEET_CRITICAL, critical_seen)
-            pipe.zremrangebyscore(keys.FLEET_CRITICAL, "-inf", now - FLEET_WINDOW_KEEP)
-            pipe.execute()
+
+    def record_sightings(pipe: Any) -> None:
+        # In the intake's transaction: a worker that runs one of these ladders sees the sightings.
+        pipe.zadd(keys.FLEET_CRITICAL, critical_seen)
+        pipe.zremrangebyscore(keys.FLEET_CRITICAL, "-inf", now - FLEET_WINDOW_KEEP)
+
     policy = rules.ladder.max_ladders_per_host
     limit = LadderLimit(count=policy.count, window_seconds=policy.window_minutes * 60)
-    result = start_ladders(conn, settings.queue, requests_, limit)
+    result = start_ladders(
+        conn, settings.queue, requests_, limit, also=record_sightings if critical_seen else None
+    )
     by_fp = {a.fingerprint: a for a in alerts}
     for item in result.accepted + result.skipped:
         alert = by_fp.get(item["fingerprint"])

@@ -135,12 +135,17 @@ def remediate() -> Response:
     host_id = request.form.get("host_id", "")
     if not is_valid_host_id(host_id):
         return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    dry_run = request.form.getlist("dry_run")
+    if dry_run not in ([], ["1"]):
+        # Only the checkbox's one "1" means a dry run; "true", "yes" or a repeated field must not quietly
+        # start a real run (or pick one of several answers).
+        return _message(422, "Invalid dry_run", 'dry_run must be "1" (a dry run) or absent (a real run).')
     settings = get_settings()
     result = ops.remediate_host(
         get_redis(),
         settings.queue,
         host_id,
-        dry_run=request.form.get("dry_run") == "1" or settings.dry_run,
+        dry_run=dry_run == ["1"] or settings.dry_run,
         who=f"ui ({request.remote_addr or 'unknown'})",
         limit=ops.ladder_limit(get_rules()),
     )

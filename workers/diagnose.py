@@ -107,8 +107,9 @@ def diagnose(ctx: Context, host_id: str) -> Diagnosis:
         diag.coordinator_state = "critical" if record.state == "retired" else record.state
         diag.last_sync = record.last_sync
         diag.host_retired = record.retired or record.state == "retired"
-        _cloud(ctx, diag, record)
+        # SSH first: the first command reaches the host without waiting on the cloud provider's API.
         _on_host(ctx, diag, record)
+        _cloud(ctx, diag, record)
     diag.coordinator_log_tail = _coordinator_log(ctx, host_id)
     if diag.inventory is not None:
         ctx.conn.set(

@@ -14,6 +14,18 @@ from remediator.exceptions import ConfigError
 from remediator.logs import configure_logging
 
 
+def preload_job_code() -> None:
+    """Import what jobs use before RQ starts forking: every job runs in a fresh work horse forked from
+    this process, which otherwise imports asyncssh, the ladder and the vastai SDK again for each job
+    (about a second here; bench/bench_first_ssh.py measured it)."""
+    import workers.jobs  # noqa: F401
+
+    try:
+        import vastai  # noqa: F401  (imported lazily by remediator.providers)
+    except ImportError:
+        pass
+
+
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
     if not settings.redis_url:
@@ -21,6 +33,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="remediator-metrics-")
     configure_logging(settings.log_level, settings.secrets())
+    preload_job_code()
     conn = redis.Redis.from_url(settings.redis_url)
     queue = Queue(settings.queue, connection=conn)
     worker = Worker(
