@@ -159,12 +159,6 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
                 f"simulated cluster: {len(hosts)} hosts under {workdir}; receiver on 127.0.0.1:{port}"
             )
             sim.kill_agent("agent-dead")
-            sim.wait_for(
-                lambda: "sync agent started" in sim.host("agent-wedged").sync_log.read_text(),
-                10,
-                0.05,
-                "agent up",
-            )
             sim.wedge_agent("agent-wedged")
             sim.retired_host_back_online("retired-back")
             sim.kill_agent("terminated")

@@ -584,6 +584,10 @@ class SimCluster:
         pid = host.agent_pid
         if pid is None:
             raise SimError(f"{host_id} has no running agent to wedge")
+        # The agent logs "started" once its signal handlers are in place; a signal sent before that
+        # would kill it (the default action) instead of wedging it.
+        started = f"sync_agent[{pid}] host_id={host_id} sync agent started"
+        self.wait_for(lambda: started in host.sync_log.read_text(), 10.0, 0.01, f"agent of {host_id} started")
         host.paths.wedged.unlink(missing_ok=True)
         os.kill(pid, signal.SIGUSR2 if until_restart else signal.SIGUSR1)
         self.wait_for(host.paths.wedged.exists, 5.0, 0.01, f"agent of {host_id} wedged")
