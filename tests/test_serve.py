@@ -18,7 +18,7 @@ import requests
 from helpers import WEBHOOK_TOKEN, alert, bearer, payload, port_open, wait_for
 from rq import Queue
 
-from remediator.embedded_redis import free_port
+from remediator.embedded_redis import EmbeddedRedis, free_port
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -124,3 +124,34 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
     for pid in [redis_pid, *children]:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not port_open("127.0.0.1", port)
+
+
+def test_worker_started_while_redis_is_down_waits_for_it_instead_of_crashing(tmp_path):
+    server = EmbeddedRedis(tmp_path / "redis")  # its port is chosen; the server is not running yet
+    env = _env(REDIS_URL=server.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    (tmp_path / "prom").mkdir()
+    with (tmp_path / "worker.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "remediator", "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(
+            lambda: "Redis unavailable" in (tmp_path / "worker.log").read_text(),
+            timeout=30,
+            what="the worker to say it waits for Redis",
+        )
+        assert proc.poll() is None
+        server.start()
+        wait_for(
+            lambda: redis.Redis.from_url(server.url).keys("rq:worker:*"),
+            timeout=30,
+            what="the worker to register once Redis is up",
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        server.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 
 import redis
 from rq import Queue, Worker
@@ -12,6 +14,9 @@ from remediator import defaults
 from remediator.config import Settings
 from remediator.exceptions import ConfigError
 from remediator.logs import configure_logging
+
+log = logging.getLogger("remediator.worker")
+REDIS_WAIT_MAX_BACKOFF = 5.0  # seconds between two tries to reach Redis at startup
 
 
 def preload_job_code() -> None:
@@ -26,6 +31,20 @@ def preload_job_code() -> None:
         pass
 
 
+def wait_for_redis(conn: redis.Redis) -> None:
+    """Block until Redis answers. RQ's Worker talks to Redis as it is built, so a worker started during
+    a Redis outage (or before Redis in a pod rollout) would crash; it waits instead, saying so."""
+    delay = 0.2
+    while True:
+        try:
+            conn.ping()
+            return
+        except redis.ConnectionError as exc:
+            log.warning("Redis unavailable (%s); retrying in %.1fs", type(exc).__name__, delay)
+            time.sleep(delay)  # startup only: no job is held while waiting
+            delay = min(delay * 2, REDIS_WAIT_MAX_BACKOFF)
+
+
 def run_worker(settings: Settings, *, burst: bool = False, name: str | None = None) -> bool:
     """Work the queue until stopped (or, with ``burst``, until it is empty)."""
     if not settings.redis_url:
@@ -35,6 +54,7 @@ def run_worker(settings: Settings, *, burst: bool = False, name: str | None = No
     configure_logging(settings.log_level, settings.secrets())
     preload_job_code()
     conn = redis.Redis.from_url(settings.redis_url)
+    wait_for_redis(conn)
     queue = Queue(settings.queue, connection=conn)
     worker = Worker(
         [queue], connection=conn, name=name, maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL

@@ -5,9 +5,13 @@ An SSH client connects at once and then waits for the server's banner that never
 
 from __future__ import annotations
 
+import errno
 import selectors
 import socket
 import threading
+import time
+
+BIND_TIMEOUT = 10.0  # seconds to wait for the port sshd held to become free
 
 
 class HangingListener:
@@ -22,7 +26,18 @@ class HangingListener:
     def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.address, self.port))
+        # The port was sshd's a moment ago: a connection child of the stopped sshd may hold its
+        # listening socket briefly after the master exits, so the bind is retried for a bounded time.
+        deadline = time.monotonic() + BIND_TIMEOUT
+        while True:
+            try:
+                sock.bind((self.address, self.port))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    sock.close()
+                    raise
+                time.sleep(0.05)
         sock.listen(128)
         sock.setblocking(False)
         self._sock = sock
