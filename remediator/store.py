@@ -30,25 +30,40 @@ def _decode(name: str, raw: str) -> Any:
     return raw
 
 
+def host_fields(now: float, **fields: Any) -> dict[str, str]:
+    """The host state hash fields ``update_host`` writes, encoded, stamped ``updated_at`` = ``now``."""
+    mapping = {name: _encode(value) for name, value in fields.items()}
+    mapping["updated_at"] = f"{now:.3f}"
+    return mapping
+
+
 def update_host(conn: redis.Redis | Pipeline, host_id: str, **fields: Any) -> None:
     """Set fields of the host's state hash (and bump it in the hosts index)."""
     now = time.time()
-    mapping = {name: _encode(value) for name, value in fields.items()}
-    mapping["updated_at"] = f"{now:.3f}"
-    conn.hset(keys.HOST.format(host_id), mapping=mapping)
+    conn.hset(keys.HOST.format(host_id), mapping=host_fields(now, **fields))
     conn.zadd(keys.HOSTS, {host_id: now})
+
+
+def audit_entry(step: str, outcome: str, detail: str = "", **evidence: Any) -> dict[str, Any]:
+    """One audit trail entry as ``append_audit`` stores it (evidence set to None is left out)."""
+    entry: dict[str, Any] = {"ts": round(time.time(), 3), "step": step, "outcome": outcome}
+    if detail:
+        entry["detail"] = detail
+    entry.update({k: v for k, v in evidence.items() if v is not None})
+    return entry
+
+
+def encode_audit(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, sort_keys=True, default=str)
 
 
 def append_audit(
     conn: redis.Redis | Pipeline, host_id: str, step: str, outcome: str, detail: str = "", **evidence: Any
 ) -> dict[str, Any]:
     """Append one entry to the host's audit trail; returns the entry. Never pass a secret here."""
-    entry: dict[str, Any] = {"ts": round(time.time(), 3), "step": step, "outcome": outcome}
-    if detail:
-        entry["detail"] = detail
-    entry.update({k: v for k, v in evidence.items() if v is not None})
+    entry = audit_entry(step, outcome, detail, **evidence)
     key = keys.AUDIT.format(host_id)
-    conn.rpush(key, json.dumps(entry, sort_keys=True, default=str))
+    conn.rpush(key, encode_audit(entry))
     conn.ltrim(key, -AUDIT_MAX_ENTRIES, -1)
     return entry
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from remediator import defaults, keys
+from remediator import defaults, intake, keys
 from remediator.intake import LadderRequest, job_status, queue_ladder_job, start_ladders
 
 
@@ -33,3 +36,87 @@ def test_first_and_next_ladder_jobs_carry_the_ladder_job_timeout(redis_conn):
 def test_job_status_of_a_missing_job_is_none(redis_conn):
     assert job_status(redis_conn, "no-such-job") is None
     assert job_status(redis_conn, None) is None
+
+
+def test_first_job_is_stored_exactly_as_rq_enqueues_it(redis_conn, monkeypatch):
+    # The intake script writes the job hash itself (one round trip for a whole payload): it must be
+    # the hash rq's own enqueue writes, or workers would run something else. rq writes its twin into
+    # another database of the same server with the same id; only the timestamps may differ.
+    ids = iter(["ladder-1", "ladder-2"])
+    monkeypatch.setattr(intake, "new_ladder_id", lambda: next(ids))
+    start_ladders(redis_conn, "remediator", [LadderRequest("h1", "test"), LadderRequest(None, "find")])
+    where = redis_conn.connection_pool.connection_kwargs
+    twin = redis.Redis(host=where["host"], port=where["port"], db=1)
+    twin.flushdb()
+    try:
+        queue = Queue("remediator", connection=twin)
+        queue.enqueue_many(
+            [
+                Queue.prepare_data(
+                    intake.LADDER_JOB,
+                    args=("h1", "ladder-1"),
+                    job_id="ladder-1",
+                    timeout=defaults.JOB_TIMEOUT,
+                    result_ttl=defaults.JOB_RESULT_TTL,
+                    description="remediate h1",
+                )
+            ]
+        )
+        ours, theirs = redis_conn.hgetall("rq:job:ladder-1"), twin.hgetall("rq:job:ladder-1")
+        for stamp in (b"created_at", b"enqueued_at"):
+            assert ours.pop(stamp) and theirs.pop(stamp)
+        assert ours == theirs
+        assert redis_conn.lrange(queue.key, 0, -1)[0] == b"ladder-1"
+        assert redis_conn.smembers("rq:queues") == twin.smembers("rq:queues") == {queue.key.encode()}
+    finally:
+        twin.flushdb()
+        twin.close()
+    job = Job.fetch("ladder-1", connection=redis_conn)
+    assert job.get_status() == JobStatus.QUEUED and job.origin == "remediator"
+    assert job.func_name == intake.LADDER_JOB and job.args == ("h1", "ladder-1")
+    discovery = Job.fetch("ladder-2", connection=redis_conn)
+    assert discovery.func_name == intake.DISCOVERY_JOB and discovery.kwargs == {"dry_run": False}
+
+
+def test_ladder_limit_counts_starts_in_the_window_only(redis_conn):
+    limit = intake.LadderLimit(count=2, window_seconds=600)
+    starts = keys.LADDER_STARTS.format("h1")
+    redis_conn.zadd(starts, {"long-ago": time.time() - 601})
+    for _ in range(2):
+        result = start_ladders(redis_conn, "remediator", [LadderRequest("h1", "test")], limit)
+        assert len(result.accepted) == 1
+        redis_conn.delete(keys.ACTIVE.format("h1"))  # the ladder ended
+    result = start_ladders(
+        redis_conn, "remediator", [LadderRequest("h1", "test"), LadderRequest("h2", "t")], limit
+    )
+    assert [a["host_id"] for a in result.accepted] == ["h2"]
+    assert result.skipped == [
+        {
+            "host_id": "h1",
+            "fingerprint": "",
+            "reason": "ladder limit reached: 2 ladders in the last 10 min "
+            "(rules ladder.max_ladders_per_host)",
+        }
+    ]
+    assert redis_conn.zcard(starts) == 3  # refused requests leave no start behind
+
+
+def test_refused_and_duplicate_requests_write_nothing(redis_conn):
+    first = start_ladders(redis_conn, "remediator", [LadderRequest("h1", "a")]).accepted[0]["ladder_id"]
+    before = {k: redis_conn.dump(k) for k in redis_conn.keys("*")}
+    again = start_ladders(redis_conn, "remediator", [LadderRequest("h1", "b"), LadderRequest("h1", "c")])
+    assert again.accepted == []
+    assert [s["reason"] for s in again.skipped] == [
+        f"already remediating {first}",
+        "duplicate in this payload",
+    ]
+    assert {k: redis_conn.dump(k) for k in redis_conn.keys("*")} == before
+
+
+def test_sightings_are_stored_with_the_ladders_and_trimmed(redis_conn):
+    now = time.time()
+    seen = {f"host-{i:04d}": now for i in range(1500)}  # more values than one Lua unpack takes
+    redis_conn.zadd(keys.FLEET_CRITICAL, {"stale": now - 100})
+    start_ladders(redis_conn, "remediator", [], sightings=seen, sightings_keep=50)
+    assert redis_conn.zcard(keys.FLEET_CRITICAL) == 1500
+    assert redis_conn.zscore(keys.FLEET_CRITICAL, "stale") is None
