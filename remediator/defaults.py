@@ -20,4 +20,17 @@ WORKER_MAINTENANCE_INTERVAL = 30  # seconds between RQ maintenance passes, which
 JOB_TIMEOUT = 900  # seconds one RQ job (one ladder step) may run
 JOB_RESULT_TTL = 86400  # seconds a finished job's result is kept
 AUDIT_MAX_ENTRIES = 1000  # entries kept per host's audit trail
+# Every step of the ladder, in the order the runbook prefers them (wait_reachable runs only when a host
+# cannot be reached); workers/steps registers one module for each but diagnose, and
+# tests/test_ladder_steps.py keeps the two equal.
+LADDER_STEPS: tuple[str, ...] = (
+    "diagnose",
+    "wait_reachable",
+    "force_sync",
+    "restart_agent",
+    "recover_data",
+    "unretire",
+    "retire",
+    "escalate",
+)
 HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"

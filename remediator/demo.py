@@ -25,6 +25,7 @@ import requests
 from werkzeug.serving import make_server
 
 from remediator import store
+from remediator.defaults import LADDER_STEPS
 from remediator.embedded_redis import EmbeddedRedis, free_port
 
 SCENARIOS = {
@@ -34,7 +35,6 @@ SCENARIOS = {
     "terminated": "instance terminated with unsynced games",
     "healthy": "nothing wrong (a stale alert)",
 }
-STEPS = ["diagnose", "force_sync", "restart_agent", "recover_data", "unretire", "retire", "escalate"]
 
 
 def _alert(host_id: str) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _progress(conn: redis.Redis, hosts: list[str]) -> list[dict[str, Any]]:
                 "status": state.get("status", "-"),
                 "step": state.get("step", "-"),
                 "outcome": state.get("outcome", "-") if state.get("status") == "finished" else "running",
-                "steps_taken": [f"{e['step']}:{e['outcome']}" for e in audit if e["step"] in STEPS],
+                "steps_taken": [f"{e['step']}:{e['outcome']}" for e in audit if e["step"] in LADDER_STEPS],
                 "games_recovered": next(
                     (
                         e.get("unsynced_games")

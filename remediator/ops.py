@@ -15,20 +15,11 @@ from typing import Any
 import redis
 
 from remediator import keys, store
+from remediator.defaults import LADDER_STEPS
 from remediator.intake import LadderLimit, LadderRequest, start_ladders
 from remediator.paging import open_incidents
 
 # The ladder as the status page draws it, in the runbook's order of preference.
-LADDER_STEPS = (
-    "diagnose",
-    "wait_reachable",
-    "force_sync",
-    "restart_agent",
-    "recover_data",
-    "unretire",
-    "retire",
-    "escalate",
-)
 OPTIONAL_STEPS = {"wait_reachable"}  # drawn only when a ladder plans or runs it
 
 _FLOAT_FIELDS = {"started_at", "updated_at", "finished_at", "next_check_at", "heartbeat", "verify_started_at"}

@@ -9,20 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from remediator.defaults import LADDER_STEPS
+
 Scope = Literal["host", "fleet"]
 
 COORDINATOR_STATES: tuple[str, ...] = ("healthy", "lagging", "critical", "unknown")
 CLOUD_STATES: tuple[str, ...] = ("running", "stopped", "terminated", "unknown", "not_asked")
-LADDER_STEPS: tuple[str, ...] = (
-    "diagnose",
-    "force_sync",
-    "restart_agent",
-    "recover_data",
-    "unretire",
-    "retire",
-    "escalate",
-    "none",
-)
+LADDER_STEP_VALUES: tuple[str, ...] = (*LADDER_STEPS, "none")
 LADDER_OUTCOMES: tuple[str, ...] = (
     "running",
     "healthy",
@@ -72,7 +65,7 @@ FACTS: dict[str, FactSpec] = {
     "minutes_in_ladder": FactSpec(
         float, "host", "minutes since this host's ladder started", nonnegative=True
     ),
-    "ladder_step": FactSpec(str, "host", "the ladder step running or last run", values=LADDER_STEPS),
+    "ladder_step": FactSpec(str, "host", "the ladder step running or last run", values=LADDER_STEP_VALUES),
     "ladder_outcome": FactSpec(str, "host", "where the ladder stands", values=LADDER_OUTCOMES),
     "attempts": FactSpec(int, "host", "attempts made of the current step", nonnegative=True),
     "checklist_complete": FactSpec(
