@@ -32,6 +32,9 @@ format: venv
 # System binaries the real-component tests need. Missing ones are installed with apt-get; where that is
 # impossible (not root) the target fails: the suite never skips a test for a missing binary.
 system:
+	@python3 -c 'import ensurepip' 2>/dev/null || { \
+	  echo "python3 cannot create a venv -> apt-get install python3-venv"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv || exit 1; }
 	@missing=""; for b in $(SYSTEM_BINARIES); do \
 	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
