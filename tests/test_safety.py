@@ -81,3 +81,15 @@ def test_a_well_formed_coordinator_record_is_accepted():
         22,
         "/data/selfplay",
     )
+
+
+def test_retirement_needs_every_item_of_the_data_recovery_checklist():
+    from workers.steps.retire import CHECKLIST_ITEMS, checklist_complete
+
+    done = dict.fromkeys(CHECKLIST_ITEMS, True)
+    assert checklist_complete(done)
+    # A host whose unsynced games were never counted (no inventory, ever) is not retired on its own:
+    # the loss could not be documented with a game count.
+    for item in CHECKLIST_ITEMS:
+        assert not checklist_complete({**done, item: False}), item
+    assert set(CHECKLIST_ITEMS) >= {"unsynced_games_counted", "rsync_attempted", "loss_documented"}

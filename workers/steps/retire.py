@@ -21,6 +21,16 @@ from workers.steps.base import LadderRun, StepOutcome, Verdict
 
 MUTATES = True
 
+# The runbook's Data Recovery Checklist: accessible? unsynced games counted? rsync attempted? loss
+# documented? training log updated? Every one must hold before a host may be retired automatically.
+CHECKLIST_ITEMS = (
+    "accessible_checked",
+    "unsynced_games_counted",
+    "rsync_attempted",
+    "loss_documented",
+    "training_log_updated",
+)
+
 
 def checklist(lad: LadderRun) -> dict[str, Any]:
     diag = lad.diagnosis
@@ -37,6 +47,10 @@ def checklist(lad: LadderRun) -> dict[str, Any]:
         "loss_documented": bool(scratch.get("loss_documented")),
         "training_log_updated": bool(scratch.get("training_log_updated")),
     }
+
+
+def checklist_complete(items: dict[str, Any]) -> bool:
+    return all(items[k] for k in CHECKLIST_ITEMS)
 
 
 def _attempt_rsync(lad: LadderRun) -> None:
@@ -110,14 +124,9 @@ def run(lad: LadderRun) -> StepOutcome:
     if lad.dry_run:
         return StepOutcome("ran", "would document the loss and retire if the rules allow", {"loss": record})
     documented = _document_loss(lad, record)
-    facts = {
-        **lad.facts,
-        "checklist_complete": all(
-            checklist(lad)[k]
-            for k in ("accessible_checked", "rsync_attempted", "loss_documented", "training_log_updated")
-        ),
-    }
-    lad.remember(checklist=checklist(lad), checklist_complete=facts["checklist_complete"])
+    items = checklist(lad)
+    facts = {**lad.facts, "checklist_complete": checklist_complete(items)}
+    lad.remember(checklist=items, checklist_complete=facts["checklist_complete"])
     if not lad.ctx.rules.may_retire(facts):
         return StepOutcome(
             "declined",
