@@ -199,12 +199,12 @@ def _evaluate(ctx: Any) -> dict[str, Any]:
                 details={"facts": facts, "hosts": affected},
                 rule=page.rule,
             )
-            if done["page"]["paged"]:
+            if "outcomes" in done["page"]:  # a page was tried (not an incident already open)
                 store.append_audit(
                     conn,
                     FLEET,
                     "page",
-                    "sent",
+                    "sent" if done["page"]["paged"] else "failed",
                     page.summary,
                     storm_id=storm_id,
                     hosts=affected,

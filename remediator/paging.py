@@ -11,7 +11,7 @@ import redis
 
 from remediator import keys, metrics
 from remediator.config import Settings
-from remediator.pagers import UNDELIVERABLE, deliver, pagers_from_settings
+from remediator.pagers import EVERY_PAGER_FAILED, UNDELIVERABLE, deliver, delivered, pagers_from_settings
 from remediator.pagers.base import Page
 
 log = logging.getLogger("remediator.paging")
@@ -66,8 +66,15 @@ def open_incident(
     )
     outcomes = deliver(page, pagers_from_settings(settings), list(targets) if targets else None)
     _count_pages(conn, outcomes, "trigger")
+    if outcomes.get(UNDELIVERABLE) == EVERY_PAGER_FAILED:
+        # Nobody was woken: give the claim back, so that the next caller (a retried escalation, the
+        # fleet's next evaluation) pages again instead of finding the incident "already open".
+        conn.delete(key)
+        conn.srem(keys.INCIDENTS, dedup_key)
+        return {"dedup_key": dedup_key, "paged": False, "reason": EVERY_PAGER_FAILED, "outcomes": outcomes}
     conn.hset(key, "outcomes", json.dumps(outcomes))
-    return {"dedup_key": dedup_key, "paged": True, "outcomes": outcomes}
+    # With no pager configured the page is on record (logged at ERROR) and there is nothing to retry.
+    return {"dedup_key": dedup_key, "paged": delivered(outcomes), "outcomes": outcomes}
 
 
 def resolve_incident(conn: redis.Redis, settings: Settings, dedup_key: str) -> dict[str, Any]:

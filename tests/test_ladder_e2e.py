@@ -201,6 +201,29 @@ def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_neve
     assert any(e.get("step") == "wait_reachable" for e in stack.audit(H))
 
 
+def test_escalation_no_pager_delivered_is_a_failed_ladder_not_an_escalated_one(
+    sim_cluster, redis_url, tmp_path, monkeypatch, server
+):
+    server.expect_request("/page", method="POST").respond_with_data("down", status=503)
+    stack = make_stack(
+        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
+    )
+    stack.start_worker()
+    try:
+        sim_cluster.kill_agent(H)
+        sim_cluster.make_unreachable(H)
+        sim_cluster.make_critical(H)
+        stack.post([alert(H)])
+        state = stack.wait_finished(H, timeout=60)
+        # Nobody was woken: the ladder must not claim it escalated to a human.
+        assert state["outcome"] == "failed", stack.steps(H)
+        assert stack.steps(H).count(("escalate", "failed")) == 2  # attempts_per_step in the fast rules
+        assert len(pages_received(server)) == 2 * 3  # each attempt paged anew, the pager retrying 3 times
+        assert stack.conn.smembers(keys.INCIDENTS) == set()
+    finally:
+        stack.stop()
+
+
 def test_hanging_host_is_bounded_by_the_connect_timeout_and_treated_as_unreachable(stack: Stack):
     sim = stack.sim
     sim.kill_agent(H)

@@ -308,3 +308,27 @@ def test_request_honours_retry_after(server: HTTPServer) -> None:
     server.expect_ordered_request("/pd").respond_with_json({}, status=202)
     PagerDutyPager(server.url_for("/pd"), ROUTING_KEY, retry=RetryPolicy(backoff=60, timeout=5)).trigger(PAGE)
     assert len(server.log) == 2
+
+
+def test_a_page_no_pager_took_leaves_the_incident_unclaimed_so_the_next_call_pages_again(
+    server: HTTPServer, redis_url: str, redis_conn
+) -> None:
+    from helpers import make_settings
+
+    from remediator import keys
+    from remediator.paging import open_incident
+
+    settings = make_settings(redis_url, page_webhook_url=server.url_for("/page"))
+    fields = {"dedup_key": "remediator/h1/l1", "summary": "s", "severity": "critical", "targets": None}
+    server.expect_oneshot_request("/page", method="POST").respond_with_data("down", status=503)
+    server.expect_oneshot_request("/page", method="POST").respond_with_data("down", status=503)
+    server.expect_oneshot_request("/page", method="POST").respond_with_data("down", status=503)
+    failed = open_incident(redis_conn, settings, **fields)
+    assert failed["paged"] is False and failed["reason"] == "every configured pager failed"
+    assert redis_conn.smembers(keys.INCIDENTS) == set()  # not "already open": nobody was woken
+    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
+    sent = open_incident(redis_conn, settings, **fields)
+    assert sent["paged"] is True and sent["outcomes"]["webhook"] == "sent"
+    again = open_incident(redis_conn, settings, **fields)
+    assert again == {"dedup_key": "remediator/h1/l1", "paged": False, "reason": "incident already open"}
+    assert len(server.log) == 4

@@ -27,7 +27,7 @@ from workers.steps.base import LadderRun, StepOutcome, Verdict
 log = logging.getLogger("remediator.ladder")
 
 MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a job's duration)
-SINGLE_ATTEMPT = {"wait_reachable", "retire", "escalate"}
+SINGLE_ATTEMPT = {"wait_reachable", "retire"}
 
 
 def plan_for(facts: dict[str, Any]) -> list[list[str]]:

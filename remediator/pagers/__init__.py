@@ -19,6 +19,7 @@ from remediator.pagers.webhook import WebhookPager
 
 __all__ = [
     "ACTIONS",
+    "EVERY_PAGER_FAILED",
     "PAGERS",
     "UNDELIVERABLE",
     "AlertmanagerPager",
@@ -44,6 +45,7 @@ SENT = "sent"
 NOT_CONFIGURED = "not configured"
 # The key deliver() adds to its outcomes when no pager took the page.
 UNDELIVERABLE = "undeliverable"
+EVERY_PAGER_FAILED = "every configured pager failed"
 
 
 def pagers_from_settings(settings: Settings, *, retry: RetryPolicy | None = None) -> dict[str, Pager]:
@@ -91,7 +93,7 @@ def deliver(
             outcomes[name] = SENT
     if not delivered(outcomes):
         tried = [n for n in names if outcomes[n] != NOT_CONFIGURED]
-        why = "every configured pager failed" if tried else "no pager configured"
+        why = EVERY_PAGER_FAILED if tried else "no pager configured"
         outcomes[UNDELIVERABLE] = why
         log.error(
             "page %s undeliverable (%s; targets: %s): %s %s [%s] hosts=%s details=%s",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from remediator.pagers import EVERY_PAGER_FAILED
 from remediator.paging import open_incident
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 from workers.steps.retire import checklist
@@ -44,11 +45,19 @@ def run(lad: LadderRun) -> StepOutcome:
         details=details,
         rule=page.rule if page else "(no rule matched)",
     )
-    return StepOutcome(
-        "ran", f"escalated to a human: {reason}", {"rules_matched": list(decision.matched), "pages": [result]}
-    )
+    evidence = {"rules_matched": list(decision.matched), "pages": [result]}
+    if result.get("reason") == EVERY_PAGER_FAILED:
+        # Not "escalated": nobody was woken. The step is tried again (attempts_per_step), and the
+        # incident was released so each attempt pages anew.
+        return StepOutcome("failed", f"could not reach a human ({EVERY_PAGER_FAILED}): {reason}", evidence)
+    lad.remember(paged=bool(result.get("paged")))
+    return StepOutcome("ran", f"escalated to a human: {reason}", evidence)
 
 
 def verify(lad: LadderRun) -> Verdict:
     final = "recovered" if lad.scratch.get("recovered_games") else "escalated"
+    if lad.scratch.get("paged") is False:
+        return Verdict(
+            "ok", "no pager is configured: the escalation is on record in the log only", final=final
+        )
     return Verdict("ok", "a human has been paged", final=final)
