@@ -133,43 +133,65 @@ def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
 
 
 def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
-    """SSH reachability, the data dir inventory, the agent process and the host's sync log."""
+    """SSH reachability, the data dir inventory, the agent process and the host's sync log.
+
+    Reachability is decided by connecting and ``echo OK`` alone: a later command that fails or times
+    out (a slow inventory of a large data dir) is recorded against its own source, and does not turn a
+    host that answered into an unreachable one (which would send the ladder to wait_reachable)."""
     try:
         with HostSession(ctx.settings, record) as session:
             echo = session.run("echo OK", timeout=ctx.settings.ssh_connect_timeout)
             diag.ssh_reachable = echo.ok and echo.stdout.strip() == "OK"
             diag.sources["ssh"] = f"ssh {record.ssh_user}@{record.address}:{record.ssh_port} echo OK"
-            last_sync = record.last_sync or 0.0
-            inv = session.run(
-                quote_template(
-                    "python3 - {data_dir} {last_sync}",
-                    data_dir=record.data_dir,
-                    last_sync=repr(float(last_sync)),
-                ),
-                stdin=INVENTORY_SOURCE,
-            )
-            if inv.ok:
-                diag.inventory = json.loads(inv.stdout)
-                diag.inventory_at = time.time()
-                diag.sources["inventory"] = f"{record.data_dir} on host at {diag.inventory_at:.0f}"
-            else:
-                diag.sources["inventory"] = f"failed: exit {inv.exit_status}: {inv.stderr[-200:]}"
-            agent = session.run(ctx.settings.agent_check_command, timeout=30)
-            diag.agent_running = agent.ok
-            diag.sources["agent"] = f"{ctx.settings.agent_check_command} -> exit {agent.exit_status}"
-            log_path = record.sync_log or ctx.settings.host_sync_log
-            tail = session.run(f"tail -n {LOG_TAIL_LINES} {shlex.quote(log_path)}", timeout=30)
-            diag.host_log_tail = tail.stdout.splitlines()[-LOG_TAIL_LINES:] if tail.ok else []
+            _inspect(ctx, diag, record, session)
     except SSHError as exc:
-        diag.ssh_reachable = False
-        diag.ssh_error = str(exc)
-        diag.sources["ssh"] = f"failed: {exc}"
+        if diag.ssh_reachable:  # the host answered; the session broke afterwards
+            diag.sources["ssh"] += f"; then: {exc}"
+        else:
+            diag.ssh_error = str(exc)
+            diag.sources["ssh"] = f"failed: {exc}"
+    if diag.inventory is None:
         last = ctx.conn.get(INVENTORY_KEY.format(diag.host_id))
         if last:
             known = json.loads(last)
+            why = "host unreachable now" if not diag.ssh_reachable else diag.sources.get("inventory", "")
             diag.inventory = known
             diag.inventory_at = known.get("at")
-            diag.sources["inventory"] = f"last known, from {known.get('at', 0):.0f} (host unreachable now)"
+            diag.sources["inventory"] = f"last known, from {known.get('at', 0):.0f} ({why})"
+
+
+def _inspect(ctx: Context, diag: Diagnosis, record: HostRecord, session: HostSession) -> None:
+    """The commands after ``echo OK``, each recorded on its own: one failing leaves the others' facts."""
+    # No checksums: diagnosis needs counts and sizes; reading every byte is recover_data's job.
+    command = quote_template(
+        "python3 - {data_dir} {last_sync} no-checksums",
+        data_dir=record.data_dir,
+        last_sync=repr(float(record.last_sync or 0.0)),
+    )
+    try:
+        inv = session.run(command, stdin=INVENTORY_SOURCE)
+        if not inv.ok:
+            diag.sources["inventory"] = f"failed: exit {inv.exit_status}: {inv.stderr[-200:]}"
+        else:
+            diag.inventory = json.loads(inv.stdout)
+            diag.inventory_at = time.time()
+            diag.sources["inventory"] = f"{record.data_dir} on host at {diag.inventory_at:.0f}"
+    except SSHError as exc:
+        diag.sources["inventory"] = f"failed: {exc}"
+    except ValueError:  # something on the host printed more than the inventory (a login banner, ...)
+        diag.sources["inventory"] = "failed: the inventory's output is not JSON"
+    try:
+        agent = session.run(ctx.settings.agent_check_command, timeout=30)
+        diag.agent_running = agent.ok
+        diag.sources["agent"] = f"{ctx.settings.agent_check_command} -> exit {agent.exit_status}"
+    except SSHError as exc:
+        diag.sources["agent"] = f"failed: {exc}"  # agent_running stays unknown
+    log_path = record.sync_log or ctx.settings.host_sync_log
+    try:
+        tail = session.run(f"tail -n {LOG_TAIL_LINES} {shlex.quote(log_path)}", timeout=30)
+        diag.host_log_tail = tail.stdout.splitlines()[-LOG_TAIL_LINES:] if tail.ok else []
+    except SSHError as exc:
+        diag.sources["host_log"] = f"failed: {exc}"
 
 
 def _coordinator_log(ctx: Context, host_id: str) -> list[str]:

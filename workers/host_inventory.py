@@ -1,9 +1,10 @@
 """Inventory of a self-play data directory: files, sizes, checksums, unsynced games and their time range.
 
 Standard library only and read-only: the diagnosis sends this file's source to the host over SSH and
-runs it with ``python3 - DATA_DIR LAST_SYNC`` (arguments quoted), and the recovery step imports it to
-inventory the local copy, so both sides are measured by the same code. Game files are SQLite databases
-with a ``games(game_id, created_at)`` table; a game is unsynced when ``created_at > last_sync``.
+runs it with ``python3 - DATA_DIR LAST_SYNC no-checksums`` (arguments quoted), recover_data runs it with
+checksums and imports it to inventory the local copy, so both sides are measured by the same code.
+Game files are SQLite databases with a ``games(game_id, created_at)`` table; a game is unsynced when
+``created_at > last_sync``.
 """
 
 import hashlib
@@ -83,4 +84,7 @@ def inventory(data_dir, last_sync=0.0, checksums=True):
 
 
 if __name__ == "__main__":
-    print(json.dumps(inventory(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 0.0)))
+    # python3 - DATA_DIR [LAST_SYNC [no-checksums]]
+    last_sync = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    checksums = sys.argv[3:4] != ["no-checksums"]
+    print(json.dumps(inventory(sys.argv[1], last_sync, checksums=checksums)))

@@ -1,0 +1,37 @@
+"""Diagnosis in-process against the simulated cluster's real sshd: what each source decides."""
+
+from __future__ import annotations
+
+from remediator.config import Settings
+from workers.context import Context
+from workers.diagnose import diagnose
+
+
+def _context(sim, redis_url, redis_conn, monkeypatch, **env: str) -> Context:
+    for key, value in {**sim.env(), "REDIS_URL": redis_url, **env}.items():
+        monkeypatch.setenv(key, value)
+    return Context(Settings.from_env(), redis_conn)
+
+
+def test_diagnosis_counts_games_without_reading_every_byte(sim_cluster, redis_url, redis_conn, monkeypatch):
+    host = sim_cluster.host_ids[0]
+    sim_cluster.write_games(host, 3)
+    diag = diagnose(_context(sim_cluster, redis_url, redis_conn, monkeypatch), host)
+    assert diag.ssh_reachable and diag.inventory is not None
+    assert diag.inventory["unsynced_games"] >= 3
+    # Checksums are recover_data's job (it compares both sides); diagnosis only counts.
+    assert diag.inventory["files"] and not any("sha256" in f for f in diag.inventory["files"].values())
+
+
+def test_a_host_that_answered_stays_reachable_when_a_later_command_times_out(
+    sim_cluster, redis_url, redis_conn, monkeypatch
+):
+    host = sim_cluster.host_ids[0]
+    # Every command without a timeout of its own (the inventory) times out at once; echo OK and the
+    # agent check have their own timeouts.
+    ctx = _context(sim_cluster, redis_url, redis_conn, monkeypatch, REMEDIATOR_SSH_COMMAND_TIMEOUT="0.001")
+    diag = diagnose(ctx, host)
+    assert diag.ssh_reachable is True, diag.sources
+    assert diag.sources["inventory"].startswith("failed"), diag.sources
+    assert diag.agent_running is not None  # the agent check still ran
+    assert diag.facts()["ssh_reachable"] is True
