@@ -17,7 +17,11 @@ LOCK_TTL = 60.0  # seconds a host lock lives unless renewed
 LOCK_RENEW_INTERVAL = 20.0  # seconds between renewals while a step runs
 WORKER_MAINTENANCE_INTERVAL = 30  # seconds between RQ maintenance passes, which also restart a
 # scheduler process that died (it does on a Redis outage); rq's own default is 10 minutes
-JOB_TIMEOUT = 900  # seconds one RQ job (one ladder step) may run
+RSYNC_TIMEOUT = 3600  # seconds one rsync of a host's data dir may run (recover_data)
+IMPORT_TIMEOUT = 1800  # seconds the import command may run (recover_data)
+# Seconds one RQ job may run before RQ kills it: long enough for recover_data's rsync, the two
+# inventories and the import in one job, so those steps' own timeouts are the ones that fire.
+JOB_TIMEOUT = RSYNC_TIMEOUT + IMPORT_TIMEOUT + 600
 JOB_RESULT_TTL = 86400  # seconds a finished job's result is kept
 AUDIT_MAX_ENTRIES = 1000  # entries kept per host's audit trail
 # Every step of the ladder, in the order the runbook prefers them (wait_reachable runs only when a host

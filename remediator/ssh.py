@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncssh
 
+from remediator import defaults
 from remediator.config import Settings
 from remediator.coordinator import HostRecord
 from remediator.exceptions import ConfigError, SSHError
@@ -174,7 +175,9 @@ def rsync_pull(
     host = f"[{record.address}]" if ":" in record.address else record.address
     argv += [f"{record.ssh_user}@{host}:{record.data_dir.rstrip('/')}/", f"{dest}/"]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout or 3600, check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout or defaults.RSYNC_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired:
         return RsyncResult(-1, 0, "rsync timed out")
     transferred = 0

@@ -120,3 +120,10 @@ def test_sightings_are_stored_with_the_ladders_and_trimmed(redis_conn):
     start_ladders(redis_conn, "remediator", [], sightings=seen, sightings_keep=50)
     assert redis_conn.zcard(keys.FLEET_CRITICAL) == 1500
     assert redis_conn.zscore(keys.FLEET_CRITICAL, "stale") is None
+
+
+def test_a_ladder_job_outlives_the_longest_step_s_own_timeouts():
+    # recover_data runs rsync, the host's inventory, the local one and the import in one job: RQ must
+    # not kill the job before those bounds, or a large recovery fails for the wrong reason.
+    longest = defaults.RSYNC_TIMEOUT + defaults.IMPORT_TIMEOUT + 2 * defaults.SSH_COMMAND_TIMEOUT
+    assert longest < defaults.JOB_TIMEOUT

@@ -13,6 +13,7 @@ import json
 import shlex
 import subprocess
 
+from remediator import defaults
 from remediator.exceptions import SSHError
 from remediator.hosts import recovery_path
 from remediator.ssh import HostSession, quote_template, rsync_pull
@@ -21,7 +22,6 @@ from workers.host_inventory import inventory
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 
 MUTATES = True
-IMPORT_TIMEOUT = 1800  # seconds the import command may run
 
 
 def import_argv(template: str, data_dir: str, host_id: str) -> list[str]:
@@ -71,7 +71,14 @@ def run(lad: LadderRun) -> StepOutcome:
         checksums_compared=host_inv is not None,
     )
     argv = import_argv(s.import_command, str(dest), lad.host_id)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=IMPORT_TIMEOUT, check=False)
+    try:
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=defaults.IMPORT_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        evidence["import_exit"] = None
+        lad.remember(recovery=evidence)
+        return StepOutcome("failed", f"import command timed out after {defaults.IMPORT_TIMEOUT}s", evidence)
     evidence["import_exit"] = proc.returncode
     for line in reversed(proc.stdout.strip().splitlines()):
         try:
