@@ -73,7 +73,8 @@ def private_redis(workdir: Path) -> Iterator[tuple[redis.Redis, str]]:
 
 
 def base_env(redis_url: str, workdir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a receiver or worker: our Redis and token, nothing inherited from REMEDIATOR_*."""
+    """The environment of a receiver or worker: our Redis and token, nothing inherited from REMEDIATOR_*.
+    Everything else is the shipped default, the INFO log level (a line per alert) included."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
     metrics_dir = workdir / f"prom-{uuid.uuid4().hex[:6]}"
     metrics_dir.mkdir(parents=True)
@@ -81,7 +82,6 @@ def base_env(redis_url: str, workdir: Path, **extra: str) -> dict[str, str]:
         {
             "REDIS_URL": redis_url,
             "REMEDIATOR_WEBHOOK_TOKEN": TOKEN,
-            "REMEDIATOR_LOG_LEVEL": "WARNING",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         }

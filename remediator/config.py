@@ -200,11 +200,3 @@ class Settings:
     def secrets(self) -> list[str]:
         """The secret values set, so that logs and answers can be scrubbed of them."""
         return [getattr(self, f.name) for f in fields(self) if not f.repr and getattr(self, f.name)]
-
-    def as_dict(self) -> dict[str, object]:
-        """The settings with every secret replaced by whether it is set, safe to show."""
-        out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = ("set" if value else "unset") if not f.repr else value
-        return out

@@ -7,6 +7,7 @@ import importlib
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -101,6 +102,27 @@ class Coordinator(Protocol):
     def record_data_loss(self, record: dict[str, Any]) -> dict[str, Any]: ...
 
 
+def _record(raw: Mapping[str, Any], host_id: str) -> HostRecord | None:
+    """One host's record; CoordinatorError if it is one the remediator cannot trust."""
+    found = raw.get(host_id)
+    return HostRecord.from_api(host_id, dict(found)) if isinstance(found, Mapping) else None
+
+
+def _records(raw: Mapping[str, Any]) -> dict[str, HostRecord]:
+    """Every host's record the remediator can trust. A record it cannot (an unsafe field) is left out
+    and logged, not raised: one bad record must not stop discovery and the fleet view for all hosts.
+    That host's own ladder gets the error from ``host()``."""
+    out: dict[str, HostRecord] = {}
+    for host_id, found in raw.items():
+        if not is_valid_host_id(host_id) or not isinstance(found, Mapping):
+            continue
+        try:
+            out[host_id] = HostRecord.from_api(host_id, dict(found))
+        except CoordinatorError as exc:
+            log.warning("coordinator record of %s left out: %s", host_id, exc)
+    return out
+
+
 class HttpCoordinator:
     """The coordinator HTTP API of the contract, with bounded retries and backoff on 5xx and connection
     errors; a read timeout is retried for GETs only (a POST that timed out may have been applied)."""
@@ -152,18 +174,17 @@ class HttpCoordinator:
                 delay *= 2
         raise CoordinatorUnavailable(f"{method} {path} failed after {self.retries} attempts: {last}")
 
-    def hosts(self) -> dict[str, HostRecord]:
+    def _raw_hosts(self) -> dict[str, Any]:
         raw = self._call("GET", "/sync/hosts")
         if not isinstance(raw, dict):
             raise CoordinatorError("GET /sync/hosts did not return an object")
-        return {
-            h: HostRecord.from_api(h, r)
-            for h, r in raw.items()
-            if is_valid_host_id(h) and isinstance(r, dict)
-        }
+        return raw
+
+    def hosts(self) -> dict[str, HostRecord]:
+        return _records(self._raw_hosts())
 
     def host(self, host_id: str) -> HostRecord | None:
-        return self.hosts().get(host_id)
+        return _record(self._raw_hosts(), host_id)
 
     def force_sync(self, host_id: str) -> dict[str, Any]:
         return self._call("POST", f"/sync/hosts/{host_id}/sync", {"force": True})
@@ -200,11 +221,10 @@ class InProcessCoordinator:
         self.http = http
 
     def hosts(self) -> dict[str, HostRecord]:
-        statuses = self.sync.get_host_statuses()
-        return {h: HostRecord.from_api(h, dict(s)) for h, s in statuses.items() if is_valid_host_id(h)}
+        return _records(self.sync.get_host_statuses())
 
     def host(self, host_id: str) -> HostRecord | None:
-        return self.hosts().get(host_id)
+        return _record(self.sync.get_host_statuses(), host_id)
 
     def force_sync(self, host_id: str) -> dict[str, Any]:
         result = self.sync.sync_host(host_id, force=True)

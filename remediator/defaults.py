@@ -14,7 +14,6 @@ PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 MAX_BODY_BYTES = 1024 * 1024  # bytes (1 MiB)
 QUEUE = "remediator"
 LOCK_TTL = 60.0  # seconds a host lock lives unless renewed
-LOCK_RENEW_INTERVAL = 20.0  # seconds between renewals while a step runs
 WORKER_MAINTENANCE_INTERVAL = 30  # seconds between RQ maintenance passes, which also restart a
 # scheduler process that died (it does on a Redis outage); rq's own default is 10 minutes
 RSYNC_TIMEOUT = 3600  # seconds one rsync of a host's data dir may run (recover_data)

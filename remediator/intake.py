@@ -225,7 +225,7 @@ def start_ladders(
     result = IntakeResult()
     verdicts = iter(zip(unique, replies, strict=True))
     for index, req in enumerate(requests):
-        entry = {"host_id": req.host_id, "fingerprint": req.fingerprint}
+        entry = {"host_id": req.host_id, "fingerprint": req.fingerprint, "alertname": req.alertname}
         if index in duplicates:
             result.skipped.append({**entry, "reason": "duplicate in this payload"})
             continue
@@ -233,8 +233,10 @@ def start_ladders(
         if code == ACCEPTED:
             result.accepted.append({**entry, "job_id": ladder_id, "ladder_id": ladder_id})
         elif code == ALREADY_ACTIVE:
+            # ladder_id says which ladder holds the host, so callers need not read it out of reason.
             what = "discovery already queued" if req.host_id is None else "already remediating"
-            result.skipped.append({**entry, "reason": f"{what} {detail.decode()}"})
+            other = detail.decode()
+            result.skipped.append({**entry, "ladder_id": other, "reason": f"{what} {other}"})
         else:
             result.skipped.append(
                 {

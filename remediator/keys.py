@@ -20,3 +20,6 @@ PAUSED = PREFIX + ":paused"  # set: hosts on which the remediator paused selfpla
 INCIDENT = PREFIX + ":incident:{0}"  # hash: open page {0} (dedup key, hosts, time opened)
 INCIDENTS = PREFIX + ":incidents"  # set: open incident dedup keys
 FLEET_LOCK = PREFIX + ":lock:fleet"  # string: lock held while the fleet escalation is evaluated
+SWEEP_LOCK = PREFIX + ":lock:sweeper"  # string: held by the one worker sweeping for dead ladders
+INVENTORY = PREFIX + ":inventory:{0}"  # JSON: host {0}'s last inventory, kept across ladders
+SCRATCH = PREFIX + ":scratch:{0}:{1}"  # hash: what ladder {1} of host {0} has remembered so far

@@ -80,6 +80,7 @@ class RedisStateCollector:
         from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
         from remediator import keys
+        from remediator.intake import DISCOVERY
 
         depth = GaugeMetricFamily("remediator_queue_depth", "Jobs waiting, by state.", labels=["state"])
         queue = Queue(self.queue_name, connection=self.conn)
@@ -88,7 +89,7 @@ class RedisStateCollector:
         depth.add_metric(["started"], StartedJobRegistry(queue=queue).count)
         yield depth
         active = sum(1 for _ in self.conn.scan_iter(match=keys.ACTIVE.format("*"), count=1000))
-        if self.conn.exists(keys.ACTIVE.format("_discovery")):
+        if self.conn.exists(keys.ACTIVE.format(DISCOVERY)):  # the discovery guard is not a host
             active -= 1
         yield GaugeMetricFamily(
             "remediator_hosts_in_remediation", "Hosts with a ladder queued or running.", value=active

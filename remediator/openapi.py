@@ -7,7 +7,6 @@ true: every route is described, and real answers validate against it.
 
 from __future__ import annotations
 
-import copy
 import json
 from functools import cache
 from importlib import resources
@@ -53,11 +52,6 @@ def _spec() -> dict[str, Any]:
         schemas[f"{WEBHOOK_SCHEMA}.{name}"] = _rewrite_refs(definition, "#/$defs/", prefix)
     schemas[WEBHOOK_SCHEMA] = _rewrite_refs(webhook, "#/$defs/", prefix)
     return spec
-
-
-def openapi_spec() -> dict[str, Any]:
-    """The full OpenAPI document (a copy: callers may change it)."""
-    return copy.deepcopy(_spec())
 
 
 @bp.get("/openapi.json")

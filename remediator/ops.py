@@ -20,6 +20,7 @@ from remediator.intake import LadderLimit, LadderRequest, start_ladders
 from remediator.paging import open_incidents
 
 # The ladder as the status page draws it, in the runbook's order of preference.
+PROGRESS_TAIL = 200  # newest audit entries read per host for the hosts list's progress
 OPTIONAL_STEPS = {"wait_reachable"}  # drawn only when a ladder plans or runs it
 
 _FLOAT_FIELDS = {"started_at", "updated_at", "finished_at", "next_check_at", "heartbeat", "verify_started_at"}
@@ -103,17 +104,29 @@ def list_host_summaries(conn: redis.Redis, limit: int = 1000) -> list[dict[str, 
 
 
 def list_hosts_with_progress(conn: redis.Redis, limit: int = 1000) -> list[dict[str, Any]]:
-    """Host summaries, each with its ``progress`` along the ladder (audits read in one round trip)."""
+    """Host summaries, each with its ``progress`` along the ladder.
+
+    The page refreshes every few seconds and an audit trail keeps up to AUDIT_MAX_ENTRIES: only the
+    newest PROGRESS_TAIL entries are read (one round trip for all hosts), where the current ladder
+    is; a host whose ladder began before them has its whole trail read."""
     states = store.list_hosts(conn, limit=limit)
     pipe = conn.pipeline(transaction=False)
     for state in states:
-        pipe.lrange(keys.AUDIT.format(state["host_id"]), 0, -1)
+        pipe.lrange(keys.AUDIT.format(state["host_id"]), -PROGRESS_TAIL, -1)
     out = []
     for state, raw in zip(states, pipe.execute(), strict=True):
+        typed = typed_state(state["host_id"], state)
         audit = [json.loads(item) for item in raw]
-        progress = ladder_progress(typed_state(state["host_id"], state), audit)
-        out.append({**host_summary(state), "progress": progress})
+        if len(raw) == PROGRESS_TAIL and not _has_ladder_start(typed, audit):
+            audit = store.get_audit(conn, state["host_id"])
+        out.append({**host_summary(state), "progress": ladder_progress(typed, audit)})
     return out
+
+
+def _has_ladder_start(state: dict[str, Any], audit: list[dict[str, Any]]) -> bool:
+    """Whether the entries hold the intake entry that began the host's current ladder."""
+    ladder_id = state.get("ladder_id")
+    return any(e.get("step") == "intake" and e.get("job_id") == ladder_id for e in audit)
 
 
 def host_detail(conn: redis.Redis, host_id: str) -> dict[str, Any] | None:
@@ -233,6 +246,5 @@ def remediate_host(
     if result.accepted:
         ladder_id = result.accepted[0]["ladder_id"]
         return RemediateResult(host_id, True, ladder_id, f"ladder {ladder_id} queued", dry_run)
-    reason = result.skipped[0]["reason"]
-    running = reason.removeprefix("already remediating ").strip() if reason.startswith("already") else None
-    return RemediateResult(host_id, False, running, reason, dry_run)
+    skipped = result.skipped[0]
+    return RemediateResult(host_id, False, skipped.get("ladder_id"), skipped["reason"], dry_run)

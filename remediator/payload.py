@@ -27,10 +27,9 @@ class PayloadError(ValueError):
 class HostIdError(ValueError):
     """A host_id label fails validation (answered 422)."""
 
-    def __init__(self, field: str, value: str) -> None:
+    def __init__(self, field: str) -> None:
         super().__init__(f"{field}: invalid host id")
         self.field = field
-        self.value = value
 
 
 @dataclass(frozen=True)
@@ -41,8 +40,6 @@ class Alert:
     alertname: str
     host_id: str | None
     fingerprint: str
-    labels: dict[str, str]
-    starts_at: str | None
 
 
 @cache
@@ -183,7 +180,7 @@ def parse_payload(body: Any) -> list[Alert]:
         labels = raw["labels"]
         host_id = labels.get("host_id")
         if host_id is not None and not is_valid_host_id(host_id):
-            raise HostIdError(f"alerts[{index}].labels.host_id", host_id)
+            raise HostIdError(f"alerts[{index}].labels.host_id")
         _check_encodable(index, raw)
         alerts.append(
             Alert(
@@ -191,8 +188,6 @@ def parse_payload(body: Any) -> list[Alert]:
                 alertname=labels["alertname"],
                 host_id=host_id,
                 fingerprint=raw.get("fingerprint") or _fingerprint(labels),
-                labels=dict(labels),
-                starts_at=raw.get("startsAt"),
             )
         )
     return alerts

@@ -13,7 +13,8 @@ from flask import Blueprint, make_response, request
 from remediator import keys, metrics
 from remediator.auth import check_authorization
 from remediator.extensions import get_redis, get_rules, get_settings
-from remediator.intake import LadderLimit, LadderRequest, cancel_ladder, start_ladders
+from remediator.intake import LadderRequest, cancel_ladder, start_ladders
+from remediator.ops import ladder_limit
 from remediator.payload import Alert, HostIdError, PayloadError, parse_payload
 
 bp = Blueprint("receiver", __name__)
@@ -160,18 +161,13 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
         fleet = {f"alert:{a['alertname']}": f"{a['status']} {now:.3f}" for a in recorded}
         conn.hset(keys.FLEET, mapping=fleet)
 
-    policy = rules.ladder.max_ladders_per_host
-    limit = LadderLimit(count=policy.count, window_seconds=policy.window_minutes * 60)
+    limit = ladder_limit(rules)
     # The sightings go into the intake's script: a worker that runs one of these ladders sees them.
     result = start_ladders(
         conn, settings.queue, requests_, limit, sightings=critical_seen, sightings_keep=FLEET_WINDOW_KEEP
     )
-    by_fp = {a.fingerprint: a for a in alerts}
     for item in result.accepted + result.skipped:
-        alert = by_fp.get(item["fingerprint"])
-        if alert:
-            item.setdefault("alertname", alert.alertname)
-            item.setdefault("status", alert.status)
+        item["status"] = "firing"  # only firing alerts ask for a ladder
     return {
         "status": "accepted",
         "accepted": result.accepted,

@@ -257,14 +257,12 @@ def _started(
             ladder_id,
             ladder_id,
         )
-    reason = result.skipped[0]["reason"]
-    if reason.startswith("already remediating "):
-        other = reason.removeprefix("already remediating ")
+    reason, other = result.skipped[0]["reason"], result.skipped[0].get("ladder_id")
+    if other and host:
         return Requeued(
             job.id, "refused", f"host {host} is already being remediated by ladder {other}", host, other
         )
-    if reason.startswith("discovery already queued "):
-        other = reason.removeprefix("discovery already queued ")
+    if other:
         return Requeued(job.id, "unchanged", f"discovery {other} is already queued", None, other, other)
     return Requeued(job.id, "refused", f"{host or 'discovery'}: {reason}", host)
 

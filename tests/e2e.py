@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import redis
 from helpers import WEBHOOK_TOKEN, bearer, payload, wait_for
 
 from remediator import create_app, keys, store
-from remediator.sim import SimCluster
+from remediator.sim import SimCluster, procs
 
 FAST_RULES = Path(__file__).parent / "rules" / "fast.yaml"
 
@@ -42,10 +44,11 @@ class Stack:
         return proc
 
     def stop(self) -> None:
+        # kill_worker, not killpg of the worker: a work horse runs in a group of its own and would
+        # go on running its job against the next test's hosts.
         for proc in self.workers:
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_worker(proc)
 
     def post(self, alerts: list[dict[str, Any]]) -> dict[str, Any]:
         resp = self.app.test_client().post(
@@ -104,43 +107,15 @@ def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **e
     return stack
 
 
-def running(marker: bytes) -> bool:
-    """Whether a process whose command line contains ``marker`` is alive on this machine."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if marker in fh.read():
-                        return True
-            except OSError:
-                continue
-    return False
-
-
-def descendants(pid: int) -> list[int]:
-    out = []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            children = [int(c) for c in fh.read().split()]
-    except OSError:
-        return out
-    for child in children:
-        out += [child, *descendants(child)]
-    return out
-
-
-def alive(pid: int) -> bool:
-    """Running, i.e. neither gone nor a zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
+def running(marker: str) -> bool:
+    """Whether a live process whose command line (space-joined) contains ``marker`` exists."""
+    return bool(procs.matching(marker))
 
 
 def kill_worker(proc) -> None:
     """SIGKILL a worker with its work horse, scheduler and their children, as a node failure would.
     RQ's work horse runs in a session of its own (setsid), so every descendant's group is killed."""
-    pids = [proc.pid, *descendants(proc.pid)]
+    pids = [proc.pid, *procs.children(proc.pid)]
     groups = set()
     for pid in pids:
         try:
@@ -155,9 +130,9 @@ def kill_worker(proc) -> None:
     proc.wait()
     # SIGKILL is delivered asynchronously: give the kernel a moment, then name any survivor.
     try:
-        wait_for(lambda: not [pid for pid in pids if alive(pid)], timeout=10, what="the killed worker to die")
+        wait_for(lambda: not [p for p in pids if procs.alive(p)], timeout=10, what="the killed worker to die")
     except AssertionError:
-        survivors = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in pids if alive(pid)}
+        survivors = {pid: procs.cmdline(pid) for pid in pids if procs.alive(pid)}
         raise AssertionError(f"processes of the killed worker survived: {survivors}") from None
 
 
@@ -271,3 +246,25 @@ def prom_value(text: str, name: str, **labels: str) -> float:
 def ladders_started(conn: redis.Redis, host_id: str) -> int:
     """How many ladders the receiver ever started for the host (the intake's own record)."""
     return conn.zcard(keys.LADDER_STARTS.format(host_id))
+
+
+@contextlib.contextmanager
+def deployed(
+    sim: SimCluster,
+    redis_url: str,
+    tmp: Path,
+    monkeypatch: Any,
+    workers: int = 1,
+    **extra_env: str,
+) -> Iterator[tuple[Stack, Receiver]]:
+    """The remediator as deployed: the gunicorn receiver and RQ worker processes, all stopped after."""
+    stack = make_stack(sim, redis_url, tmp, monkeypatch, **extra_env)
+    receiver = Receiver(stack.env, tmp / "receiver.log")
+    try:
+        for _ in range(workers):
+            stack.start_worker()
+        receiver.start()
+        yield stack, receiver
+    finally:
+        receiver.stop()
+        stack.stop()

@@ -10,19 +10,16 @@ retried by Alertmanager).
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 from conftest import require_binary
-from e2e import FAST_RULES, Receiver, Stack, am_alert, ladders_started, make_stack, prom_value
+from e2e import FAST_RULES, Receiver, Stack, am_alert, deployed, ladders_started, prom_value
 from helpers import WEBHOOK_TOKEN, wait_for
 
 from remediator.embedded_redis import EmbeddedRedis
-from remediator.sim import SimCluster
 from remediator.sim.alertmanager import AlertmanagerProcess
 
 H = "host-01"
@@ -33,28 +30,6 @@ AM_TIMINGS = {"group_wait": "0s", "group_interval": "1s", "repeat_interval": "1h
 @pytest.fixture(autouse=True)
 def _alertmanager_installed() -> None:
     require_binary("prometheus-alertmanager")
-
-
-@contextlib.contextmanager
-def deployed(
-    sim: SimCluster,
-    redis_url: str,
-    tmp: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    workers: int = 1,
-    **extra_env: str,
-) -> Iterator[tuple[Stack, Receiver]]:
-    """The remediator as deployed: the gunicorn receiver and RQ worker processes, all stopped after."""
-    stack = make_stack(sim, redis_url, tmp, monkeypatch, **extra_env)
-    receiver = Receiver(stack.env, tmp / "receiver.log")
-    try:
-        for _ in range(workers):
-            stack.start_worker()
-        receiver.start()
-        yield stack, receiver
-    finally:
-        receiver.stop()
-        stack.stop()
 
 
 def alertmanager(tmp: Path, receiver: Receiver, name: str = "am", **options: object) -> AlertmanagerProcess:

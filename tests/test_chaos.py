@@ -480,7 +480,7 @@ def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
         sim.kill_agent(h)
         sim.make_critical(h)
         stack.post([alert(h)])
-        wait_for(lambda: running(marker.replace(" ", "\x00").encode()), timeout=30, what="the restart to run")
+        wait_for(lambda: running(marker), timeout=30, what="the restart to run")
         sim.coordinator_fault(**args)
         clearer = clear_fault_after(
             sim,

@@ -35,3 +35,19 @@ def test_a_host_that_answered_stays_reachable_when_a_later_command_times_out(
     assert diag.sources["inventory"].startswith("failed"), diag.sources
     assert diag.agent_running is not None  # the agent check still ran
     assert diag.facts()["ssh_reachable"] is True
+
+
+def test_coordinator_log_lines_of_the_host_come_from_the_log_s_tail(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from workers import diagnose as diagnose_module
+
+    log = tmp_path / "coordinator.log"
+    old = [f"old line {i} host h1" for i in range(50)]
+    recent = ["sync h1 failed: timeout", "sync h10 ok", "héllo h1 again"]
+    log.write_text("\n".join([*old, *recent]) + "\n", encoding="utf-8")
+    tail = len(("\n".join(recent) + "\n").encode()) + 5  # the cut falls inside the last old line
+    monkeypatch.setattr(diagnose_module, "COORDINATOR_LOG_TAIL_BYTES", tail)
+    ctx = SimpleNamespace(settings=SimpleNamespace(coordinator_log=str(log)))
+    # Only the tail is searched (the old lines are not), whole words only (not h10), cut line dropped.
+    assert diagnose_module._coordinator_log(ctx, "h1") == ["sync h1 failed: timeout", "héllo h1 again"]

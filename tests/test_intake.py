@@ -94,6 +94,7 @@ def test_ladder_limit_counts_starts_in_the_window_only(redis_conn):
         {
             "host_id": "h1",
             "fingerprint": "",
+            "alertname": "",
             "reason": "ladder limit reached: 2 ladders in the last 10 min "
             "(rules ladder.max_ladders_per_host)",
         }
@@ -110,6 +111,7 @@ def test_refused_and_duplicate_requests_write_nothing(redis_conn):
         f"already remediating {first}",
         "duplicate in this payload",
     ]
+    assert again.skipped[0]["ladder_id"] == first and "ladder_id" not in again.skipped[1]
     assert {k: redis_conn.dump(k) for k in redis_conn.keys("*")} == before
 
 

@@ -319,7 +319,7 @@ def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_o
         sim.kill_agent(H)
         sim.make_critical(H)
         stack.post([alert(H)])
-        wait_for(lambda: running(b"sleep\x007.31"), timeout=60, what="restart_agent's command to run")
+        wait_for(lambda: running("sleep 7.31"), timeout=60, what="restart_agent's command to run")
         assert sim.counts(H)["agent_restarts"] == 1
         kill_worker(first)
         stack.start_worker()
@@ -351,7 +351,7 @@ def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_onc
         sim.make_critical(H)
         stack.post([alert(H)])
         # rsync has copied the data; the import is about to run when the worker dies.
-        wait_for(lambda: running(b"sleep\x007.37"), timeout=120, what="recover_data's import to start")
+        wait_for(lambda: running("sleep 7.37"), timeout=120, what="recover_data's import to start")
         assert sim.counts(H)["imports"] == 0
         kill_worker(first)
         stack.start_worker()

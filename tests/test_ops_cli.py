@@ -170,3 +170,20 @@ def test_commands_explain_a_missing_or_unreachable_redis(runner):
     for args in (["status"], ["remediate", "h1"], ["requeue", "--failed"]):
         down = runner.invoke(main, args, env={"REDIS_URL": url})
         assert down.exit_code == 1 and "Redis is unavailable" in down.output, (args, down.output)
+
+
+def test_hosts_list_progress_reads_a_tail_yet_sees_a_long_ladder_from_its_start(redis_conn):
+    from remediator import ops
+
+    host = "h-long"
+    for i in range(300):  # an earlier ladder's trail
+        store.append_audit(redis_conn, host, "force_sync", "ran", job_id="old-ladder", n=i)
+    store.append_audit(redis_conn, host, "intake", "queued", "CriticalSyncHosts firing", job_id="L1")
+    store.append_audit(redis_conn, host, "force_sync", "verify-failed", "no sync", ladder_id="L1")
+    for i in range(ops.PROGRESS_TAIL + 50):  # a long wait: more entries than the tail holds
+        store.append_audit(redis_conn, host, "wait_reachable", "held", "down", ladder_id="L1", n=i)
+    store.update_host(redis_conn, host, ladder_id="L1", status="running", step="wait_reachable")
+    (listed,) = ops.list_hosts_with_progress(redis_conn)
+    detail = ops.host_detail(redis_conn, host)
+    assert listed["progress"] == detail["progress"]  # the full trail's answer
+    assert {p["step"]: p["mark"] for p in listed["progress"]}["force_sync"] == "failed"

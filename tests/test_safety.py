@@ -93,3 +93,16 @@ def test_retirement_needs_every_item_of_the_data_recovery_checklist():
     for item in CHECKLIST_ITEMS:
         assert not checklist_complete({**done, item: False}), item
     assert set(CHECKLIST_ITEMS) >= {"unsynced_games_counted", "rsync_attempted", "loss_documented"}
+
+
+def test_one_unsafe_coordinator_record_spoils_only_its_own_host(server):
+    from remediator.coordinator import HttpCoordinator
+
+    server.expect_request("/sync/hosts", method="GET").respond_with_json(
+        {"h1": GOOD, "h2": {**GOOD, "address": "$(id)"}, "../x": GOOD}
+    )
+    coordinator = HttpCoordinator(server.url_for("/"), admin_key=None)
+    assert set(coordinator.hosts()) == {"h1"}  # discovery and the fleet view still see h1
+    assert coordinator.host("h1") is not None
+    with pytest.raises(CoordinatorError, match="address"):
+        coordinator.host("h2")  # h2's own ladder is told why

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import redis
 import requests
-from e2e import Receiver, Stack, make_stack
+from e2e import Receiver, Stack
+from e2e import deployed as e2e_deployed
 from helpers import alert, payload
 from rq.job import Job
 
@@ -36,26 +37,19 @@ def deployed(make_sim_cluster, redis_url, tmp_path, monkeypatch, server) -> Iter
     sim = make_sim_cluster(hosts=3, admin_key=COORDINATOR_KEY)
     admin_file = tmp_path / "admin-token"
     admin_file.write_text(ADMIN_TOKEN + "\n")  # the _FILE form, as a Kubernetes Secret mounts it
-    stack = make_stack(
+    with e2e_deployed(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
+        workers=2,
         REMEDIATOR_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
         REMEDIATOR_ADMIN_TOKEN_FILE=str(admin_file),
         REMEDIATOR_PAGERDUTY_ROUTING_KEY=PAGERDUTY_KEY,
         REMEDIATOR_PAGERDUTY_URL=server.url_for("/v2/enqueue"),
         REMEDIATOR_LOG_LEVEL="DEBUG",  # the most the logs will ever say
-    )
-    receiver = Receiver(stack.env, tmp_path / "receiver.log")
-    try:
-        stack.start_worker()
-        stack.start_worker()
-        receiver.start()
-        yield stack, receiver
-    finally:
-        receiver.stop()
-        stack.stop()
+    ) as stack_and_receiver:
+        yield stack_and_receiver
 
 
 class Answers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import time
@@ -18,8 +19,8 @@ from remediator.ssh import HostSession, quote_template
 from workers.context import Context
 
 LOG_TAIL_LINES = 50
+COORDINATOR_LOG_TAIL_BYTES = 8 << 20  # bytes at the end of the coordinator log searched for a host
 INVENTORY_SOURCE = (Path(__file__).parent / "host_inventory.py").read_text(encoding="utf-8")
-INVENTORY_KEY = keys.PREFIX + ":inventory:{0}"  # last inventory of a host, kept across ladders
 INVENTORY_TTL = 30 * 86400  # seconds
 
 
@@ -44,16 +45,8 @@ class Diagnosis:
     record: dict[str, Any] | None = None
 
     @property
-    def unsynced_games(self) -> int | None:
-        return None if self.inventory is None else int(self.inventory.get("unsynced_games", 0))
-
-    @property
     def disk_full(self) -> bool:
         return any("No space left on device" in line for line in self.host_log_tail)
-
-    @property
-    def healthy(self) -> bool:
-        return self.coordinator_state == "healthy" and not self.host_retired
 
     def facts(self) -> dict[str, Any]:
         """The per-host facts of the rules vocabulary (docs/rules.md)."""
@@ -86,9 +79,6 @@ class Diagnosis:
         out.pop("record", None)
         return out
 
-    def record_obj(self) -> HostRecord | None:
-        return HostRecord(**self.record) if self.record else None
-
 
 def diagnose(ctx: Context, host_id: str) -> Diagnosis:
     diag = Diagnosis(host_id=host_id, at=time.time())
@@ -113,7 +103,7 @@ def diagnose(ctx: Context, host_id: str) -> Diagnosis:
     diag.coordinator_log_tail = _coordinator_log(ctx, host_id)
     if diag.inventory is not None:
         ctx.conn.set(
-            INVENTORY_KEY.format(host_id),
+            keys.INVENTORY.format(host_id),
             json.dumps({"at": diag.at, **{k: v for k, v in diag.inventory.items() if k != "files"}}),
             ex=INVENTORY_TTL,
         )
@@ -151,7 +141,7 @@ def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
             diag.ssh_error = str(exc)
             diag.sources["ssh"] = f"failed: {exc}"
     if diag.inventory is None:
-        last = ctx.conn.get(INVENTORY_KEY.format(diag.host_id))
+        last = ctx.conn.get(keys.INVENTORY.format(diag.host_id))
         if last:
             known = json.loads(last)
             why = "host unreachable now" if not diag.ssh_reachable else diag.sources.get("inventory", "")
@@ -201,7 +191,14 @@ def _coordinator_log(ctx: Context, host_id: str) -> list[str]:
     # Whole-word match: "h1" must not pick up the lines of "h10".
     pattern = re.compile(rf"(?<![A-Za-z0-9._-]){re.escape(host_id)}(?![A-Za-z0-9._-])")
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return list(deque((ln.rstrip("\n") for ln in fh if pattern.search(ln)), maxlen=LOG_TAIL_LINES))
+        with open(path, "rb") as fh:
+            # The log's tail only: a whole coordinator log, scanned per host per diagnosis, grows
+            # without bound. The first line read may be cut; it is dropped.
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - COORDINATOR_LOG_TAIL_BYTES))
+            if size > COORDINATOR_LOG_TAIL_BYTES:
+                fh.readline()
+            lines = (raw.decode("utf-8", "replace").rstrip("\n") for raw in fh)
+            return list(deque((ln for ln in lines if pattern.search(ln)), maxlen=LOG_TAIL_LINES))
     except OSError:
         return []

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from remediator.exceptions import CoordinatorError
-from remediator.intake import LadderLimit, LadderRequest, start_ladders
+from remediator.intake import LadderRequest, start_ladders
+from remediator.ops import ladder_limit
 from workers.context import Context
 from workers.ladder import Ladder
 
@@ -38,7 +39,6 @@ def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:
             log.error("discovery %s: coordinator unavailable: %s", ladder_id, exc)
             raise
         critical = sorted(h for h, r in hosts.items() if r.state == "critical")
-        policy = ctx.rules.ladder.max_ladders_per_host
         result = start_ladders(
             ctx.conn,
             ctx.settings.queue,
@@ -51,7 +51,7 @@ def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:
                 )
                 for h in critical
             ],
-            LadderLimit(policy.count, policy.window_minutes * 60),
+            ladder_limit(ctx.rules),
         )
         return {"critical": critical, "accepted": result.accepted, "skipped": result.skipped}
     finally:

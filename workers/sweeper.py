@@ -23,7 +23,6 @@ from remediator.intake import fetch_job, queue_ladder_job
 log = logging.getLogger("remediator.sweeper")
 
 SWEEP_INTERVAL = 5.0  # seconds between sweeps
-SWEEP_LOCK = keys.PREFIX + ":lock:sweeper"
 LATE_GRACE = 10.0  # seconds a scheduled check may be late before the sweeper re-enqueues it
 
 
@@ -39,7 +38,7 @@ def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
 
 def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
     """One pass; returns the hosts whose ladders were re-enqueued."""
-    if not conn.set(SWEEP_LOCK, "1", nx=True, ex=int(SWEEP_INTERVAL)):
+    if not conn.set(keys.SWEEP_LOCK, "1", nx=True, ex=int(SWEEP_INTERVAL)):
         return []
     queue = Queue(settings.queue, connection=conn)
     resumed = []

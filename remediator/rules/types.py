@@ -9,7 +9,6 @@ from remediator.rules.facts import Scope
 
 OPERATORS: tuple[str, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in")
 PAGER_TARGETS: tuple[str, ...] = ("pagerduty", "webhook", "alertmanager")
-SEVERITIES: tuple[str, ...] = ("critical", "error", "warning", "info")
 
 
 @dataclass(frozen=True)

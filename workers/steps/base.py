@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from remediator import store
+from remediator import keys, store
 from remediator.coordinator import HostRecord
 from workers.context import Context
 
@@ -86,4 +86,4 @@ class LadderRun:
 
 
 def _scratch_key(host_id: str, ladder_id: str) -> str:
-    return f"remediator:scratch:{host_id}:{ladder_id}"
+    return keys.SCRATCH.format(host_id, ladder_id)
