@@ -107,9 +107,10 @@ def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **e
     return stack
 
 
-def running(marker: str) -> bool:
-    """Whether a live process whose command line (space-joined) contains ``marker`` exists."""
-    return bool(procs.matching(marker))
+def running(command: str) -> bool:
+    """Whether a live process runs exactly ``command`` (its argv, space-joined): "sleep 7.31" is the
+    sleep itself, not the shell whose ``-c`` string merely contains it and starts before it."""
+    return any(procs.cmdline(pid) == command for pid in procs.matching(command))
 
 
 def kill_worker(proc) -> None:
