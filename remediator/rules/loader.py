@@ -26,10 +26,12 @@ from remediator.rules.types import (
     Comparison,
     Condition,
     FleetPolicy,
+    IncidentPolicy,
     LadderLimit,
     LadderPolicy,
     Not,
     PageAction,
+    PagingPolicy,
     RetirementPolicy,
     Rule,
 )
@@ -100,6 +102,8 @@ class _Builder:
             ),
             retirement=self.retirement(data["retirement"]),
             rules=self.rules(data["rules"]),
+            incident=_incident_policy(data.get("incident") or {}),
+            paging=_paging_policy(data.get("paging") or {}),
         )
 
     def ladder(self, raw: Mapping[str, Any]) -> LadderPolicy:
@@ -285,6 +289,23 @@ def _satisfiable(spec: FactSpec, comparisons: Sequence[Comparison]) -> bool:
     if candidates is not None:
         return any(in_bounds(value) and value not in excluded for value in candidates)
     return low < high or (low == high and not low_open and not high_open and low not in excluded)
+
+
+def _incident_policy(raw: Mapping[str, Any]) -> IncidentPolicy:
+    default = IncidentPolicy()
+    retry = raw.get("retry_after_minutes", default.retry_after_minutes)
+    return IncidentPolicy(
+        retry_after_minutes=None if retry is None else float(retry),
+        healthy_for_minutes=float(raw.get("healthy_for_minutes", default.healthy_for_minutes)),
+    )
+
+
+def _paging_policy(raw: Mapping[str, Any]) -> PagingPolicy:
+    default = PagingPolicy()
+    return PagingPolicy(
+        max_triggers_per_hour=int(raw.get("max_triggers_per_hour", default.max_triggers_per_hour)),
+        update_interval_minutes=float(raw.get("update_interval_minutes", default.update_interval_minutes)),
+    )
 
 
 def _requires(condition: Condition, fact: str, value: bool) -> bool:

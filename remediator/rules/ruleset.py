@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from remediator.rules.conditions import evaluate
-from remediator.rules.types import FleetPolicy, LadderPolicy, PageAction, RetirementPolicy, Rule
+from remediator.rules.types import (
+    FleetPolicy,
+    IncidentPolicy,
+    LadderPolicy,
+    PageAction,
+    PagingPolicy,
+    RetirementPolicy,
+    Rule,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,8 @@ class RuleSet:
     fleet: FleetPolicy
     retirement: RetirementPolicy
     rules: tuple[Rule, ...]
+    incident: IncidentPolicy = field(default_factory=IncidentPolicy)
+    paging: PagingPolicy = field(default_factory=PagingPolicy)
 
     def starts_ladder(self, alertname: str) -> bool:
         """Whether this alertname starts a per-host ladder."""

@@ -118,3 +118,21 @@ class RetirementPolicy:
 
     automatic: bool
     when: Condition
+
+
+@dataclass(frozen=True)
+class IncidentPolicy:
+    """How an incident is followed: when a held host may be retried, when a healthy one closes.
+
+    ``retry_after_minutes`` None means never: a held host waits for a human or a resolved alert."""
+
+    retry_after_minutes: float | None = None
+    healthy_for_minutes: float = 15.0
+
+
+@dataclass(frozen=True)
+class PagingPolicy:
+    """Fleet-wide page limits: new incidents triggered per hour, and how often an open page is updated."""
+
+    max_triggers_per_hour: int = 6
+    update_interval_minutes: float = 15.0
