@@ -116,6 +116,26 @@ def remediate(host_id: str) -> Any:
     return result.as_dict(), 202
 
 
+@bp.post("/hosts/<host_id>/incident/close")
+def close_incident(host_id: str) -> Any:
+    if denied := admin_error():
+        return denied
+    if not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    body = _json_object()
+    if body is None:
+        return error(
+            400, 'body must be a JSON object such as {"reason": "fixed by hand"}, or empty', field="(body)"
+        )
+    reason = body.get("reason", "closed by a human")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+        return error(400, "reason must be a non-empty string of at most 500 characters", field="reason")
+    result = ops.close_incident(get_redis(), get_settings().queue, host_id, who=_who(), reason=reason)
+    if result is None:
+        return error(404, "no open incident for this host")
+    return result, 200
+
+
 @bp.post("/jobs/<job_id>/requeue")
 def requeue(job_id: str) -> Any:
     if denied := admin_error():

@@ -17,15 +17,30 @@ from typing import Any
 
 import redis
 
-from remediator import keys, store
+from remediator import incidents, keys, store
 from remediator.exceptions import CoordinatorError
-from remediator.paging import open_incident, resolve_incident
+from remediator.paging import PageKind, PageResult, page, resolve
 
 log = logging.getLogger("remediator.fleet")
 
 FLEET = "_fleet"  # audit trail name of fleet events; not a valid host id, so never a host's
 FLEET_LOCK_TTL = 30  # seconds one fleet evaluation may hold the fleet lock (and others wait for it)
-PROVIDER_CHECK_MAX_AGE = 10.0  # seconds a provider status reading is reused
+PROVIDER_CHECK_MAX_AGE = 10.0  # seconds a failed provider status reading is reused before a re-check
+NETWORK_CHECK_MAX_AGE = 10.0  # seconds a failed network check is reused before a re-check
+VERDICTS = (
+    "network_ok",
+    "network_checked_at",
+    "network_detail",
+    "network_checked_for",
+    "provider_ok",
+    "provider_checked_at",
+    "provider_statuses",
+    "provider_checked_for",
+)
+
+
+def storm_page_key(storm_id: str) -> str:
+    return f"remediator/storm/{storm_id}"
 
 
 def _fleet(conn: Any) -> dict[str, str]:
@@ -36,10 +51,16 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
     conn = ctx.conn
     window = ctx.rules.fleet.window_minutes * 60
     fleet = _fleet(conn)
-    # A provider outage is re-checked while it lasts, so held ladders resume when it clears.
-    stale = time.time() - float(fleet.get("provider_checked_at") or 0) > PROVIDER_CHECK_MAX_AGE
-    if refresh and fleet.get("provider_ok") == "0" and stale:
+    # A failed verdict is re-checked while it lasts (it holds every ladder), so held ladders resume
+    # when the outage clears; one failed probe must not hold ladders for the rest of the storm.
+    now = time.time()
+    provider_age = now - float(fleet.get("provider_checked_at") or 0)
+    if refresh and fleet.get("provider_ok") == "0" and provider_age > PROVIDER_CHECK_MAX_AGE:
         _check_provider(ctx)
+        fleet = _fleet(conn)
+    network_age = now - float(fleet.get("network_checked_at") or 0)
+    if refresh and fleet.get("network_ok") == "0" and network_age > NETWORK_CHECK_MAX_AGE:
+        _check_network(ctx)
         fleet = _fleet(conn)
     at_risk = 0
     unrecoverable = 0
@@ -110,7 +131,7 @@ def _check_network(ctx: Any) -> bool:
     return result.ok
 
 
-def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any]) -> None:
+def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any], *, dry_run: bool = False) -> None:
     """Record the host in (or out of) the critical window, then evaluate the fleet."""
     if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
         ctx.conn.zrem(keys.FLEET_CRITICAL, host_id)
@@ -118,7 +139,20 @@ def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any]) -> None:
         ctx.conn.zadd(keys.FLEET_CRITICAL, {host_id: time.time()})
     if facts.get("cloud_state") == "unknown":
         _check_provider(ctx)
-    evaluate(ctx)
+    evaluate(ctx, dry_run=dry_run)
+
+
+def resume_host(ctx: Any, host_id: str, why: str) -> bool:
+    """Resume selfplay on a host the remediator paused; True when nothing is left paused by us.
+
+    Raises CoordinatorError when the coordinator did not take the resume (the caller retries)."""
+    conn = ctx.conn
+    if not conn.sismember(keys.PAUSED, host_id):
+        return True
+    ctx.coordinator.resume_selfplay([host_id], f"remediator: {why}")
+    conn.srem(keys.PAUSED, host_id)
+    store.append_audit(conn, FLEET, "resume-selfplay", "done", why, hosts=[host_id])
+    return True
 
 
 def host_recovered(ctx: Any, host_id: str) -> None:
@@ -127,25 +161,34 @@ def host_recovered(ctx: Any, host_id: str) -> None:
     conn.zrem(keys.FLEET_CRITICAL, host_id)
     paused = bool(conn.sismember(keys.PAUSED, host_id))
     facts = {"host_id": host_id, "coordinator_state": "healthy", "selfplay_paused": paused}
-    if paused and ctx.rules.decide(facts).resume_selfplay and not ctx.dry_run:
+    if paused and ctx.rules.decide(facts).resume_selfplay:
         try:
-            ctx.coordinator.resume_selfplay([host_id], "remediator: host recovered")
-            conn.srem(keys.PAUSED, host_id)
-            store.append_audit(conn, FLEET, "resume-selfplay", "done", hosts=[host_id])
+            resume_host(ctx, host_id, "host recovered")
         except CoordinatorError as exc:
             log.error("could not resume selfplay on %s: %s", host_id, exc)
     evaluate(ctx)
 
 
-def evaluate(ctx: Any) -> dict[str, Any]:
+def host_closed(ctx: Any, host_id: str) -> None:
+    """A host's incident closed (its alert resolved, a human closed it, or it stayed healthy): it leaves
+    the window and selfplay the remediator paused there resumes. Raises CoordinatorError when the
+    resume was not taken, so the cleanup is tried again."""
+    ctx.conn.zrem(keys.FLEET_CRITICAL, host_id)
+    resume_host(ctx, host_id, "incident closed")
+
+
+def evaluate(ctx: Any, *, dry_run: bool = False) -> dict[str, Any]:
     """One fleet evaluation at a time. Waiting for the lock (never skipping) matters: the evaluation
-    that sees the last host recover is the one that ends the storm and resolves its page."""
+    that sees the last host recover is the one that ends the storm and resolves its page.
+
+    ``dry_run``: the storm is still tracked (the remediator's own view), but nothing is paged, paused or
+    resolved."""
     lock = ctx.conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=FLEET_LOCK_TTL)
     if not lock.acquire():
         log.error("fleet lock held for over %ss; fleet evaluation skipped", FLEET_LOCK_TTL)
         return {"skipped": "fleet lock not acquired"}
     try:
-        return _evaluate(ctx)
+        return _evaluate(ctx, dry_run=dry_run or ctx.dry_run)
     finally:
         try:
             lock.release()
@@ -153,75 +196,185 @@ def evaluate(ctx: Any) -> dict[str, Any]:
             log.warning("fleet lock expired during an evaluation")
 
 
-def _evaluate(ctx: Any) -> dict[str, Any]:
+def _evaluate(ctx: Any, *, dry_run: bool) -> dict[str, Any]:
     conn = ctx.conn
     rules = ctx.rules
     facts = fleet_facts(ctx, refresh=False)
-    fleet = _fleet(conn)
     storm = facts["critical_hosts"] >= rules.fleet.storm_threshold
     done: dict[str, Any] = {"critical_hosts": facts["critical_hosts"], "storm": storm}
-    if storm and fleet.get("storm") != "1":
-        storm_id = uuid.uuid4().hex[:12]
-        conn.hset(
-            keys.FLEET, mapping={"storm": "1", "storm_id": storm_id, "storm_started_at": f"{time.time():.3f}"}
+    storm_id = _open_storm(ctx, facts) if storm else _fleet(conn).get("storm_id", "")
+    facts["storm_active"] = _fleet(conn).get("storm") == "1"
+    if facts["storm_active"]:
+        done.update(_storm_checks(ctx, facts, storm_id))
+        facts = {**fleet_facts(ctx, refresh=False), "storm_active": True}
+        affected = sorted(
+            h.decode()
+            for h in conn.zrangebyscore(
+                keys.FLEET_CRITICAL, time.time() - rules.fleet.window_minutes * 60, "+inf"
+            )
         )
-        log.warning("storm %s: %d hosts critical within the window", storm_id, facts["critical_hosts"])
-        store.append_audit(
-            conn, FLEET, "storm", "started", storm_id=storm_id, critical_hosts=facts["critical_hosts"]
-        )
-        fleet = _fleet(conn)
-    storm_id = fleet.get("storm_id", "")
-    facts["storm_active"] = storm or fleet.get("storm") == "1"
-    decision = rules.decide(facts)
+        decision = rules.decide(facts)
+        if not dry_run:
+            done.update(_storm_page(ctx, decision, facts, storm_id, affected))
+            if decision.pause_selfplay:
+                done.update(_pause(ctx, storm_id, affected))
+    if not storm and facts["storm_active"] and not conn.scard(keys.PAUSED) and not dry_run:
+        done.update(_end_storm(ctx, storm_id))
+    return done
+
+
+def _open_storm(ctx: Any, facts: dict[str, Any]) -> str:
+    """Runbook Escalation: several hosts critical at once. Returns the storm's id."""
+    conn = ctx.conn
+    fleet = _fleet(conn)
+    if fleet.get("storm") == "1":
+        return fleet.get("storm_id", "")
+    storm_id = uuid.uuid4().hex[:12]
+    conn.hset(
+        keys.FLEET, mapping={"storm": "1", "storm_id": storm_id, "storm_started_at": f"{time.time():.3f}"}
+    )
+    log.warning("storm %s: %d hosts critical within the window", storm_id, facts["critical_hosts"])
+    store.append_audit(
+        conn, FLEET, "storm", "started", storm_id=storm_id, critical_hosts=facts["critical_hosts"]
+    )
+    return storm_id
+
+
+def _storm_checks(ctx: Any, facts: dict[str, Any], storm_id: str) -> dict[str, Any]:
+    """Runbook Escalation 1 and 2, once per storm: the cluster network and the cloud providers."""
+    conn = ctx.conn
+    fleet = _fleet(conn)
+    decision = ctx.rules.decide(facts)
+    done: dict[str, Any] = {}
     if decision.check_network and fleet.get("network_checked_for") != storm_id:
         conn.hset(keys.FLEET, "network_checked_for", storm_id)
         done["network_ok"] = _check_network(ctx)
     if decision.check_provider and fleet.get("provider_checked_for") != storm_id:
         conn.hset(keys.FLEET, "provider_checked_for", storm_id)
         done["provider_ok"] = _check_provider(ctx)
-    facts = {**fleet_facts(ctx, refresh=False), "storm_active": facts["storm_active"]}
-    decision = rules.decide(facts)
-    window = rules.fleet.window_minutes * 60
-    affected = sorted(
-        h.decode() for h in conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf")
-    )
-    if facts["storm_active"] and storm_id:
-        # One page per storm: the first fleet-wide page the rules decide on (host pages are the ladders').
-        for page in [p for p in decision.pages if p.scope == "fleet"][:1]:
-            done["page"] = open_incident(
-                conn,
-                ctx.settings,
-                dedup_key=f"remediator/storm/{storm_id}",
-                severity=page.severity,
-                summary=f"{page.summary}: {len(affected)} hosts critical",
-                targets=page.to or None,
-                hosts=tuple(affected),
-                details={"facts": facts, "hosts": affected},
-                rule=page.rule,
-            )
-            if "outcomes" in done["page"]:  # a page was tried (not an incident already open)
-                store.append_audit(
-                    conn,
-                    FLEET,
-                    "page",
-                    "sent" if done["page"]["paged"] else "failed",
-                    page.summary,
-                    storm_id=storm_id,
-                    hosts=affected,
-                    outcomes=done["page"]["outcomes"],
-                )
-        if decision.pause_selfplay and not ctx.dry_run:
-            new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
-            if new:
-                try:
-                    ctx.coordinator.pause_selfplay(new, f"remediator: storm {storm_id}")
-                    conn.sadd(keys.PAUSED, *new)
-                    done["paused"] = new
-                    store.append_audit(conn, FLEET, "pause-selfplay", "done", storm_id=storm_id, hosts=new)
-                except CoordinatorError as exc:
-                    log.error("could not pause selfplay on %s: %s", new, exc)
-    if not storm and fleet.get("storm") == "1" and not conn.scard(keys.PAUSED):
-        conn.hset(keys.FLEET, mapping={"storm": "0", "storm_ended_at": f"{time.time():.3f}"})
-        done["resolved"] = resolve_incident(conn, ctx.settings, f"remediator/storm/{storm_id}")
-        store.append_audit(conn, FLEET, "storm", "ended", storm_id=storm_id, page=done["resolved"])
     return done
+
+
+def _storm_page(
+    ctx: Any, decision: Any, facts: dict[str, Any], storm_id: str, affected: list[str]
+) -> dict[str, Any]:
+    """Runbook Escalation 3: one page per storm (host pages are the ladders'); its hosts kept current."""
+    conn = ctx.conn
+    key = storm_page_key(storm_id)
+    fleet_pages = [p for p in decision.pages if p.scope == "fleet"][:1]
+    existing = conn.exists(keys.PAGE.format(key))
+    if not fleet_pages and not existing:
+        return {}
+    rule = fleet_pages[0] if fleet_pages else None
+    result = page(
+        conn,
+        ctx.settings,
+        ctx.rules,
+        dedup_key=key,
+        kind=PageKind.STORM,
+        severity=rule.severity if rule else "critical",
+        summary=f"{rule.summary if rule else 'Sync storm'} (storm {storm_id})",
+        targets=(rule.to or None) if rule else None,
+        hosts={h: "critical" for h in affected if not _in_page(conn, key, h)},
+        details={"facts": facts},
+        rule=rule.rule if rule else "",
+    )
+    if result.sent:
+        store.append_audit(
+            conn,
+            FLEET,
+            "page",
+            "sent" if result.paged else "failed",
+            result.sent,
+            storm_id=storm_id,
+            hosts=affected,
+            page=result.as_dict(),
+        )
+    elif not result.paged:
+        store.append_audit(
+            conn, FLEET, "page", "failed", result.reason, storm_id=storm_id, page=result.as_dict()
+        )
+    return {"page": result.as_dict()}
+
+
+def page_host(
+    ctx: Any,
+    host_id: str,
+    incident_id: str,
+    *,
+    summary: str,
+    severity: str,
+    targets: tuple[str, ...] | None,
+    details: dict[str, Any],
+    rule: str,
+    host_state: str,
+) -> PageResult:
+    """Page a human about one host's incident: its one page, or, while a storm is open, the storm's
+    page (the host and its state are added to it; no new trigger per host)."""
+    conn = ctx.conn
+    fleet = _fleet(conn)
+    storm_id = fleet.get("storm_id", "") if fleet.get("storm") == "1" else ""
+    if storm_id:
+        key = storm_page_key(storm_id)
+        result = page(
+            conn,
+            ctx.settings,
+            ctx.rules,
+            dedup_key=key,
+            kind=PageKind.STORM,
+            severity=severity,
+            summary=f"Sync storm: RingRift hosts need a human (storm {storm_id})",
+            targets=targets,
+            hosts={host_id: host_state},
+            rule=rule,
+        )
+    else:
+        key = incidents.page_key(host_id, incident_id)
+        result = page(
+            conn,
+            ctx.settings,
+            ctx.rules,
+            dedup_key=key,
+            kind=PageKind.HOST,
+            severity=severity,
+            summary=summary,
+            targets=targets,
+            hosts={host_id: host_state},
+            details=details,
+            rule=rule,
+        )
+    incidents.add_page(conn, incident_id, key, paged=result.paged)
+    return result
+
+
+def _in_page(conn: Any, key: str, host: str) -> bool:
+    raw = conn.hget(keys.PAGE.format(key), "hosts")
+    return bool(raw) and host in json.loads(raw)
+
+
+def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
+    """Runbook Escalation 4: pause selfplay on exactly the affected hosts that are not paused yet."""
+    conn = ctx.conn
+    new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
+    if not new:
+        return {}
+    try:
+        ctx.coordinator.pause_selfplay(new, f"remediator: storm {storm_id}")
+    except CoordinatorError as exc:
+        log.error("could not pause selfplay on %s: %s", new, exc)
+        return {}
+    conn.sadd(keys.PAUSED, *new)
+    store.append_audit(conn, FLEET, "pause-selfplay", "done", storm_id=storm_id, hosts=new)
+    return {"paused": new}
+
+
+def _end_storm(ctx: Any, storm_id: str) -> dict[str, Any]:
+    """The last host left the storm: resolve its page and forget its network and provider verdicts."""
+    conn = ctx.conn
+    resolved = resolve(conn, ctx.settings, storm_page_key(storm_id))
+    if resolved.get("retry"):
+        return {"resolved": resolved}  # a pager failed: the storm stays open and the next evaluation retries
+    conn.hset(keys.FLEET, mapping={"storm": "0", "storm_ended_at": f"{time.time():.3f}"})
+    conn.hdel(keys.FLEET, *VERDICTS)
+    store.append_audit(conn, FLEET, "storm", "ended", storm_id=storm_id, page=resolved)
+    return {"resolved": resolved}

@@ -26,11 +26,11 @@ LADDER_JOB = "workers.jobs.run_ladder"
 DISCOVERY_JOB = "workers.jobs.discover"
 DISCOVERY_GUARD_TTL = 600  # seconds a pending discovery blocks another one
 ACTIVE_TTL = 7 * 86400  # seconds: last-resort expiry; ladders clear their key when they end
-MAX_WATCH_RETRIES = 20  # optimistic-transaction retries under contention (cancel_ladder)
+MAX_WATCH_RETRIES = 20  # optimistic-transaction retries under contention (requeue)
 LADDER_STARTS_KEEP = 7 * 86400  # seconds of ladder start times kept per host
 
 # The verdicts of INTAKE_LUA, one per distinct host (or discovery) of a payload.
-ACCEPTED, ALREADY_ACTIVE, LIMIT_REACHED = 0, 1, 2
+ACCEPTED, ALREADY_ACTIVE, LIMIT_REACHED, HELD, MONITORING, CANCEL_WITHDRAWN = 0, 1, 2, 3, 4, 5
 
 # One script checks and writes every ladder of a payload. Redis runs a script atomically, so
 # concurrent deliveries of one alert cannot both start a ladder for its host, and the whole payload
@@ -45,62 +45,148 @@ ACCEPTED, ALREADY_ACTIVE, LIMIT_REACHED = 0, 1, 2
 # through so that it stays atomic). Unpacks are bounded: Lua's unpack stops at about 8,000 values.
 INTAKE_LUA = """
 -- KEYS[1] hosts index, KEYS[2] rq queue, KEYS[3] rq:queues, KEYS[4] fleet critical sightings,
--- then 6 per request: active, ladder starts, cancel, host state, audit trail, job hash.
+-- KEYS[5] open incidents index, then 8 per request: active, ladder starts, cancel, host state, audit
+-- trail, job hash, host incident pointer, host incident history.
 -- ARGV[1] now, [2] limit window start, [3] limit count, [4] starts kept from, [5] audit length,
 -- [6] active ttl, [7] discovery ttl, [8] sightings kept from, [9] requests, [10] sighting values,
--- [11] host state field names; then the sightings (score, host id, ...), the host state field
--- names, and per request: kind ('h' host, 'd' discovery), name, ladder id, audit entry, number of
--- job hash values, the host state values (kind 'h' only), the job hash's field, value, ...
+-- [11] host state field names, [12] incident key prefix, [13] incident ttl, [14] retry_after seconds
+-- (-1: never), [15] history kept; then the sightings (score, host id, ...), the host state field
+-- names, and per request: kind ('h' host, 'd' discovery), name, ladder id, audit entry, new incident
+-- id, force ('1': a human asked), opened_by, number of job hash values, the host state values (kind
+-- 'h' only), the job hash's field, value, ...
 local n, nsight, nfields = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
-local names = 12 + nsight
+local prefix, inc_ttl, retry_after = ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
+local now = tonumber(ARGV[1])
+local names = 16 + nsight
 local at = names + nfields
 local limit = tonumber(ARGV[3])
-local verdicts, writes = {}, {}
+local verdicts, writes, attach = {}, {}, {}
 for i = 1, n do
-  local k = 4 + (i - 1) * 6
-  local kind, nj = ARGV[at], tonumber(ARGV[at + 4])
-  local host = at + 5
+  local k = 5 + (i - 1) * 8
+  local kind, nj = ARGV[at], tonumber(ARGV[at + 7])
+  local host = at + 8
   local job = host + (kind == 'h' and nfields or 0)
-  local w = {k, kind, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], host, job, nj}
+  local w = {k = k, kind = kind, name = ARGV[at + 1], ladder = ARGV[at + 2], audit = ARGV[at + 3],
+    new_inc = ARGV[at + 4], force = ARGV[at + 5] == '1', relapse = ARGV[at + 5] == '2', by = ARGV[at + 6],
+    host = host, job = job, nj = nj}
   at = job + nj
+  local inc, state = nil, nil
+  if kind == 'h' then
+    inc = redis.call('GET', KEYS[k + 7])
+    if inc then
+      state = redis.call('HGET', prefix .. inc, 'state')
+      if not state or state == 'resolved' then inc, state = nil, nil end
+    end
+  end
+  w.inc = inc
   local active = redis.call('GET', KEYS[k + 1])
   if active then
-    verdicts[i] = {1, active}
+    if kind == 'h' and redis.call('GET', KEYS[k + 3]) == active and not w.force then
+      -- A resolve asked this ladder to stop and the alert fires again: the ladder goes on.
+      verdicts[i] = {5, active}
+      w.withdraw, w.active = true, active
+    else
+      verdicts[i] = {1, active}
+    end
+    attach[#attach + 1] = w
+  elseif inc and not w.force and (state == 'held' or (state == 'monitoring' and not w.relapse))
+      and not (state == 'held' and retry_after >= 0
+      and now - tonumber(redis.call('HGET', prefix .. inc, 'held_since') or now) >= retry_after) then
+    verdicts[i] = {state == 'held' and 3 or 4, inc}
+    attach[#attach + 1] = w
   else
     local recent = 0
     if kind == 'h' then recent = redis.call('ZCOUNT', KEYS[k + 2], ARGV[2], '+inf') end
     if kind == 'h' and recent >= limit then
       verdicts[i] = {2, tostring(recent)}
+      w.limited = true
+      attach[#attach + 1] = w
     else
-      verdicts[i] = {0, ''}
+      verdicts[i] = {0, inc or w.new_inc}
+      if kind == 'h' then
+        if w.force then w.ladder_kind = 'manual'
+        elseif state == 'held' then w.ladder_kind = 'retry'
+        elseif state == 'monitoring' then w.ladder_kind = 'relapse'
+        elseif inc then w.ladder_kind = 'retry'
+        else w.ladder_kind = 'first' end
+      end
       writes[#writes + 1] = w
+    end
+  end
+end
+local function open_incident(w, state)
+  local id = w.new_inc
+  local ikey = prefix .. id
+  redis.call('HSET', ikey, 'id', id, 'host_id', w.name, 'state', state, 'opened_at', ARGV[1],
+    'opened_by', w.by, 'alerts', w.force and 0 or 1, 'last_alert_at', ARGV[1])
+  redis.call('EXPIRE', ikey, inc_ttl)
+  redis.call('SET', KEYS[w.k + 7], id, 'EX', inc_ttl)
+  redis.call('HSET', KEYS[5], w.name, id)
+  redis.call('RPUSH', KEYS[w.k + 8], id)
+  redis.call('LTRIM', KEYS[w.k + 8], -tonumber(ARGV[15]), -1)
+  redis.call('EXPIRE', KEYS[w.k + 8], inc_ttl)
+  return id
+end
+for _, w in ipairs(attach) do
+  if w.kind == 'h' then
+    if w.inc then
+      local ikey = prefix .. w.inc
+      if not w.force and not w.relapse then redis.call('HINCRBY', ikey, 'alerts', 1) end
+      redis.call('HSET', ikey, 'last_alert_at', ARGV[1])
+      redis.call('EXPIRE', ikey, inc_ttl)
+      redis.call('EXPIRE', KEYS[w.k + 7], inc_ttl)
+      if w.withdraw then redis.call('HDEL', ikey, 'resolve_requested_at') end
+    elseif w.limited then
+      -- The backstop refused a ladder: the problem is still recorded, held for a human.
+      local id = open_incident(w, 'held')
+      redis.call('HSET', prefix .. id, 'held_since', ARGV[1], 'held_reason', 'ladder limit reached')
+    end
+    if w.withdraw then
+      redis.call('DEL', KEYS[w.k + 3])
+      redis.call('HDEL', KEYS[w.k + 4], 'cancel_reason')
+      local entry = cjson.encode({ts = now, step = 'intake', outcome = 'cancel-withdrawn', job_id = w.active,
+        detail = 'the alert fires again before the ladder stopped: the ladder goes on'})
+      if redis.call('RPUSH', KEYS[w.k + 5], entry) > tonumber(ARGV[5]) then
+        redis.call('LTRIM', KEYS[w.k + 5], -tonumber(ARGV[5]), -1)
+      end
     end
   end
 end
 local hosts, ladders, audit_max = {}, {}, tonumber(ARGV[5])
 for _, w in ipairs(writes) do
-  local k, kind, name, ladder, audit, host, job, nj = unpack(w)
-  if kind == 'd' then
-    redis.call('SET', KEYS[k + 1], ladder, 'EX', ARGV[7])
+  local k = w.k
+  if w.kind == 'd' then
+    redis.call('SET', KEYS[k + 1], w.ladder, 'EX', ARGV[7])
   else
-    redis.call('SET', KEYS[k + 1], ladder, 'EX', ARGV[6])
+    redis.call('SET', KEYS[k + 1], w.ladder, 'EX', ARGV[6])
     redis.call('DEL', KEYS[k + 3], KEYS[k + 4])
-    redis.call('ZADD', KEYS[k + 2], ARGV[1], ladder)
+    redis.call('ZADD', KEYS[k + 2], ARGV[1], w.ladder)
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '-inf', ARGV[4])
+    redis.call('EXPIRE', KEYS[k + 2], inc_ttl)
+    local inc = w.inc or open_incident(w, 'remediating')
+    local ikey = prefix .. inc
+    redis.call('HSET', ikey, 'state', 'remediating', 'ladder_id', w.ladder,
+      'ladder:' .. w.ladder, cjson.encode({ladder_id = w.ladder, started_at = now, kind = w.ladder_kind,
+      reason = w.by}))
+    redis.call('HDEL', ikey, 'held_since', 'held_reason', 'healthy_since')
+    redis.call('EXPIRE', ikey, inc_ttl)
     local state = {}
     for f = 0, nfields - 1 do
       state[2 * f + 1] = ARGV[names + f]
-      state[2 * f + 2] = ARGV[host + f]
+      state[2 * f + 2] = ARGV[w.host + f]
     end
     redis.call('HSET', KEYS[k + 4], unpack(state))
-    if redis.call('RPUSH', KEYS[k + 5], audit) > audit_max then
+    redis.call('HSET', KEYS[k + 4], 'incident_id', inc)
+    redis.call('EXPIRE', KEYS[k + 4], inc_ttl)
+    if redis.call('RPUSH', KEYS[k + 5], w.audit) > audit_max then
       redis.call('LTRIM', KEYS[k + 5], -audit_max, -1)
     end
+    redis.call('EXPIRE', KEYS[k + 5], inc_ttl)
     hosts[#hosts + 1] = ARGV[1]
-    hosts[#hosts + 1] = name
+    hosts[#hosts + 1] = w.name
   end
-  redis.call('HSET', KEYS[k + 6], unpack(ARGV, job, job + nj - 1))
-  ladders[#ladders + 1] = ladder
+  redis.call('HSET', KEYS[k + 6], unpack(ARGV, w.job, w.job + w.nj - 1))
+  ladders[#ladders + 1] = w.ladder
 end
 for s = 1, #hosts, 1000 do
   redis.call('ZADD', KEYS[1], unpack(hosts, s, math.min(s + 999, #hosts)))
@@ -109,8 +195,8 @@ for s = 1, #ladders, 1000 do
   redis.call('RPUSH', KEYS[2], unpack(ladders, s, math.min(s + 999, #ladders)))
 end
 if #ladders > 0 then redis.call('SADD', KEYS[3], KEYS[2]) end
-for s = 12, 11 + nsight, 1000 do
-  redis.call('ZADD', KEYS[4], unpack(ARGV, s, math.min(s + 999, 11 + nsight)))
+for s = 16, 15 + nsight, 1000 do
+  redis.call('ZADD', KEYS[4], unpack(ARGV, s, math.min(s + 999, 15 + nsight)))
 end
 if nsight > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8]) end
 return verdicts
@@ -127,6 +213,8 @@ class LadderRequest:
     fingerprint: str = ""
     alertname: str = ""
     dry_run: bool = False
+    force: bool = False  # a human asked: start even when the host's incident is held or monitored
+    relapse: bool = False  # the coordinator reports a monitored (healed) host critical again
 
 
 @dataclass
@@ -155,12 +243,18 @@ def start_ladders(
     *,
     sightings: Mapping[str, float] | None = None,
     sightings_keep: float = 86400.0,
+    retry_after: float | None = None,
 ) -> IntakeResult:
-    """Enqueue a ladder for each request whose host has none queued or running, atomically.
+    """Enqueue a ladder for each request whose host needs one, atomically, under the host's incident.
 
+    A host with a ladder queued or running gets none (the alert attaches to its incident); a host whose
+    incident is held for a human or monitored after a healthy ladder gets none either, unless a human
+    asked (``force``) or, for a held one, ``retry_after`` seconds have passed since it was held.
     ``sightings`` (host id -> time seen critical) are added to the fleet window in the same script,
     so they are stored with the ladders or not at all; sightings older than ``sightings_keep``
     seconds are dropped."""
+    from remediator.incidents import HISTORY_KEEP, INCIDENT_TTL, new_incident_id
+
     requests = list(requests)
     sightings = dict(sightings or {})
     if not requests and not sightings:
@@ -180,7 +274,7 @@ def start_ladders(
         unique.append((req, new_ladder_id()))
 
     enqueued_at = datetime.fromtimestamp(now, UTC)
-    script_keys = [keys.HOSTS, queue.key, Queue.redis_queues_keys, keys.FLEET_CRITICAL]
+    script_keys = [keys.HOSTS, queue.key, Queue.redis_queues_keys, keys.FLEET_CRITICAL, keys.OPEN_INCIDENTS]
     records: list[Any] = []
     field_names: list[str] = []
     for req, ladder_id in unique:
@@ -192,16 +286,20 @@ def start_ladders(
             keys.HOST.format(name),
             keys.AUDIT.format(name),
             Job.key_for(ladder_id),
+            keys.HOST_INCIDENT.format(name),
+            keys.HOST_INCIDENTS.format(name),
         ]
         job = _flat(_job_fields(queue, req, ladder_id, enqueued_at))
+        head = [name, ladder_id]
         if req.host_id is None:
-            records += ["d", name, ladder_id, "", len(job), *job]
+            records += ["d", *head, "", "", "0", req.reason, len(job), *job]
             continue
         state = _host_fields(req, ladder_id, now)
         # Every host's state has the same fields (one call, same keywords): the names go once.
         field_names = field_names or list(state)
         audit = store.encode_audit(_audit_entry(req, ladder_id))
-        records += ["h", name, ladder_id, audit, len(job), *state.values(), *job]
+        force = "1" if req.force else ("2" if req.relapse else "0")
+        records += ["h", *head, audit, new_incident_id(), force, req.reason, len(job), *state.values(), *job]
     args: list[Any] = [
         repr(now),
         repr(now - limit.window_seconds),
@@ -214,6 +312,10 @@ def start_ladders(
         len(unique),
         2 * len(sightings),
         len(field_names),
+        keys.INCIDENT.format(""),
+        INCIDENT_TTL,
+        -1 if retry_after is None else repr(float(retry_after)),
+        HISTORY_KEEP,
     ]
     for host_id, seen_at in sightings.items():
         args += [repr(seen_at), host_id]
@@ -229,14 +331,27 @@ def start_ladders(
         if index in duplicates:
             result.skipped.append({**entry, "reason": "duplicate in this payload"})
             continue
-        (_, ladder_id), (code, detail) = next(verdicts)
+        (_, ladder_id), (code, raw) = next(verdicts)
+        detail = raw.decode() if isinstance(raw, bytes) else str(raw)
         if code == ACCEPTED:
-            result.accepted.append({**entry, "job_id": ladder_id, "ladder_id": ladder_id})
-        elif code == ALREADY_ACTIVE:
+            accepted = {**entry, "job_id": ladder_id, "ladder_id": ladder_id}
+            if req.host_id is not None:
+                accepted["incident_id"] = detail
+            result.accepted.append(accepted)
+        elif code in (ALREADY_ACTIVE, CANCEL_WITHDRAWN):
             # ladder_id says which ladder holds the host, so callers need not read it out of reason.
             what = "discovery already queued" if req.host_id is None else "already remediating"
-            other = detail.decode()
-            result.skipped.append({**entry, "ladder_id": other, "reason": f"{what} {other}"})
+            if code == CANCEL_WITHDRAWN:
+                what = "cancel withdrawn (the alert fires again): still remediating"
+            result.skipped.append({**entry, "ladder_id": detail, "reason": f"{what} {detail}"})
+        elif code in (HELD, MONITORING):
+            why = (
+                "held: the ladder ended without healing the host; waiting for a human "
+                "(remediator remediate, or the alert resolving)"
+                if code == HELD
+                else "monitoring: the host was healed; the incident closes when the alert resolves"
+            )
+            result.skipped.append({**entry, "incident_id": detail, "reason": f"{why} (incident {detail})"})
         else:
             result.skipped.append(
                 {
@@ -374,45 +489,42 @@ def _audit_entry(req: LadderRequest, ladder_id: str) -> dict[str, Any]:
     )
 
 
-def cancel_ladder(conn: redis.Redis, host_id: str, reason: str, fingerprint: str = "") -> dict[str, Any]:
-    """Ask the host's running ladder to stop at its next step boundary (a resolved alert)."""
-    active_key = keys.ACTIVE.format(host_id)
-    with conn.pipeline() as pipe:
-        for _ in range(MAX_WATCH_RETRIES):
-            try:
-                pipe.watch(active_key)
-                ladder_id = pipe.get(active_key)
-                pipe.multi()
-                if ladder_id is None:
-                    store.append_audit(
-                        pipe,
-                        host_id,
-                        "intake",
-                        "resolved",
-                        f"{reason}; no ladder running",
-                        fingerprint=fingerprint or None,
-                    )
-                    pipe.execute()
-                    return {"host_id": host_id, "fingerprint": fingerprint, "reason": "no ladder running"}
-                ladder_id = ladder_id.decode()
-                pipe.set(keys.CANCEL.format(host_id), ladder_id, ex=ACTIVE_TTL)
-                store.update_host(pipe, host_id, cancel_reason=reason)
-                store.append_audit(
-                    pipe,
-                    host_id,
-                    "intake",
-                    "cancel-requested",
-                    reason,
-                    job_id=ladder_id,
-                    fingerprint=fingerprint or None,
-                )
-                pipe.execute()
-                return {
-                    "host_id": host_id,
-                    "fingerprint": fingerprint,
-                    "ladder_id": ladder_id,
-                    "action": "stop at next step",
-                }
-            except redis.WatchError:
-                continue
-    raise redis.ConnectionError("too much contention on the host keys; try again")
+CLEANUP_JOB = "workers.jobs.finish_incident"
+CLEANUP_JOB_TIMEOUT = 600  # seconds: resume calls, page resolves and a fleet evaluation
+
+
+def queue_cleanup(conn: redis.Redis, queue_name: str, incident_id: str) -> str:
+    """Queue the recovery bookkeeping of a closed incident (one job per incident, whoever asks)."""
+    job_id = f"cleanup-{incident_id}"
+    job = fetch_job(conn, job_id)
+    if job is not None and job.get_status() in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED):
+        return job_id
+    Queue(queue_name, connection=conn).enqueue_call(
+        CLEANUP_JOB,
+        args=(incident_id,),
+        job_id=job_id,
+        timeout=CLEANUP_JOB_TIMEOUT,
+        result_ttl=defaults.JOB_RESULT_TTL,
+        description=f"finish incident {incident_id}",
+    )
+    return job_id
+
+
+def resolve_host(conn: redis.Redis, queue_name: str, host_id: str, fingerprint: str = "") -> dict[str, Any]:
+    """A resolved alert: the running ladder stops at its next step boundary (and its end closes the
+    incident), or the open incident closes now and its recovery bookkeeping is queued."""
+    from remediator.incidents import resolve_alert
+
+    closed = resolve_alert(conn, host_id, fingerprint)
+    answer: dict[str, Any] = {"host_id": host_id, "fingerprint": fingerprint}
+    if closed.cancel_requested:
+        return {
+            **answer,
+            "ladder_id": closed.ladder,
+            "incident_id": closed.incident,
+            "action": "stop at next step",
+        }
+    if closed.incident is None:
+        return {**answer, "reason": "nothing open for this host"}
+    queue_cleanup(conn, queue_name, closed.incident)
+    return {**answer, "incident_id": closed.incident, "action": "incident closed"}

@@ -1,10 +1,14 @@
 """Redis key templates, namespaced like rq's (``'rq:failed:{0}'``).
 
 A host id is validated before it is ever formatted into one of these (see ``hosts.validate_host_id``).
+Global keys are named so that no per-host template yields them for any valid host id (a host called
+``fleet`` or ``sweeper`` must not share a lock with the fleet or the sweeper): tests/test_keys.py
+formats every template with every global name and checks.
 """
 
 PREFIX = "remediator"
 
+# -- per host ({0} is a validated host id) -------------------------------------------------------------
 LOCK = PREFIX + ":lock:{0}"  # string: the token of the worker holding host {0}
 FENCE = PREFIX + ":fence:{0}"  # integer: incremented on every lock acquisition (fencing token)
 HOST = PREFIX + ":host:{0}"  # hash: state of host {0}'s ladder (step, outcome, job ids, ...)
@@ -12,14 +16,32 @@ AUDIT = PREFIX + ":audit:{0}"  # list of JSON entries: host {0}'s audit trail, o
 ACTIVE = PREFIX + ":active:{0}"  # string: id of the ladder job queued or running for host {0}
 CANCEL = PREFIX + ":cancel:{0}"  # string: why host {0}'s ladder must stop (resolved alert, ...)
 DONE = PREFIX + ":done:{0}:{1}"  # string: step {1} of ladder attempt key already committed for host {0}
-HOSTS = PREFIX + ":hosts"  # sorted set: host ids by last update time (unix seconds)
 LADDER_STARTS = PREFIX + ":ladder-starts:{0}"  # sorted set: ladder start times for host {0}
+INVENTORY = PREFIX + ":inventory:{0}"  # JSON: host {0}'s last inventory, kept across ladders
+SCRATCH = PREFIX + ":scratch:{0}:{1}"  # hash: what ladder {1} of host {0} has remembered so far
+IMPORTED = PREFIX + ":imported:{0}"  # JSON: digest of host {0}'s recovered files last imported
+HOST_INCIDENT = PREFIX + ":host-incident:{0}"  # string: id of host {0}'s open incident
+HOST_INCIDENTS = PREFIX + ":host-incidents:{0}"  # list: host {0}'s incident ids, oldest first (trimmed)
+
+# -- per incident and per page ({0} is an incident id, or a page's dedup key) -----------------------------
+INCIDENT = PREFIX + ":incident:{0}"  # hash: incident {0} (see remediator/incidents.py)
+PAGE = PREFIX + ":page:{0}"  # hash: the page with dedup key {0} and its delivery (remediator/paging.py)
+PAGE_LOCK = PREFIX + ":page-lock:{0}"  # string: held while page {0} is being delivered
+
+# -- global ------------------------------------------------------------------------------------------------
+HOSTS = PREFIX + ":hosts"  # sorted set: host ids by last update time (unix seconds)
+OPEN_INCIDENTS = PREFIX + ":incidents:open"  # hash: host id -> its open incident id
+CLEANUP = PREFIX + ":incidents:cleanup"  # sorted set: closed incident id -> time its cleanup was due
 FLEET_CRITICAL = PREFIX + ":fleet:critical"  # sorted set: host id -> time it was last seen critical
 FLEET = PREFIX + ":fleet"  # hash: fleet view (storm active, network ok, provider ok, ...)
 PAUSED = PREFIX + ":paused"  # set: hosts on which the remediator paused selfplay
-INCIDENT = PREFIX + ":incident:{0}"  # hash: open page {0} (dedup key, hosts, time opened)
-INCIDENTS = PREFIX + ":incidents"  # set: open incident dedup keys
-FLEET_LOCK = PREFIX + ":lock:fleet"  # string: lock held while the fleet escalation is evaluated
-SWEEP_LOCK = PREFIX + ":lock:sweeper"  # string: held by the one worker sweeping for dead ladders
-INVENTORY = PREFIX + ":inventory:{0}"  # JSON: host {0}'s last inventory, kept across ladders
-SCRATCH = PREFIX + ":scratch:{0}:{1}"  # hash: what ladder {1} of host {0} has remembered so far
+PAGES = PREFIX + ":pages"  # set: dedup keys of pages not yet resolved at their pagers
+PAGE_TRIGGERS = PREFIX + ":page-triggers"  # sorted set: dedup key -> time its first trigger was sent
+FLEET_LOCK = PREFIX + ":fleet:lock"  # string: lock held while the fleet escalation is evaluated
+SWEEP_LOCK = PREFIX + ":sweeper:lock"  # string: held by the one worker sweeping for dead ladders
+MONITOR_LOCK = PREFIX + ":monitor:lock"  # string: held for one interval by the incident monitor's pass
+
+PER_HOST = (LOCK, FENCE, HOST, AUDIT, ACTIVE, CANCEL, DONE, LADDER_STARTS, INVENTORY, SCRATCH)
+PER_HOST += (IMPORTED, HOST_INCIDENT, HOST_INCIDENTS)
+GLOBAL = (HOSTS, OPEN_INCIDENTS, CLEANUP, FLEET_CRITICAL, FLEET, PAUSED, PAGES, PAGE_TRIGGERS)
+GLOBAL += (FLEET_LOCK, SWEEP_LOCK, MONITOR_LOCK)

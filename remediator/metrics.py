@@ -39,13 +39,13 @@ REDIS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 
-def _field(name: str, labels: dict[str, str]) -> str:
+def field(name: str, labels: dict[str, str]) -> str:
     return name + "|" + ",".join(f"{k}={labels[k]}" for k in sorted(labels))
 
 
 def count(conn: redis.Redis, name: str, amount: float = 1.0, **labels: str) -> None:
     """Add to a worker-side counter (see REDIS_METRICS); label values are our own names, never input."""
-    conn.hincrbyfloat(COUNTS, _field(name, labels), amount)
+    conn.hincrbyfloat(COUNTS, field(name, labels), amount)
 
 
 def observe(conn: redis.Redis, name: str, value: float, **labels: str) -> None:
@@ -53,9 +53,9 @@ def observe(conn: redis.Redis, name: str, value: float, **labels: str) -> None:
     pipe = conn.pipeline(transaction=False)
     for bound in (*STEP_BUCKETS, float("inf")):
         if value <= bound:
-            pipe.hincrbyfloat(COUNTS, _field(name + "_bucket", {**labels, "le": str(bound)}), 1)
-    pipe.hincrbyfloat(COUNTS, _field(name + "_sum", labels), value)
-    pipe.hincrbyfloat(COUNTS, _field(name + "_count", labels), 1)
+            pipe.hincrbyfloat(COUNTS, field(name + "_bucket", {**labels, "le": str(bound)}), 1)
+    pipe.hincrbyfloat(COUNTS, field(name + "_sum", labels), value)
+    pipe.hincrbyfloat(COUNTS, field(name + "_count", labels), 1)
     pipe.execute()
 
 

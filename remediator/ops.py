@@ -14,10 +14,9 @@ from typing import Any
 
 import redis
 
-from remediator import keys, store
+from remediator import incidents, keys, paging, store
 from remediator.defaults import LADDER_STEPS
-from remediator.intake import LadderLimit, LadderRequest, start_ladders
-from remediator.paging import open_incidents
+from remediator.intake import LadderLimit, LadderRequest, queue_cleanup, start_ladders
 
 # The ladder as the status page draws it, in the runbook's order of preference.
 PROGRESS_TAIL = 200  # newest audit entries read per host for the hosts list's progress
@@ -74,6 +73,10 @@ def _typed(name: str, value: Any) -> Any:
     if name in _BOOL_FIELDS:
         return value == "1"
     return value
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode() if value else ""
 
 
 def format_ts(value: Any) -> str:
@@ -136,7 +139,26 @@ def host_detail(conn: redis.Redis, host_id: str) -> dict[str, Any] | None:
     if not state and not audit:
         return None
     typed = typed_state(host_id, state)
-    return {"host_id": host_id, "state": typed, "progress": ladder_progress(typed, audit), "audit": audit}
+    return {
+        "host_id": host_id,
+        "state": typed,
+        "progress": ladder_progress(typed, audit),
+        "incident": incident_detail(conn, host_id),
+        "incidents": [i.as_dict() for i in incidents.history(conn, host_id)],
+        "audit": audit,
+    }
+
+
+def incident_detail(conn: redis.Redis, host_id: str) -> dict[str, Any] | None:
+    """The host's open incident (else its latest), with its ladders and the pages hung off it."""
+    incident = incidents.current(conn, host_id) or next(iter(incidents.history(conn, host_id, 1)), None)
+    if incident is None:
+        return None
+    out = incident.as_dict()
+    out["page_records"] = [
+        record.as_dict() for key in incident.pages if (record := paging.get(conn, key)) is not None
+    ]
+    return out
 
 
 def _ladder_entries(state: dict[str, Any], audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -182,18 +204,35 @@ def fleet_summary(conn: redis.Redis, window_minutes: float, storm_threshold: int
     window = window_minutes * 60
     critical = conn.zrangebyscore(keys.FLEET_CRITICAL, now - window, "+inf", withscores=True)
     fleet = {k.decode(): v.decode() for k, v in conn.hgetall(keys.FLEET).items()}
-    incidents = []
-    for raw in open_incidents(conn):
-        incidents.append(
-            {
-                "dedup_key": raw.get("dedup_key", ""),
-                "summary": raw.get("summary", ""),
-                "severity": raw.get("severity", ""),
-                "rule": raw.get("rule", ""),
-                "hosts": json.loads(raw.get("hosts") or "[]"),
-                "opened_at": _typed("started_at", raw.get("opened_at", "")),
-            }
-        )
+    pages = [
+        {
+            "dedup_key": record.dedup_key,
+            "kind": record.kind.value,
+            "summary": record.summary,
+            "severity": record.severity,
+            "state": record.state.value,
+            "rule": record.rule,
+            "hosts": sorted(record.hosts),
+            "host_states": record.hosts,
+            "opened_at": record.created_at,
+            "delivered_at": record.delivered_at,
+        }
+        for record in paging.open_pages(conn)
+    ]
+    open_ = incidents.open_incidents(conn)
+    pipe = conn.pipeline(transaction=False)
+    for incident_id in open_.values():
+        pipe.hmget(keys.INCIDENT.format(incident_id), "state", "opened_at")
+    states = pipe.execute() if open_ else []
+    host_incidents = [
+        {
+            "host_id": host,
+            "incident_id": incident_id,
+            "state": _text(state),
+            "opened_at": _typed("started_at", _text(at)),
+        }
+        for (host, incident_id), (state, at) in zip(open_.items(), states, strict=True)
+    ]
     return {
         "window_minutes": window_minutes,
         "storm_threshold": storm_threshold,
@@ -204,7 +243,8 @@ def fleet_summary(conn: redis.Redis, window_minutes: float, storm_threshold: int
         "cluster_network_ok": fleet.get("network_ok") != "0",
         "provider_status_ok": fleet.get("provider_ok") != "0",
         "paused_hosts": sorted(h.decode() for h in conn.smembers(keys.PAUSED)),
-        "open_incidents": incidents,
+        "open_pages": pages,
+        "open_incidents": sorted(host_incidents, key=lambda i: i["host_id"]),
     }
 
 
@@ -212,6 +252,12 @@ def ladder_limit(rules: Any) -> LadderLimit:
     """The per-host ladder limit the rules set (``ladder.max_ladders_per_host``)."""
     policy = rules.ladder.max_ladders_per_host
     return LadderLimit(count=policy.count, window_seconds=policy.window_minutes * 60)
+
+
+def retry_after(rules: Any) -> float | None:
+    """Seconds after which a held host's re-sent alert may retry (``incident.retry_after_minutes``)."""
+    minutes = rules.incident.retry_after_minutes
+    return None if minutes is None else minutes * 60
 
 
 @dataclass(frozen=True)
@@ -240,7 +286,7 @@ def remediate_host(
 ) -> RemediateResult:
     """Start a ladder for ``host_id`` unless one is queued or running (deduped like an alert)."""
     req = LadderRequest(
-        host_id=host_id, reason=f"manual remediate by {who}", alertname="manual", dry_run=dry_run
+        host_id=host_id, reason=f"manual remediate by {who}", alertname="manual", dry_run=dry_run, force=True
     )
     result = start_ladders(conn, queue_name, [req], limit)
     if result.accepted:
@@ -248,3 +294,22 @@ def remediate_host(
         return RemediateResult(host_id, True, ladder_id, f"ladder {ladder_id} queued", dry_run)
     skipped = result.skipped[0]
     return RemediateResult(host_id, False, skipped.get("ladder_id"), skipped["reason"], dry_run)
+
+
+def close_incident(
+    conn: redis.Redis, queue_name: str, host_id: str, *, who: str, reason: str
+) -> dict[str, Any] | None:
+    """A human closes the host's open incident: a running ladder stops at its next step boundary, the
+    recovery bookkeeping (resume selfplay, resolve pages) is queued. None when nothing is open."""
+    closed = incidents.close(conn, host_id, by=who, reason=reason)
+    if closed.incident is None:
+        return None
+    queue_cleanup(conn, queue_name, closed.incident)
+    return {
+        "host_id": host_id,
+        "incident_id": closed.incident,
+        "state": incidents.IncidentState.RESOLVED.value,
+        "closed_by": who,
+        "reason": reason,
+        "ladder_stopping": closed.ladder,
+    }

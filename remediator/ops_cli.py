@@ -123,6 +123,20 @@ def _timeline(detail: dict[str, Any]) -> list[Any]:
     ):
         head.add_row(label, _text(value))
     head.add_row("progress", _ladder_text(detail["progress"]))
+    incident = detail.get("incident")
+    if incident:
+        pages = ", ".join(f"{p['dedup_key']} ({p['state']})" for p in incident.get("page_records", []))
+        head.add_row("incident", Text(f"{incident['id']} {incident['state']}"))
+        head.add_row(
+            "ladders",
+            Text(
+                " > ".join(f"{ref['kind']}:{ref.get('outcome') or 'running'}" for ref in incident["ladders"])
+                or "-"
+            ),
+        )
+        head.add_row("pages", _text(pages))
+        if incident.get("closed_by"):
+            head.add_row("closed", Text(f"by {incident['closed_by']}: {incident.get('close_reason')}"))
     table = Table(title="timeline", title_justify="left")
     for column in ("time", "step", "outcome", "detail", "evidence"):
         table.add_column(column, overflow="fold")
@@ -243,4 +257,27 @@ def _report(results: list[Requeued], as_json: bool, empty: str) -> None:
         raise SystemExit(1)
 
 
-COMMANDS = (status, remediate, requeue)
+@click.group()
+def incident() -> None:
+    """Host incidents: one host's problem from its first alert to its resolution."""
+
+
+@incident.command("close")
+@click.argument("host")
+@click.option("--reason", default="closed by a human", show_default=True, help="recorded in the audit")
+def incident_close(host: str, reason: str) -> None:
+    """Close HOST's open incident: its ladder stops, selfplay resumes, its pages are resolved."""
+    settings = _settings()
+    conn = _connect(settings)
+    host = _host_arg(host)
+    with _redis_errors():
+        result = ops.close_incident(conn, settings.queue, host, who=_who(), reason=reason)
+    if result is None:
+        raise click.ClickException(f"host {host} has no open incident")
+    stopping = (
+        f"; ladder {result['ladder_stopping']} stops at its next step" if result["ladder_stopping"] else ""
+    )
+    click.echo(f"incident {result['incident_id']} of {host} closed{stopping}")
+
+
+COMMANDS = (status, remediate, requeue, incident)

@@ -13,8 +13,8 @@ from flask import Blueprint, make_response, request
 from remediator import keys, metrics
 from remediator.auth import check_authorization
 from remediator.extensions import get_redis, get_rules, get_settings
-from remediator.intake import LadderRequest, cancel_ladder, start_ladders
-from remediator.ops import ladder_limit
+from remediator.intake import LadderRequest, resolve_host, start_ladders
+from remediator.ops import ladder_limit, retry_after
 from remediator.payload import Alert, HostIdError, PayloadError, parse_payload
 
 bp = Blueprint("receiver", __name__)
@@ -143,7 +143,7 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
                 skipped.append({**entry, "reason": "resolved cluster-level alert: nothing to cancel"})
             else:
                 resolved.append(
-                    {**entry, **cancel_ladder(conn, alert.host_id, "alert resolved", alert.fingerprint)}
+                    {**entry, **resolve_host(conn, settings.queue, alert.host_id, alert.fingerprint)}
                 )
             continue
         if alert.host_id is not None:
@@ -164,7 +164,13 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
     limit = ladder_limit(rules)
     # The sightings go into the intake's script: a worker that runs one of these ladders sees them.
     result = start_ladders(
-        conn, settings.queue, requests_, limit, sightings=critical_seen, sightings_keep=FLEET_WINDOW_KEEP
+        conn,
+        settings.queue,
+        requests_,
+        limit,
+        sightings=critical_seen,
+        sightings_keep=FLEET_WINDOW_KEEP,
+        retry_after=retry_after(rules),
     )
     for item in result.accepted + result.skipped:
         item["status"] = "firing"  # only firing alerts ask for a ladder

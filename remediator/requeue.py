@@ -209,6 +209,7 @@ def _requeue_ladder(
         reason=f"requeued by {who}: job {job.id} of ended ladder {ladder_id}",
         alertname="manual",
         dry_run=dry_run,
+        force=True,
     )
     return _started(conn, failed, job, host, start_ladders(conn, queue.name, [req], limit))
 

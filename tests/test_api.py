@@ -99,22 +99,24 @@ def test_fleet_shows_critical_hosts_in_window_storm_paused_hosts_and_open_pages(
     redis_conn.zadd(keys.FLEET_CRITICAL, {"h1": now, "h2": now - 30, "old": now - 86000})
     redis_conn.hset(keys.FLEET, mapping={"storm": "1", "storm_id": "s1", "storm_started_at": f"{now:.3f}"})
     redis_conn.sadd(keys.PAUSED, "h1", "h2")
-    redis_conn.sadd(keys.INCIDENTS, "remediator/storm/s1")
+    redis_conn.sadd(keys.PAGES, "remediator/storm/s1")
     redis_conn.hset(
-        keys.INCIDENT.format("remediator/storm/s1"),
+        keys.PAGE.format("remediator/storm/s1"),
         mapping={
             "dedup_key": "remediator/storm/s1",
+            "kind": "storm",
+            "state": "delivered",
             "summary": "storm: 2 hosts critical",
             "severity": "critical",
-            "hosts": json.dumps(["h1", "h2"]),
-            "opened_at": f"{now:.3f}",
+            "hosts": json.dumps({"h1": "critical", "h2": "critical"}),
+            "created_at": f"{now:.3f}",
         },
     )
     body = client.get("/api/v1/fleet").get_json()
     assert [c["host_id"] for c in body["critical_hosts"]] == ["h2", "h1"]
     assert body["storm_active"] is True and body["storm_id"] == "s1"
     assert body["paused_hosts"] == ["h1", "h2"]
-    assert body["open_incidents"][0]["hosts"] == ["h1", "h2"]
+    assert body["open_pages"][0]["hosts"] == ["h1", "h2"]
 
 
 # -- auth ----------------------------------------------------------------------------------------------

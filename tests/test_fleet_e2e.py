@@ -98,7 +98,9 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
     text = FAST_RULES.read_text()
     assert "{fact: minutes_in_ladder, gte: 30}" in text
     rules.write_text(
-        text.replace("{fact: minutes_in_ladder, gte: 30}", "{fact: minutes_in_ladder, gte: 0.04}")
+        text.replace("{fact: minutes_in_ladder, gte: 30}", "{fact: minutes_in_ladder, gte: 0.04}").replace(
+            "update_interval_minutes: 15", "update_interval_minutes: 0.01"
+        )
     )
     server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(
@@ -118,9 +120,16 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
         # Between checks the worker is free: the ladder is "waiting" on a scheduled job, not sleeping.
         wait_for(lambda: stack.host(h).get("status") == "waiting", timeout=30, what="a scheduled re-check")
         assert stack.wait_finished(h, timeout=60)["outcome"] == "escalated"
-        summaries = [p["summary"] for p in webhook_pages(server)]
+        pages = webhook_pages(server)
+        summaries = [p["summary"] for p in pages]
         still = [s for s in summaries if "still critical" in s]
         assert len(still) == 1, summaries
-        assert any("needs a human" in s for s in summaries)
+        # One incident, one page: the escalation updates the page already sent, under its dedup key.
+        assert len({p["dedup_key"] for p in pages}) == 1, pages
+        wait_for(
+            lambda: any("needs a human" in p["summary"] for p in webhook_pages(server)),
+            timeout=30,
+            what="the page updated to say a human is needed",
+        )
     finally:
         stack.stop()

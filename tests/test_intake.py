@@ -102,9 +102,11 @@ def test_ladder_limit_counts_starts_in_the_window_only(redis_conn):
     assert redis_conn.zcard(starts) == 3  # refused requests leave no start behind
 
 
-def test_refused_and_duplicate_requests_write_nothing(redis_conn):
-    first = start_ladders(redis_conn, "remediator", [LadderRequest("h1", "a")]).accepted[0]["ladder_id"]
-    before = {k: redis_conn.dump(k) for k in redis_conn.keys("*")}
+def test_refused_and_duplicate_requests_write_nothing_but_the_incident_s_alert_count(redis_conn):
+    accepted = start_ladders(redis_conn, "remediator", [LadderRequest("h1", "a")]).accepted[0]
+    first, incident = accepted["ladder_id"], accepted["incident_id"]
+    incident_key = keys.INCIDENT.format(incident).encode()
+    before = {k: redis_conn.dump(k) for k in redis_conn.keys("*") if k != incident_key}
     again = start_ladders(redis_conn, "remediator", [LadderRequest("h1", "b"), LadderRequest("h1", "c")])
     assert again.accepted == []
     assert [s["reason"] for s in again.skipped] == [
@@ -112,7 +114,9 @@ def test_refused_and_duplicate_requests_write_nothing(redis_conn):
         "duplicate in this payload",
     ]
     assert again.skipped[0]["ladder_id"] == first and "ladder_id" not in again.skipped[1]
-    assert {k: redis_conn.dump(k) for k in redis_conn.keys("*")} == before
+    assert {k: redis_conn.dump(k) for k in redis_conn.keys("*") if k != incident_key} == before
+    # The re-send attached to the open incident: counted once (the duplicate in the payload is not).
+    assert redis_conn.hget(incident_key, "alerts") == b"2"
 
 
 def test_sightings_are_stored_with_the_ladders_and_trimmed(redis_conn):

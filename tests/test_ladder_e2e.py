@@ -11,7 +11,7 @@ import pytest
 from e2e import FAST_RULES, Stack, kill_worker, make_stack, running
 from helpers import alert, wait_for
 
-from remediator import keys
+from remediator import incidents, keys, paging
 from remediator.intake import LadderRequest, start_ladders
 
 H = "host-01"
@@ -219,7 +219,10 @@ def test_escalation_no_pager_delivered_is_a_failed_ladder_not_an_escalated_one(
         assert state["outcome"] == "failed", stack.steps(H)
         assert stack.steps(H).count(("escalate", "failed")) == 2  # attempts_per_step in the fast rules
         assert len(pages_received(server)) == 2 * 3  # each attempt paged anew, the pager retrying 3 times
-        assert stack.conn.smembers(keys.INCIDENTS) == set()
+        # The page is on record as failed, never as delivered, and the incident does not say "paged".
+        incident = incidents.get(stack.conn, state["incident_id"])
+        assert incident is not None and incident.paged is False and incident.pages
+        assert paging.get(stack.conn, incident.pages[0]).state == paging.PageState.FAILED
     finally:
         stack.stop()
 
@@ -251,7 +254,12 @@ def test_resolved_alert_stops_the_ladder_at_the_next_boundary(stack: Stack):
     stack.post([alert(H, status="resolved")])
     state = stack.wait_finished(H, timeout=30)
     assert state["outcome"] == "stopped"
-    assert stack.audit(H)[-1]["detail"] == "alert resolved"
+    # The ladder stopped for the resolved alert, and its end closed the host's incident.
+    assert [(e["step"], e["outcome"], e.get("detail")) for e in stack.audit(H)[-2:]] == [
+        ("ladder", "stopped", "alert resolved"),
+        ("incident", "resolved", "the alert resolved; the ladder stopped"),
+    ]
+    assert incidents.get(stack.conn, state["incident_id"]).state == incidents.IncidentState.RESOLVED
 
 
 def test_alert_without_host_id_starts_one_ladder_per_critical_host(stack: Stack):

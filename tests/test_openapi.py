@@ -192,6 +192,12 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, red
     check.call("post", "/api/v1/hosts/h9/remediate", 401)
     check.call("post", "/api/v1/hosts/h9/remediate", 400, json={"dry_run": 1}, headers=admin())
     check.call("post", "/api/v1/hosts/-x/remediate", 422, headers=admin())
+    close = "/api/v1/hosts/h9/incident/close"
+    check.call("post", close, 200, json={"reason": "fixed by hand"}, headers=admin())
+    check.call("post", close, 404, headers=admin())
+    check.call("post", close, 401)
+    check.call("post", close, 400, json={"reason": ""}, headers=admin())
+    check.call("post", "/api/v1/hosts/-x/incident/close", 422, headers=admin())
     ladder_id = start_ladder(redis_conn, "h7")
     run_jobs_failing(redis_conn, monkeypatch)
     check.call("post", f"/api/v1/jobs/{ladder_id}/requeue", 202, headers=admin())
@@ -241,6 +247,7 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, red
         ("get", "/api/v1/hosts/h1"),
         ("get", "/api/v1/fleet"),
         ("post", "/api/v1/hosts/h1/remediate"),
+        ("post", "/api/v1/hosts/h1/incident/close"),
         ("post", "/api/v1/jobs/j/requeue"),
         ("post", "/api/v1/jobs/requeue-failed"),
         ("get", "/ui"),

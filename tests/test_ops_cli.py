@@ -187,3 +187,21 @@ def test_hosts_list_progress_reads_a_tail_yet_sees_a_long_ladder_from_its_start(
     detail = ops.host_detail(redis_conn, host)
     assert listed["progress"] == detail["progress"]  # the full trail's answer
     assert {p["step"]: p["mark"] for p in listed["progress"]}["force_sync"] == "failed"
+
+
+def test_incident_close_closes_the_open_incident_and_says_which(invoke, redis_conn):
+    ladder_id = start_ladder(redis_conn, "gpu-node-07")
+    from remediator import incidents
+
+    incident_id = incidents.current_id(redis_conn, "gpu-node-07")
+    result = invoke("incident", "close", "gpu-node-07", "--reason", "replaced the disk")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (
+        f"incident {incident_id} of gpu-node-07 closed; ladder {ladder_id} stops at its next step"
+    )
+    closed = incidents.get(redis_conn, incident_id)
+    assert closed.state == "resolved" and closed.close_reason == "replaced the disk"
+    assert closed.closed_by.startswith("cli")
+    again = invoke("incident", "close", "gpu-node-07")
+    assert again.exit_code == 1 and "has no open incident" in again.output
+    assert invoke("incident", "close", "a;b").exit_code == 2

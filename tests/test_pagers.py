@@ -310,25 +310,27 @@ def test_request_honours_retry_after(server: HTTPServer) -> None:
     assert len(server.log) == 2
 
 
-def test_a_page_no_pager_took_leaves_the_incident_unclaimed_so_the_next_call_pages_again(
+def test_a_page_no_pager_took_stays_unclaimed_so_the_next_call_pages_again_under_the_same_key(
     server: HTTPServer, redis_url: str, redis_conn
 ) -> None:
     from helpers import make_settings
 
-    from remediator import keys
-    from remediator.paging import open_incident
+    from remediator import paging
+    from remediator.rules import load_rules
 
     settings = make_settings(redis_url, page_webhook_url=server.url_for("/page"))
-    fields = {"dedup_key": "remediator/h1/l1", "summary": "s", "severity": "critical", "targets": None}
+    rules = load_rules()
+    fields = {"dedup_key": "remediator/h1/inc-1", "summary": "s", "severity": "critical"}
     server.expect_oneshot_request("/page", method="POST").respond_with_data("down", status=503)
     server.expect_oneshot_request("/page", method="POST").respond_with_data("down", status=503)
     server.expect_oneshot_request("/page", method="POST").respond_with_data("down", status=503)
-    failed = open_incident(redis_conn, settings, **fields)
-    assert failed["paged"] is False and failed["reason"] == "every configured pager failed"
-    assert redis_conn.smembers(keys.INCIDENTS) == set()  # not "already open": nobody was woken
+    failed = paging.page(redis_conn, settings, rules, **fields)
+    assert failed.paged is False and failed.reason == "every configured pager failed"
+    assert paging.get(redis_conn, "remediator/h1/inc-1").state == paging.PageState.FAILED
     server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    sent = open_incident(redis_conn, settings, **fields)
-    assert sent["paged"] is True and sent["outcomes"]["webhook"] == "sent"
-    again = open_incident(redis_conn, settings, **fields)
-    assert again == {"dedup_key": "remediator/h1/l1", "paged": False, "reason": "incident already open"}
+    sent = paging.page(redis_conn, settings, rules, **fields)
+    assert sent.paged is True and sent.sent == "trigger" and sent.outcomes["webhook"] == "sent"
+    again = paging.page(redis_conn, settings, rules, **fields)
+    assert again.paged is True and again.sent == "" and again.reason == "already delivered"
     assert len(server.log) == 4
+    assert [json.loads(r.get_data())["dedup_key"] for r, _ in server.log] == ["remediator/h1/inc-1"] * 4

@@ -136,15 +136,18 @@ def seed_fleet(conn: redis.Redis) -> None:
         keys.FLEET, mapping={"storm": "1", "storm_id": "3f9c2a1b7d4e", "storm_started_at": f"{now - 120:.3f}"}
     )
     conn.sadd(keys.PAUSED, "gpu-node-07", "lambda-12")
-    conn.sadd(keys.INCIDENTS, "remediator/storm/3f9c2a1b7d4e")
+    conn.sadd(keys.PAGES, "remediator/storm/3f9c2a1b7d4e")
     conn.hset(
-        keys.INCIDENT.format("remediator/storm/3f9c2a1b7d4e"),
+        keys.PAGE.format("remediator/storm/3f9c2a1b7d4e"),
         mapping={
             "dedup_key": "remediator/storm/3f9c2a1b7d4e",
+            "kind": "storm",
+            "state": "delivered",
             "summary": "sync storm: 3 hosts critical",
             "severity": "critical",
-            "hosts": json.dumps(["gpu-node-07", "lambda-12", "old-box-2"]),
-            "opened_at": f"{now - 100:.3f}",
+            "hosts": json.dumps({h: "critical" for h in ("gpu-node-07", "lambda-12", "old-box-2")}),
+            "created_at": f"{now - 100:.3f}",
+            "delivered_at": f"{now - 99:.3f}",
         },
     )
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+from remediator import keys, store
 from remediator.exceptions import CoordinatorError
 from remediator.intake import LadderRequest, start_ladders
-from remediator.ops import ladder_limit
+from remediator.ops import ladder_limit, retry_after
 from workers.context import Context
 from workers.ladder import Ladder
 
@@ -28,7 +30,6 @@ def run_ladder(host_id: str, ladder_id: str) -> str:
 
 def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:
     """Runbook Diagnosis 1: ask the coordinator which hosts are critical; start one ladder each."""
-    from remediator import keys
     from remediator.intake import DISCOVERY
 
     ctx = Context.current()
@@ -52,7 +53,55 @@ def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:
                 for h in critical
             ],
             ladder_limit(ctx.rules),
+            retry_after=retry_after(ctx.rules),
         )
         return {"critical": critical, "accepted": result.accepted, "skipped": result.skipped}
     finally:
         ctx.conn.delete(keys.ACTIVE.format(DISCOVERY))
+
+
+CLEANUP_MAX_BACKOFF = 3600.0  # seconds between two tries of a cleanup that keeps failing
+
+
+def finish_incident(incident_id: str) -> dict[str, Any]:
+    """The recovery bookkeeping of a closed incident: leave the fleet window, resume the selfplay the
+    remediator paused on its host, resolve its pages, end the storm when it was the last host.
+
+    Every part is idempotent; a part that fails (the coordinator or every pager down) fails the job and
+    the sweeper tries again later, backing off, until all of it is done."""
+    from remediator import fleet, incidents, paging
+
+    ctx = Context.current()
+    conn = ctx.conn
+    incident = incidents.get(conn, incident_id)
+    if incident is None or incident.is_open or incident.cleanup == "done":
+        if incident is None or not incident.is_open:
+            conn.zrem(keys.CLEANUP, incident_id)  # expired, or already cleaned up
+        return {"incident_id": incident_id, "done": "nothing to do"}
+    host = incident.host_id
+    done: dict[str, Any] = {"incident_id": incident_id, "host_id": host}
+    try:
+        if incidents.current_id(conn, host) is None and not ctx.dry_run:
+            fleet.host_closed(ctx, host)  # a newer incident of the host keeps it in the window
+            done["resumed"] = True
+        for key in incident.pages:
+            result = paging.resolve(conn, ctx.settings, key, host=host)
+            done.setdefault("pages", {})[key] = result
+            if result.get("retry"):
+                raise CoordinatorError(f"page {key} could not be resolved at its pagers; retrying")
+        done["fleet"] = fleet.evaluate(ctx)
+    except Exception:
+        attempts = int(conn.hincrby(keys.INCIDENT.format(incident_id), "cleanup_attempts", 1))
+        backoff = min(30.0 * 2**attempts, CLEANUP_MAX_BACKOFF)
+        conn.zadd(keys.CLEANUP, {incident_id: time.time() + backoff})
+        log.exception(
+            "cleanup of incident %s failed (attempt %d); retrying in about %gs",
+            incident_id,
+            attempts,
+            backoff + incidents.CLEANUP_DUE,
+        )
+        raise
+    incidents.cleanup_done(conn, incident_id)
+    store.append_audit(conn, host, "incident", "cleaned-up", "recovery bookkeeping done", **done)
+    log.info("incident %s of %s: cleanup done", incident_id, host)
+    return done

@@ -14,9 +14,9 @@ import logging
 import time
 from typing import Any
 
-from remediator import keys, metrics, store
+from remediator import fleet, incidents, keys, metrics, store
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LockLost, LockNotAcquired
-from remediator.intake import queue_ladder_job
+from remediator.intake import queue_cleanup, queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
 from workers.context import Context
@@ -27,7 +27,8 @@ from workers.steps.base import LadderRun, StepOutcome, Verdict
 log = logging.getLogger("remediator.ladder")
 
 MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a job's duration)
-SINGLE_ATTEMPT = {"wait_reachable", "retire"}
+# Ladders of an incident that repeat only the steps whose preconditions changed (a human's do not).
+RETRY_KINDS = frozenset({"retry", "relapse"})
 
 
 def plan_for(facts: dict[str, Any]) -> list[list[str]]:
@@ -51,6 +52,30 @@ def plan_for(facts: dict[str, Any]) -> list[list[str]]:
         rungs += [["force_sync"], ["restart_agent", "force_sync"]]
     rungs += [["recover_data", "escalate"], ["escalate"]]
     return rungs
+
+
+def signature(step: str, facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts a step was tried under (its declared PRECONDITIONS)."""
+    return {name: facts.get(name) for name in STEPS[step].PRECONDITIONS}
+
+
+def unchanged_steps(
+    plan: list[list[str]], facts: dict[str, Any], tried: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Steps of the plan that already failed in this incident under the same facts."""
+    return [
+        step
+        for rung in plan
+        for step in rung
+        if step in tried
+        and STEPS[step].PRECONDITIONS
+        and tried[step].get("signature") == signature(step, facts)
+    ]
+
+
+def without(plan: list[list[str]], skip: list[str]) -> list[list[str]]:
+    rungs = [[step for step in rung if step not in skip] for rung in plan]
+    return [rung for rung in rungs if rung]
 
 
 class Ladder:
@@ -101,13 +126,16 @@ class Ladder:
             self.state = store.get_host(self.ctx.conn, self.host_id)
             cancel = self.ctx.conn.get(keys.CANCEL.format(self.host_id))
             if cancel is not None and cancel.decode() == self.ladder_id:
-                return self._finish("stopped", self.state.get("cancel_reason") or "cancelled")
+                stopped = self._finish("stopped", self.state.get("cancel_reason") or "cancelled")
+                if stopped is not None:
+                    return stopped
+                continue  # a firing alert withdrew the cancel: the ladder goes on
             started = float(self.state.get("started_at") or time.time())
             phase = self.state.get("phase") or "diagnose"
             if time.time() - started > policy.deadline_minutes * 60 and self.state.get("step") != "escalate":
                 self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
-            lad = LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, fence)
+            lad = self._run_view(fence)
             token = bind(step="diagnose" if phase == "diagnose" else self.state.get("step"), phase=phase)
             try:
                 if phase != "diagnose":
@@ -126,6 +154,10 @@ class Ladder:
                 return result
         return self._schedule(0.0, "continuing in a new job")
 
+    def _run_view(self, fence: int) -> LadderRun:
+        assert self.lock is not None
+        return LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, fence, guard=self.lock.check)
+
     # -- phases (each returns a final word, or None to go on in this job) ----------------------
     def _diagnose(self, lad: LadderRun) -> str | None:
         t0 = time.monotonic()
@@ -139,6 +171,8 @@ class Ladder:
             return self._finish("failed", "host unknown to the coordinator")
         lad.remember(diagnosis={**diag.summary(), "record": diag.record})
         plan = plan_for(facts)
+        skipped = self._unchanged(plan, facts)
+        plan = without(plan, skipped)
         self._commit(facts=facts, plan=plan, rung=0, pos=0, attempt=1)
         lad.audit(
             "diagnose",
@@ -148,11 +182,10 @@ class Ladder:
             sources=diag.sources,
             unsynced_first_at=(diag.inventory or {}).get("first_unsynced_at"),
             unsynced_last_at=(diag.inventory or {}).get("last_unsynced_at"),
+            skipped_unchanged=skipped or None,
         )
         metrics.count(self.ctx.conn, "remediator_steps", step="diagnose", result="done")
-        from remediator.fleet import after_diagnosis
-
-        after_diagnosis(self.ctx, self.host_id, facts)
+        fleet.after_diagnosis(self.ctx, self.host_id, facts, dry_run=lad.dry_run)
         if not plan:
             return self._finish("healthy", "the host is healthy: nothing to do")
         if lad.dry_run:
@@ -160,21 +193,28 @@ class Ladder:
         self._commit(step=plan[0][0], phase="run")
         return None
 
+    def _unchanged(self, plan: list[list[str]], facts: dict[str, Any]) -> list[str]:
+        """In a retry of an incident, the steps that already failed in it under the same facts."""
+        incident_id = self.state.get("incident_id")
+        incident = incidents.get(self.ctx.conn, incident_id) if incident_id else None
+        if incident is None:
+            return []
+        ref = next((r for r in incident.ladders if r.ladder_id == self.ladder_id), None)
+        if ref is None or ref.kind not in RETRY_KINDS:
+            return []
+        return unchanged_steps(plan, facts, incident.tried)
+
     def _dry_run(self, lad: LadderRun, plan: list[list[str]]) -> str:
         """Record what would be done, rung by rung, running each step in its mutation-free form."""
         for rung in plan:
             for step in rung:
-                outcome = STEPS[step].run(
-                    LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, lad.fence)
-                )
+                outcome = STEPS[step].run(self._run_view(lad.fence))
                 lad.audit(step, "planned", outcome.detail, **outcome.evidence)
         self._commit(plan=plan)
         return self._finish("dry-run", "plan recorded; nothing was changed")
 
     def _held(self, lad: LadderRun) -> str | None:
-        from remediator.fleet import fleet_facts
-
-        facts = {**lad.facts, **fleet_facts(self.ctx)}
+        facts = {**lad.facts, **fleet.fleet_facts(self.ctx)}
         decision = self.ctx.rules.decide(facts)
         if decision.hold_ladders:
             lad.audit(
@@ -190,7 +230,7 @@ class Ladder:
         step = self.state["step"]
         attempt = int(self.state.get("attempt") or 1)
         module = STEPS[step]
-        if getattr(module, "MUTATES", True):
+        if module.MUTATES:
             held = self._held(lad)
             if held:
                 return held
@@ -240,13 +280,17 @@ class Ladder:
             verdict = Verdict("pending", f"coordinator: {exc}")
         started = float(self.state.get("verify_started_at") or time.time())
         if verdict.status == "pending":
-            limit = policy.verify_timeout_seconds if step != "wait_reachable" else float("inf")
+            limit = STEPS[step].VERIFY_TIMEOUT
+            limit = (
+                policy.verify_timeout_seconds if limit is None else max(limit, policy.verify_timeout_seconds)
+            )
             if time.time() - started < limit:
                 self._commit(last_verify=verdict.detail)
-                return self._schedule(self._wait_for(step), verdict.detail)
+                # A pending check is never re-run at once: that would spin a worker on it.
+                return self._schedule(max(self._wait_for(step), policy.verify_wait_seconds), verdict.detail)
             verdict = Verdict(
                 "failed",
-                f"not verified within {policy.verify_timeout_seconds:g}s: {verdict.detail}",
+                f"not verified within {limit:g}s: {verdict.detail}",
                 verdict.evidence,
             )
         lad.audit(step, f"verify-{verdict.status}", verdict.detail, **verdict.evidence)
@@ -267,35 +311,36 @@ class Ladder:
         return self._climb(lad, f"{step} succeeded but did not restore sync")
 
     def _time_checks(self, lad: LadderRun, started: float) -> None:
-        """Time-based escalation: pages the rules decide on as the ladder ages (once per rule)."""
-        from remediator.fleet import fleet_facts
-        from remediator.paging import open_incident
-
+        """Time-based escalation: the pages the rules decide on as the ladder ages, under the incident's
+        one page (a second rule, or a later ladder, sends nothing new)."""
+        if lad.dry_run:
+            return
         facts = {
             **lad.facts,
-            **fleet_facts(self.ctx, refresh=False),
+            **fleet.fleet_facts(self.ctx, refresh=False),
             "minutes_in_ladder": round((time.time() - started) / 60, 2),
             "ladder_step": self.state.get("step") or "none",
             "ladder_outcome": "running",
             "attempts": int(self.state.get("attempt") or 0),
             "selfplay_paused": bool(self.ctx.conn.sismember(keys.PAUSED, self.host_id)),
         }
-        if lad.dry_run:
-            return
         for page in self.ctx.rules.decide(facts).pages:
             if page.scope != "host":
                 continue
-            open_incident(
-                self.ctx.conn,
-                self.ctx.settings,
-                dedup_key=f"remediator/{self.host_id}/{self.ladder_id}/{page.rule}",
+            result = fleet.page_host(
+                self.ctx,
+                self.host_id,
+                lad.incident_id or self.ladder_id,
                 summary=f"{page.summary}: {self.host_id}",
                 severity=page.severity,
                 targets=page.to or None,
-                hosts=(self.host_id,),
                 details={"facts": facts},
                 rule=page.rule,
+                host_state="critical",
             )
+            if result.sent:
+                lad.audit("page", "sent" if result.paged else "failed", page.summary, page=result.as_dict())
+            break  # one page per incident: the first host page the rules decide on
 
     # -- moving along the ladder -----------------------------------------------------------------
     def _coordinator_down(self, lad: LadderRun, step: str, exc: CoordinatorUnavailable) -> str | None:
@@ -313,12 +358,24 @@ class Ladder:
     def _retry_or_climb(self, lad: LadderRun, why: str) -> str | None:
         step = self.state["step"]
         attempt = int(self.state.get("attempt") or 1)
-        if step not in SINGLE_ATTEMPT and attempt < self.ctx.rules.ladder.attempts_per_step:
+        if not STEPS[step].SINGLE_ATTEMPT and attempt < self.ctx.rules.ladder.attempts_per_step:
             self._commit(attempt=attempt + 1, phase="run")
             return None
         return self._climb(lad, why)
 
     def _climb(self, lad: LadderRun, why: str) -> str | None:
+        step = self.state.get("step")
+        incident_id = lad.incident_id
+        if incident_id and step in STEPS and step != "escalate":
+            # Remembered for the incident: a retry repeats this step only when its preconditions change.
+            incidents.record_tried(
+                self.ctx.conn,
+                incident_id,
+                step,
+                signature=signature(step, lad.facts),
+                why=why,
+                ladder_id=self.ladder_id,
+            )
         plan = self.state.get("plan") or []
         rung = int(self.state.get("rung") or 0) + 1
         if self.state.get("step") == "escalate" or rung >= len(plan):
@@ -334,11 +391,10 @@ class Ladder:
 
     def _wait_for(self, step: str) -> float:
         policy = self.ctx.rules.ladder
-        if step == "wait_reachable":
+        wait = STEPS[step].VERIFY_WAIT
+        if wait == "recheck":
             return policy.recheck_interval_seconds
-        if step in ("escalate", "recover_data"):
-            return 0.0
-        return policy.verify_wait_seconds
+        return policy.verify_wait_seconds if wait == "verify" else 0.0
 
     # -- persistence -----------------------------------------------------------------------------
     def _commit(self, **fields: Any) -> None:
@@ -370,38 +426,50 @@ class Ladder:
             pipe.execute()
         return f"waiting: {why} (next check in {delay:g}s, job {job_id})"
 
-    def _finish(self, outcome: str, detail: str) -> str:
+    def _finish(self, outcome: str, detail: str) -> str | None:
+        """End the ladder and move its incident on; None when a stop was withdrawn (go on)."""
+        assert self.lock is not None
         conn = self.ctx.conn
-        lad = LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, 0)
-        lad.audit("ladder", outcome, detail, tried=lad.scratch.get("tried"))
-        log.info("ladder %s: %s", outcome, detail)
-        with conn.pipeline() as pipe:
-            store.update_host(
-                pipe,
-                self.host_id,
+        lad = self._run_view(0)
+        next_state = incidents.state_after(outcome, global_dry_run=self.ctx.dry_run)
+        ended = incidents.end_ladder(
+            conn,
+            self.host_id,
+            self.ladder_id,
+            self.lock.token,
+            outcome,
+            detail,
+            store.host_fields(
+                time.time(),
                 status="finished",
                 outcome=outcome,
                 outcome_detail=detail,
                 finished_at=f"{time.time():.3f}",
                 phase="done",
-            )
-            pipe.execute()
-        # Release the host for the next alert only if this ladder still owns it (compare-and-delete).
-        conn.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1], KEYS[2]) end "
-            "return 0",
-            2,
-            keys.ACTIVE.format(self.host_id),
-            keys.CANCEL.format(self.host_id),
-            self.ladder_id,
+                heartbeat=f"{time.time():.3f}",
+            ),
+            next_state,
+            store.audit_entry(
+                "ladder",
+                outcome,
+                detail,
+                ladder_id=self.ladder_id,
+                job_id=self.ctx.job_id,
+                dry_run=lad.dry_run or None,
+                tried=lad.scratch.get("tried"),
+                incident=next_state.value,
+            ),
         )
-        metrics.count(conn, "remediator_ladders", outcome=outcome)
-        if outcome == "healthy":
-            from remediator.fleet import host_recovered
-            from remediator.paging import open_incidents, resolve_incident
-
-            host_recovered(self.ctx, self.host_id)
-            for incident in open_incidents(conn):
-                if incident["dedup_key"].startswith(f"remediator/{self.host_id}/"):
-                    resolve_incident(conn, self.ctx.settings, incident["dedup_key"])
+        if ended.withdrawn:
+            lad.audit("ladder", "continued", "the alert fires again: the stop was withdrawn")
+            return None
+        if not ended.ok:
+            # Another worker owns the host now (or this one lost its lock): it is not ours to end.
+            raise LockLost(f"lost the lock on host {self.host_id} before ending its ladder")
+        self.state.update(status="finished", outcome=outcome, phase="done")
+        log.info("ladder %s: %s (incident %s: %s)", outcome, detail, ended.incident, ended.state)
+        if outcome == "healthy" and not lad.dry_run:
+            fleet.host_recovered(self.ctx, self.host_id)
+        if ended.state == incidents.IncidentState.RESOLVED and ended.incident:
+            queue_cleanup(conn, self.ctx.settings.queue, ended.incident)
         return f"{outcome}: {detail}"

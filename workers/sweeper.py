@@ -16,9 +16,10 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from remediator import keys, store
+from remediator import incidents, keys, store
 from remediator.config import Settings
-from remediator.intake import fetch_job, queue_ladder_job
+from remediator.intake import fetch_job, queue_cleanup, queue_ladder_job
+from workers.monitor import monitor
 
 log = logging.getLogger("remediator.sweeper")
 
@@ -86,6 +87,9 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
                 continue
     if resumed:
         log.warning("resumed ladders of %s", ", ".join(resumed))
+    for incident_id in incidents.cleanup_due(conn):
+        queue_cleanup(conn, settings.queue, incident_id)
+    monitor(conn, settings)
     return resumed
 
 
@@ -103,6 +107,9 @@ class Sweeper(threading.Thread):
                 sweep(self.conn, self.settings)
             except redis.RedisError as exc:
                 log.warning("sweep failed: %s", exc)
+            except Exception:
+                # A bug in one pass (or a broken rules file) must not end the thread for good.
+                log.exception("sweep failed")
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -3,12 +3,38 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from remediator import keys, store
 from remediator.coordinator import HostRecord
 from workers.context import Context
+
+VerifyWait = Literal["verify", "recheck", "none"]
+
+
+class Step(Protocol):
+    """What a ladder step module declares about itself (the ladder reads these, never step names).
+
+    ``MUTATES``: it changes something outside the remediator (held by freezes, fleet holds, dry run).
+    ``SINGLE_ATTEMPT``: never retried within a ladder (waiting, retiring).
+    ``VERIFY_WAIT``: how long before its first verification: the rules' ``verify_wait_seconds``
+    ("verify"), ``recheck_interval_seconds`` ("recheck"), or at once ("none").
+    ``VERIFY_TIMEOUT``: seconds verification may stay pending; None: the rules' verify timeout;
+    ``float("inf")``: until the step's own verdict gives up.
+    ``PRECONDITIONS``: the facts under which the step was tried; a retry in the same incident repeats
+    a step that failed only when one of these changed."""
+
+    MUTATES: bool
+    SINGLE_ATTEMPT: bool
+    VERIFY_WAIT: VerifyWait
+    VERIFY_TIMEOUT: float | None
+    PRECONDITIONS: tuple[str, ...]
+
+    def run(self, lad: LadderRun) -> StepOutcome: ...
+
+    def verify(self, lad: LadderRun) -> Verdict: ...
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,11 @@ class LadderRun:
     ladder_id: str
     state: dict[str, Any]
     fence: int
+    guard: Callable[[], None] = lambda: None  # raises LockLost once this worker no longer holds the host
+
+    @property
+    def incident_id(self) -> str | None:
+        return self.state.get("incident_id") or None
 
     @property
     def facts(self) -> dict[str, Any]:

@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
-from workers.steps.base import LadderRun, StepOutcome, Verdict
+from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = True
+SINGLE_ATTEMPT = False
+VERIFY_WAIT: VerifyWait = "verify"
+VERIFY_TIMEOUT: float | None = None
+PRECONDITIONS: tuple[str, ...] = ("coordinator_state", "host_retired", "ssh_reachable", "agent_running")
 
 
 def run(lad: LadderRun) -> StepOutcome:
@@ -23,6 +27,7 @@ def run(lad: LadderRun) -> StepOutcome:
     lad.remember(force_sync_baseline=baseline, force_sync_at=time.time())
     if lad.dry_run:
         return StepOutcome("ran", "would POST /sync/hosts/<host>/sync {force: true}", {"last_sync": baseline})
+    lad.guard()
     try:
         lad.ctx.coordinator.force_sync(lad.host_id)
     except CoordinatorUnavailable as exc:

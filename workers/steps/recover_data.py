@@ -5,23 +5,34 @@ file against a checksum inventory taken on the host. Like every mutating step, i
 attempt (the ladder's intent marker): a worker killed during it uses up that attempt, verification
 finds no recorded recovery, and the next attempt copies and imports again. The import is idempotent
 (games are deduplicated by id), so even a kill inside the import command itself loses nothing.
+
+Only new data is imported: the recovered folder's manifest (every file's name, size and SHA-256) is
+digested, and when it equals the digest of the last successful import of this host, the import is not
+run again (a re-sent alert, a retry ladder or a second recovery never imports the same data twice).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import subprocess
+import time
+from typing import Any
 
-from remediator import defaults
+from remediator import defaults, keys
 from remediator.exceptions import SSHError
 from remediator.hosts import recovery_path
 from remediator.ssh import HostSession, quote_template, rsync_pull
 from workers.diagnose import INVENTORY_SOURCE
 from workers.host_inventory import inventory
-from workers.steps.base import LadderRun, StepOutcome, Verdict
+from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = True
+SINGLE_ATTEMPT = False
+VERIFY_WAIT: VerifyWait = "none"
+VERIFY_TIMEOUT: float | None = None
+PRECONDITIONS: tuple[str, ...] = ("ssh_reachable", "unsynced_games", "unsynced_bytes")
 
 
 def import_argv(template: str, data_dir: str, host_id: str) -> list[str]:
@@ -30,12 +41,29 @@ def import_argv(template: str, data_dir: str, host_id: str) -> list[str]:
     return [token.format(data_dir=data_dir, host_id=host_id) for token in shlex.split(template)]
 
 
+IMPORTED_TTL = 30 * 86400  # seconds the digest of a host's last import is remembered
+
+
+def manifest_digest(inventory_: dict[str, Any]) -> str:
+    """One digest of what a recovery folder holds: each file's relative name, size and SHA-256."""
+    digest = hashlib.sha256()
+    for name, entry in sorted(inventory_["files"].items()):
+        digest.update(f"{name}\0{entry.get('size')}\0{entry.get('sha256')}\n".encode())
+    return digest.hexdigest()
+
+
+def last_import(lad: LadderRun) -> dict[str, Any]:
+    raw = lad.ctx.conn.get(keys.IMPORTED.format(lad.host_id))
+    return json.loads(raw) if raw else {}
+
+
 def run(lad: LadderRun) -> StepOutcome:
     s = lad.ctx.settings
     record = lad.record
     if record is None:
         return StepOutcome("failed", "no host record from diagnosis")
     dest = recovery_path(s.recovery_dir, lad.host_id)
+    lad.guard()
     result = rsync_pull(s, record, dest, dry_run=lad.dry_run)
     evidence = {
         "destination": str(dest),
@@ -70,7 +98,17 @@ def run(lad: LadderRun) -> StepOutcome:
         checksum_mismatches=mismatched[:20],
         checksums_compared=host_inv is not None,
     )
+    digest = manifest_digest(local)
+    evidence["manifest_digest"] = digest
+    previous = last_import(lad)
+    if previous.get("digest") == digest:
+        evidence["import"] = {"skipped": f"nothing new since the import of {previous.get('at')}"}
+        lad.remember(recovery=evidence)
+        return StepOutcome(
+            "ran", "data copied; nothing new since the last import, not imported again", evidence
+        )
     argv = import_argv(s.import_command, str(dest), lad.host_id)
+    lad.guard()
     try:
         proc = subprocess.run(
             argv, capture_output=True, text=True, timeout=defaults.IMPORT_TIMEOUT, check=False
@@ -90,6 +128,18 @@ def run(lad: LadderRun) -> StepOutcome:
     if proc.returncode != 0:
         evidence["import_stderr"] = proc.stderr[-300:]
         return StepOutcome("failed", "import command failed", evidence)
+    lad.ctx.conn.set(
+        keys.IMPORTED.format(lad.host_id),
+        json.dumps(
+            {
+                "digest": digest,
+                "at": round(time.time(), 3),
+                "ladder_id": lad.ladder_id,
+                "incident_id": lad.incident_id,
+            }
+        ),
+        ex=IMPORTED_TTL,
+    )
     return StepOutcome("ran", "data copied and imported", evidence)
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from remediator.exceptions import SSHError
 from remediator.ssh import HostSession
-from workers.steps.base import LadderRun, StepOutcome, Verdict
+from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = True
+SINGLE_ATTEMPT = False
+VERIFY_WAIT: VerifyWait = "verify"
+VERIFY_TIMEOUT: float | None = None
+PRECONDITIONS: tuple[str, ...] = ("ssh_reachable", "agent_running", "host_retired")
 
 
 def run(lad: LadderRun) -> StepOutcome:
@@ -18,6 +22,7 @@ def run(lad: LadderRun) -> StepOutcome:
         return StepOutcome(
             "ran", f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})"
         )
+    lad.guard()
     try:
         with HostSession(s, record) as session:
             first = session.run(s.agent_restart_command, timeout=60)

@@ -17,9 +17,13 @@ from typing import Any
 from remediator.exceptions import CoordinatorError, SSHError
 from remediator.hosts import recovery_path
 from remediator.ssh import rsync_pull
-from workers.steps.base import LadderRun, StepOutcome, Verdict
+from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = True
+SINGLE_ATTEMPT = True
+VERIFY_WAIT: VerifyWait = "verify"
+VERIFY_TIMEOUT: float | None = None
+PRECONDITIONS: tuple[str, ...] = ("ssh_reachable", "cloud_state", "data_recoverable")
 
 # The runbook's Data Recovery Checklist: accessible? unsynced games counted? rsync attempted? loss
 # documented? training log updated? Every one must hold before a host may be retired automatically.
@@ -123,6 +127,7 @@ def run(lad: LadderRun) -> StepOutcome:
     record = loss_record(lad)
     if lad.dry_run:
         return StepOutcome("ran", "would document the loss and retire if the rules allow", {"loss": record})
+    lad.guard()
     documented = _document_loss(lad, record)
     items = checklist(lad)
     facts = {**lad.facts, "checklist_complete": checklist_complete(items)}
@@ -133,6 +138,7 @@ def run(lad: LadderRun) -> StepOutcome:
             "retirement is not allowed automatically by the rules: paging a human",
             {"loss": loss_record(lad), **documented},
         )
+    lad.guard()
     lad.ctx.coordinator.retire(lad.host_id, reason="data_loss", acknowledge_loss=True)
     lad.remember(retired=True)
     return StepOutcome("ran", "host retired with acknowledge_loss", {"loss": loss_record(lad), **documented})

@@ -11,9 +11,13 @@ import time
 
 from remediator.exceptions import CoordinatorError, SSHError
 from remediator.ssh import HostSession
-from workers.steps.base import LadderRun, StepOutcome, Verdict
+from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = False
+SINGLE_ATTEMPT = True
+VERIFY_WAIT: VerifyWait = "recheck"
+VERIFY_TIMEOUT: float | None = float("inf")
+PRECONDITIONS: tuple[str, ...] = ()
 
 
 def run(lad: LadderRun) -> StepOutcome:

@@ -1,0 +1,508 @@
+"""Host incidents: one host's problem, from its first firing alert to its resolution.
+
+An incident opens with the first firing alert (or discovery, or a human's ``remediate``) for a host
+that has none open, and everything else hangs off it: the ladders run for the host, their outcomes,
+the page sent and whether it was delivered, and who or what closed it. Its states::
+
+    remediating --ladder ends healthy--> monitoring --healthy for healthy_for_minutes--> resolved
+         |  ^                               |
+         |  +--- remediate / requeue / relapse / retry_after ---+
+         +--ladder ends escalated, failed, recovered, retired--> held --alert resolves / human--> resolved
+
+``open`` is an incident with no ladder and nothing to wait for (the ladder limit refused one). Re-sent
+alerts attach to the open incident: while it is ``held`` or ``monitoring`` they start nothing and run
+nothing on the host. Closing it (a resolved alert, ``remediator incident close``, or the coordinator
+reporting the host healthy for the rules' ``healthy_for_minutes``) queues the recovery bookkeeping
+(``workers.jobs.finish_incident``): leave the fleet window, resume selfplay the remediator paused,
+resolve the incident's pages, end the storm when it was the last host.
+
+Every transition is one Lua script, so the receiver, the ladder and the sweeper never see half of one.
+Keys computed inside the scripts (``remediator:incident:<id>``) keep this to one Redis instance or a
+Sentinel-managed master, never Redis Cluster (docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from remediator import keys, metrics, store
+
+INCIDENT_TTL = 30 * 86400  # seconds an incident (open or closed) is kept after its last change
+HISTORY_KEEP = 20  # incident ids kept per host
+CLEANUP_DUE = 60.0  # seconds after which the sweeper re-queues a closed incident's unfinished cleanup
+
+
+class IncidentState(StrEnum):
+    OPEN = "open"
+    REMEDIATING = "remediating"
+    HELD = "held"
+    MONITORING = "monitoring"
+    RESOLVED = "resolved"
+
+
+# Ladder outcomes after which the host waits for a human (re-sends start nothing).
+HOLDING_OUTCOMES = frozenset({"escalated", "failed", "recovered", "retired"})
+
+
+def state_after(outcome: str, *, global_dry_run: bool) -> IncidentState:
+    """Where an incident goes when one of its ladders ends with ``outcome``.
+
+    A one-off dry run (a human's ``remediate --dry-run``) leaves the incident open, so a real alert
+    still acts; in a dry-run deployment a dry-run ladder holds it like an escalation (re-sends would
+    otherwise diagnose the host again and again)."""
+    if outcome == "stopped":
+        return IncidentState.RESOLVED
+    if outcome == "healthy":
+        return IncidentState.MONITORING
+    if outcome in HOLDING_OUTCOMES or (outcome == "dry-run" and global_dry_run):
+        return IncidentState.HELD
+    return IncidentState.OPEN
+
+
+def new_incident_id() -> str:
+    return "inc-" + secrets.token_hex(6)
+
+
+def page_key(host_id: str, incident_id: str) -> str:
+    """The dedup key of a host incident's page: stable across its ladders and re-sent alerts."""
+    return f"remediator/{host_id}/{incident_id}"
+
+
+@dataclass
+class LadderRef:
+    """One ladder run in an incident."""
+
+    ladder_id: str
+    started_at: float
+    kind: str = "first"  # first, retry, manual, relapse
+    reason: str = ""
+    outcome: str | None = None
+    detail: str | None = None
+    finished_at: float | None = None
+
+
+@dataclass
+class Incident:
+    id: str
+    host_id: str
+    state: IncidentState
+    opened_at: float
+    opened_by: str = ""
+    alerts: int = 0
+    last_alert_at: float | None = None
+    ladder_id: str | None = None
+    held_since: float | None = None
+    held_reason: str | None = None
+    healthy_since: float | None = None
+    page: str | None = None  # the page a human was (or is being) told of it under
+    pages: list[str] = field(default_factory=list)  # every page it was part of (host, storm, summary)
+    paged: bool = False  # a pager took one of its pages
+    closed_at: float | None = None
+    closed_by: str | None = None
+    close_reason: str | None = None
+    cleanup: str | None = None
+    ladders: list[LadderRef] = field(default_factory=list)
+    tried: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state != IncidentState.RESOLVED
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> Incident:
+        data = {k.decode(): v.decode() for k, v in raw.items()}
+        ladders = [
+            LadderRef(**json.loads(value)) for name, value in data.items() if name.startswith("ladder:")
+        ]
+        ladders.sort(key=lambda ref: ref.started_at)
+        tried = {name[6:]: json.loads(value) for name, value in data.items() if name.startswith("tried:")}
+        return cls(
+            id=data["id"],
+            host_id=data.get("host_id", ""),
+            state=IncidentState(data.get("state", "open")),
+            opened_at=float(data.get("opened_at") or 0),
+            opened_by=data.get("opened_by", ""),
+            alerts=int(data.get("alerts") or 0),
+            last_alert_at=_float(data.get("last_alert_at")),
+            ladder_id=data.get("ladder_id") or None,
+            held_since=_float(data.get("held_since")),
+            held_reason=data.get("held_reason") or None,
+            healthy_since=_float(data.get("healthy_since")),
+            page=data.get("page") or None,
+            pages=sorted(name[5:] for name in data if name.startswith("page:")),
+            paged=data.get("paged") == "1",
+            closed_at=_float(data.get("closed_at")),
+            closed_by=data.get("closed_by") or None,
+            close_reason=data.get("close_reason") or None,
+            cleanup=data.get("cleanup") or None,
+            ladders=ladders,
+            tried=tried,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in self.__dataclass_fields__
+            if name not in ("ladders", "tried", "state")
+        }
+        out["state"] = self.state.value
+        out["ladders"] = [ref.__dict__ for ref in self.ladders]
+        out["tried"] = self.tried
+        return out
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+def get(conn: redis.Redis, incident_id: str) -> Incident | None:
+    raw = conn.hgetall(keys.INCIDENT.format(incident_id))
+    return Incident.from_hash(raw) if raw.get(b"id") else None
+
+
+def current_id(conn: redis.Redis, host_id: str) -> str | None:
+    raw = conn.get(keys.HOST_INCIDENT.format(host_id))
+    return raw.decode() if raw else None
+
+
+def current(conn: redis.Redis, host_id: str) -> Incident | None:
+    """The host's open incident, or None."""
+    incident_id = current_id(conn, host_id)
+    return get(conn, incident_id) if incident_id else None
+
+
+def history(conn: redis.Redis, host_id: str, limit: int = 10) -> list[Incident]:
+    """The host's most recent incidents (open or closed), newest first."""
+    ids = [i.decode() for i in conn.lrange(keys.HOST_INCIDENTS.format(host_id), -limit, -1)]
+    pipe = conn.pipeline(transaction=False)
+    for incident_id in ids:
+        pipe.hgetall(keys.INCIDENT.format(incident_id))
+    found = [Incident.from_hash(raw) for raw in pipe.execute() if raw.get(b"id")] if ids else []
+    return list(reversed(found))
+
+
+def open_incidents(conn: redis.Redis) -> dict[str, str]:
+    """Host id -> open incident id, for every host with an open incident."""
+    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.OPEN_INCIDENTS).items()}
+
+
+def update(conn: redis.Redis | Any, incident_id: str, **fields: Any) -> None:
+    """Set fields of an incident (JSON for dicts and lists); refreshes its expiry."""
+    key = keys.INCIDENT.format(incident_id)
+    mapping = {
+        name: json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
+        for name, value in fields.items()
+        if value is not None
+    }
+    if mapping:
+        conn.hset(key, mapping=mapping)
+    conn.expire(key, INCIDENT_TTL)
+
+
+def add_page(conn: redis.Redis, incident_id: str, dedup_key: str, *, paged: bool) -> None:
+    """Hang a page off the incident; ``paged`` only once a pager took it (never set back to false)."""
+    fields: dict[str, Any] = {"page": dedup_key, f"page:{dedup_key}": "1"}
+    if paged:
+        fields["paged"] = "1"
+    update(conn, incident_id, **fields)
+
+
+def record_tried(conn: redis.Redis, incident_id: str, step: str, **entry: Any) -> None:
+    """Remember that ``step`` did not fix the host in this incident, and under which facts."""
+    update(conn, incident_id, **{f"tried:{step}": {"at": round(time.time(), 3), **entry}})
+
+
+# -- scripts -------------------------------------------------------------------------------------------
+
+# Closing an incident, shared by the scripts below. Expects locals: inc (id), ikey (its key), now, by,
+# why, and KEYS host_incident (hkey), open index (okey), cleanup set (ckey), audit (akey); ttl, audit_max.
+_CLOSE = """
+local function close_incident(inc, ikey, hkey, okey, ckey, akey, host, now, by, why, ttl, entry, audit_max)
+  redis.call('HSET', ikey, 'state', 'resolved', 'closed_at', now, 'closed_by', by, 'close_reason', why,
+    'cleanup', 'pending')
+  redis.call('EXPIRE', ikey, ttl)
+  if redis.call('GET', hkey) == inc then redis.call('DEL', hkey) end
+  if redis.call('HGET', okey, host) == inc then redis.call('HDEL', okey, host) end
+  redis.call('ZADD', ckey, now, inc)
+  if redis.call('RPUSH', akey, entry) > audit_max then redis.call('LTRIM', akey, -audit_max, -1) end
+  redis.call('EXPIRE', akey, ttl)
+end
+"""
+
+# A resolved alert. KEYS: host_incident, open index, cleanup, audit, active, cancel, host state.
+# ARGV: host, now, prefix of incident keys, ttl, audit_max, closed entry, cancel entry, cancel reason,
+# active ttl. Returns {0} nothing open (nothing is written), {1, ladder} cancel requested,
+# {2, incident} closed now.
+RESOLVE_LUA = (
+    _CLOSE
+    + """
+local inc = redis.call('GET', KEYS[1])
+local active = redis.call('GET', KEYS[5])
+if not inc and not active then return {0, ''} end
+local ttl, audit_max = tonumber(ARGV[4]), tonumber(ARGV[5])
+if active then
+  redis.call('SET', KEYS[6], active, 'EX', ARGV[9])
+  redis.call('HSET', KEYS[7], 'cancel_reason', ARGV[8])
+  if redis.call('RPUSH', KEYS[4], ARGV[7]) > audit_max then redis.call('LTRIM', KEYS[4], -audit_max, -1) end
+  if inc then redis.call('HSET', ARGV[3] .. inc, 'resolve_requested_at', ARGV[2]) end
+  return {1, active}
+end
+close_incident(inc, ARGV[3] .. inc, KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], 'alert',
+  'the alert resolved', ttl, ARGV[6], audit_max)
+return {2, inc}
+"""
+)
+
+# A human (or the coordinator's healthy reports) closes the host's open incident; a running ladder is
+# asked to stop at its next step boundary. KEYS as RESOLVE_LUA; ARGV: host, now, prefix, ttl,
+# audit_max, closed entry, by, why, active ttl, expected incident id ('' any).
+# Returns {0} nothing open, {2, incident, ladder or ''} closed.
+CLOSE_LUA = (
+    _CLOSE
+    + """
+local inc = redis.call('GET', KEYS[1])
+if not inc or (ARGV[10] ~= '' and inc ~= ARGV[10]) then return {0, '', ''} end
+local active = redis.call('GET', KEYS[5]) or ''
+if active ~= '' then
+  redis.call('SET', KEYS[6], active, 'EX', ARGV[9])
+  redis.call('HSET', KEYS[7], 'cancel_reason', ARGV[8])
+end
+close_incident(inc, ARGV[3] .. inc, KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[7],
+  ARGV[8], tonumber(ARGV[4]), ARGV[6], tonumber(ARGV[5]))
+return {2, inc, active}
+"""
+)
+
+# A ladder ends. Only the ladder that owns the host, under the lock it still holds, may end it; a
+# "stopped" end also needs its cancel still pending (a firing alert may have withdrawn it).
+# KEYS: active, cancel, lock, host state, host_incident, open index, cleanup, audit, worker metrics.
+# ARGV: ladder, lock token, outcome, now, prefix, ttl, audit_max, closed entry, detail, nfields,
+# host state field, value, ..., the incident's next state, the ladder's end audit entry, its metric field.
+# Returns {1, incident or '', new state} ended; {0} superseded or lock lost; {-1} cancel withdrawn.
+END_LUA = (
+    _CLOSE
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, '', ''} end
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return {0, '', ''} end
+local outcome, now = ARGV[3], ARGV[4]
+if outcome == 'stopped' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {-1, '', ''} end
+redis.call('DEL', KEYS[1], KEYS[2])
+local n = tonumber(ARGV[10])
+if n > 0 then redis.call('HSET', KEYS[4], unpack(ARGV, 11, 10 + 2 * n)) end
+-- The ladder's last audit entry and its count in the metrics land with its end, never before or after.
+if redis.call('RPUSH', KEYS[8], ARGV[12 + 2 * n]) > tonumber(ARGV[7]) then
+  redis.call('LTRIM', KEYS[8], -tonumber(ARGV[7]), -1)
+end
+redis.call('HINCRBYFLOAT', KEYS[9], ARGV[13 + 2 * n], 1)
+local inc = redis.call('GET', KEYS[5])
+if not inc then return {1, '', ''} end
+local ikey = ARGV[5] .. inc
+local ref = redis.call('HGET', ikey, 'ladder:' .. ARGV[1])
+if ref then
+  local entry = cjson.decode(ref)
+  entry['outcome'] = outcome
+  entry['detail'] = ARGV[9]
+  entry['finished_at'] = tonumber(now)
+  redis.call('HSET', ikey, 'ladder:' .. ARGV[1], cjson.encode(entry))
+end
+local state = ARGV[11 + 2 * n]
+if state == 'resolved' then
+  close_incident(inc, ikey, KEYS[5], KEYS[6], KEYS[7], KEYS[8], redis.call('HGET', ikey, 'host_id'), now,
+    'alert', 'the alert resolved; the ladder stopped', tonumber(ARGV[6]), ARGV[8], tonumber(ARGV[7]))
+elseif state == 'monitoring' then
+  redis.call('HSET', ikey, 'state', state, 'healthy_since', now)
+  redis.call('HDEL', ikey, 'held_since', 'held_reason')
+elseif state == 'held' then
+  redis.call('HSET', ikey, 'state', state, 'held_since', now, 'held_reason', 'ladder ended ' .. outcome)
+else
+  redis.call('HSET', ikey, 'state', state)
+  redis.call('HDEL', ikey, 'held_since', 'held_reason')
+end
+redis.call('EXPIRE', ikey, tonumber(ARGV[6]))
+return {1, inc, state}
+"""
+)
+
+_scripts: dict[str, Any] = {}
+
+
+def _script(conn: redis.Redis, source: str) -> Any:
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = conn.register_script(source)
+    return script
+
+
+def _host_keys(host_id: str) -> list[str]:
+    return [
+        keys.HOST_INCIDENT.format(host_id),
+        keys.OPEN_INCIDENTS,
+        keys.CLEANUP,
+        keys.AUDIT.format(host_id),
+        keys.ACTIVE.format(host_id),
+        keys.CANCEL.format(host_id),
+        keys.HOST.format(host_id),
+    ]
+
+
+def _prefix() -> str:
+    return keys.INCIDENT.format("")
+
+
+@dataclass(frozen=True)
+class Closed:
+    """What closing did: ``incident`` closed (None: nothing was open), ``ladder`` asked to stop."""
+
+    incident: str | None
+    ladder: str | None = None
+    cancel_requested: bool = False
+
+
+def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "") -> Closed:
+    """A resolved alert: stop the running ladder (its end closes the incident), or close the incident.
+
+    Nothing is written for a host with neither an incident nor a ladder: resolved alerts for hosts the
+    remediator never saw must not create keys."""
+    from remediator.intake import ACTIVE_TTL
+
+    now = time.time()
+    closed = store.encode_audit(
+        store.audit_entry("incident", "resolved", "the alert resolved", fingerprint=fingerprint or None)
+    )
+    cancel = store.encode_audit(
+        store.audit_entry("intake", "cancel-requested", "alert resolved", fingerprint=fingerprint or None)
+    )
+    code, ref = _script(conn, RESOLVE_LUA)(
+        keys=_host_keys(host_id),
+        args=[
+            host_id,
+            f"{now:.3f}",
+            _prefix(),
+            INCIDENT_TTL,
+            store.AUDIT_MAX_ENTRIES,
+            closed,
+            cancel,
+            "alert resolved",
+            ACTIVE_TTL,
+        ],
+    )
+    ref = ref.decode() if isinstance(ref, bytes) else ref
+    if code == 0:
+        return Closed(None)
+    if code == 1:
+        return Closed(current_id(conn, host_id), ladder=ref, cancel_requested=True)
+    return Closed(ref)
+
+
+def close(conn: redis.Redis, host_id: str, *, by: str, reason: str, expected: str = "") -> Closed:
+    """Close the host's open incident (a human, or the coordinator's healthy reports)."""
+    from remediator.intake import ACTIVE_TTL
+
+    now = time.time()
+    entry = store.encode_audit(store.audit_entry("incident", "closed", reason, closed_by=by))
+    code, inc, ladder = _script(conn, CLOSE_LUA)(
+        keys=_host_keys(host_id),
+        args=[
+            host_id,
+            f"{now:.3f}",
+            _prefix(),
+            INCIDENT_TTL,
+            store.AUDIT_MAX_ENTRIES,
+            entry,
+            by,
+            reason,
+            ACTIVE_TTL,
+            expected,
+        ],
+    )
+    if code == 0:
+        return Closed(None)
+    ladder = ladder.decode() if ladder else ""
+    return Closed(inc.decode(), ladder=ladder or None, cancel_requested=bool(ladder))
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What ending a ladder did: ``ok`` false when it was not this worker's to end."""
+
+    ok: bool
+    incident: str | None = None
+    state: str | None = None
+    withdrawn: bool = False
+
+
+def end_ladder(
+    conn: redis.Redis,
+    host_id: str,
+    ladder_id: str,
+    lock_token: str,
+    outcome: str,
+    detail: str,
+    host_fields: dict[str, str],
+    next_state: IncidentState,
+    audit: dict[str, Any],
+) -> Ended:
+    """End a ladder and move its incident on (monitoring, held, open or resolved), atomically."""
+    now = time.time()
+    entry = store.encode_audit(
+        store.audit_entry(
+            "incident", "resolved", "the alert resolved; the ladder stopped", ladder_id=ladder_id
+        )
+    )
+    flat: list[str] = []
+    for name, value in host_fields.items():
+        flat += [name, value]
+    code, inc, state = _script(conn, END_LUA)(
+        keys=[
+            keys.ACTIVE.format(host_id),
+            keys.CANCEL.format(host_id),
+            keys.LOCK.format(host_id),
+            keys.HOST.format(host_id),
+            keys.HOST_INCIDENT.format(host_id),
+            keys.OPEN_INCIDENTS,
+            keys.CLEANUP,
+            keys.AUDIT.format(host_id),
+            metrics.COUNTS,
+        ],
+        args=[
+            ladder_id,
+            lock_token,
+            outcome,
+            f"{now:.3f}",
+            _prefix(),
+            INCIDENT_TTL,
+            store.AUDIT_MAX_ENTRIES,
+            entry,
+            detail,
+            len(host_fields),
+            *flat,
+            next_state.value,
+            store.encode_audit(audit),
+            metrics.field("remediator_ladders", {"outcome": outcome}),
+        ],
+    )
+    if code == -1:
+        return Ended(False, withdrawn=True)
+    if code == 0:
+        return Ended(False)
+    return Ended(True, inc.decode() or None, state.decode() or None)
+
+
+def cleanup_due(conn: redis.Redis, older_than: float = CLEANUP_DUE) -> list[str]:
+    """Closed incidents whose recovery bookkeeping has not finished ``older_than`` seconds after closing."""
+    return [i.decode() for i in conn.zrangebyscore(keys.CLEANUP, "-inf", time.time() - older_than)]
+
+
+def cleanup_done(conn: redis.Redis, incident_id: str) -> None:
+    with conn.pipeline() as pipe:
+        pipe.zrem(keys.CLEANUP, incident_id)
+        pipe.hset(keys.INCIDENT.format(incident_id), "cleanup", "done")
+        pipe.expire(keys.INCIDENT.format(incident_id), INCIDENT_TTL)
+        pipe.execute()
