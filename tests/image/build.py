@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from container_engine import ROOT, STATE_DIR, Engine, EngineError, detect, image_ref
+from container_engine import IMAGE_ID_FILE, ROOT, STATE_DIR, Engine, EngineError, detect, image_ref
 
 PULL_TIMEOUT = 30  # seconds to wait for a registry before making the stand-in
 STAND_IN_LABEL = "org.ringrift.base-stand-in"
@@ -212,7 +212,8 @@ def ensure_base(engine: Engine, ref: str) -> str:
 
 
 def build(engine: Engine, ref: str) -> None:
-    argv = ["build", "--tag", ref, "--file", str(ROOT / "Dockerfile")]
+    IMAGE_ID_FILE.unlink(missing_ok=True)
+    argv = ["build", "--tag", ref, "--iidfile", str(IMAGE_ID_FILE), "--file", str(ROOT / "Dockerfile")]
     if engine.name == "podman":
         argv.append("--pull=never")  # ensure_base decided which base; never a registry round trip here
         if HOST_CA_BUNDLE.is_file():

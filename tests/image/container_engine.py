@@ -45,6 +45,15 @@ def image_ref() -> str:
     return f"{IMAGE_NAME}:{package_version()}"
 
 
+IMAGE_ID_FILE = STATE_DIR / "image-id"  # the id `make image` built here; tests run exactly that image
+
+
+def built_image_id() -> str | None:
+    """The id of the image this checkout's last `make image` built (the tag may be shared with other
+    checkouts on the machine, the id is not)."""
+    return IMAGE_ID_FILE.read_text().strip() if IMAGE_ID_FILE.is_file() else None
+
+
 @dataclass(frozen=True)
 class Engine:
     name: str  # "podman" or "docker"
