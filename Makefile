@@ -4,16 +4,30 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-SYSTEM_BINARIES := redis-server sshd ssh rsync prometheus-alertmanager chromium
-SYSTEM_PACKAGES := redis-server openssh-server openssh-client rsync prometheus-alertmanager chromium
+# podman, runc and mmdebstrap build and run the image (tests/image/): runc because crun refuses
+# hybrid cgroups, mmdebstrap for the stand-in base where no registry is reachable.
+SYSTEM_BINARIES := redis-server sshd ssh rsync prometheus-alertmanager chromium podman runc mmdebstrap
+SYSTEM_PACKAGES := redis-server openssh-server openssh-client rsync prometheus-alertmanager chromium \
+	podman runc mmdebstrap
 PYTEST_ARGS ?=
+IMAGE_TEST := RUN_IMAGE=1 $(PY) -m pytest tests/image $(PYTEST_ARGS)
 
-.PHONY: test demo dev lint format system venv clean
+.PHONY: test demo dev lint format system venv clean image image-test
 
 # The fuzz suite runs once, in its long mode (15,000+ generated requests; about 3 min on 2 cores).
-test: system venv lint
-	$(PY) -m pytest --ignore=tests/test_fuzz.py $(PYTEST_ARGS)
+# The image is built first and its tests run last, in the image as the Helm chart runs it.
+test: system venv lint image
+	$(PY) -m pytest --ignore=tests/test_fuzz.py --ignore=tests/image $(PYTEST_ARGS)
 	RUN_SLOW=1 $(PY) -m pytest tests/test_fuzz.py $(PYTEST_ARGS)
+	$(IMAGE_TEST)
+
+# ringrift-remediator:<version> from the Dockerfile, with podman (or a docker whose daemon answers).
+image: system
+	python3 tests/image/build.py
+
+# The image's own tests: serve, worker (a real ladder over SSH and rsync) and rules check, inside it.
+image-test: system venv image
+	$(IMAGE_TEST)
 
 demo: system venv
 	$(VENV)/bin/remediator demo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import signal
@@ -25,6 +26,16 @@ def _settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _redis_server_binary() -> str:
+    """The redis-server an embedded Redis would run, or a ClickException saying what to install."""
+    from remediator.embedded_redis import redis_server_binary
+
+    try:
+        return redis_server_binary()
+    except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -86,9 +97,10 @@ def dev(bind: str, rq_workers: int) -> None:
 
     env = dict(os.environ)
     embedded = None
+    binary = None if env.get("REDIS_URL") else _redis_server_binary()
     workdir = tempfile.mkdtemp(prefix="remediator-dev-")
-    if not env.get("REDIS_URL"):
-        embedded = EmbeddedRedis(os.path.join(workdir, "redis")).start()
+    if binary:
+        embedded = EmbeddedRedis(os.path.join(workdir, "redis"), binary=binary).start()
         env["REDIS_URL"] = embedded.url
         click.echo(f"embedded redis-server at {embedded.url} (pid {embedded.process.pid})")
     if not env.get("REMEDIATOR_WEBHOOK_TOKEN") and not env.get("REMEDIATOR_WEBHOOK_TOKEN_FILE"):
@@ -131,6 +143,12 @@ def dev(bind: str, rq_workers: int) -> None:
 @click.option("--timeout", type=float, default=240.0, show_default=True, help="seconds before giving up")
 def demo(as_json: bool, timeout: float) -> None:
     """Simulated cluster, real alerts, live progress: the product working on this machine."""
+    if importlib.util.find_spec("remediator.sim") is None:
+        raise click.ClickException(
+            "the demo needs the simulated cluster (remediator.sim), which this installation leaves out "
+            "(the container image does): run it from a source checkout with `make demo`"
+        )
+    _redis_server_binary()
     from remediator.demo import run_demo
 
     sys.exit(run_demo(as_json=as_json, timeout=timeout))

