@@ -102,3 +102,34 @@ def test_first_load_of_an_invalid_file_raises(tmp_path: Path) -> None:
 
 def test_default_watcher_reads_the_shipped_rules() -> None:
     assert RulesWatcher().current().starts_ladder("CriticalSyncHosts")
+
+
+def test_a_child_forked_while_another_thread_reads_the_rules_does_not_hang(tmp_path) -> None:
+    # RQ forks a work horse per job while the worker's sweeper thread reads the rules: the lock that
+    # thread held at the fork must not stay held in the child (its first job hung forever).
+    import os
+    import signal
+    import threading
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(DEFAULT_TEXT)
+    watcher = RulesWatcher(path, min_interval=0.0)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with watcher._lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: read the rules, exit 0 if that returned
+        signal.alarm(5)
+        watcher.current()
+        os._exit(0)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child hung on the rules lock"

@@ -41,10 +41,16 @@ class RulesWatcher:
         self.on_error = on_error
         self.min_interval = min_interval
         self._lock = threading.Lock()
+        # RQ forks a work horse per job while the worker's sweeper thread may be reading the rules: a
+        # lock held at the fork would be held forever in the child, and its first job would hang.
+        os.register_at_fork(after_in_child=self._new_lock)
         self._signature = self._stat()
         self._rules = load_rules(self.path)  # raises: there are no old rules to keep yet
         self._failed: Signature | None = None
         self._checked_at = time.monotonic()
+
+    def _new_lock(self) -> None:
+        self._lock = threading.Lock()
 
     def current(self) -> RuleSet:
         """The rules in force, reloading first if the file changed since the last look."""
