@@ -85,9 +85,7 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
 
 
 def _check_provider(ctx: Any) -> bool:
-    from remediator.providers import provider_statuses
-
-    statuses = provider_statuses(ctx.settings)
+    statuses = ctx.clients.provider_statuses()
     ok = all(v is not False for v in statuses.values())
     ctx.conn.hset(
         keys.FLEET,
@@ -105,13 +103,11 @@ def _check_network(ctx: Any) -> bool:
     """Runbook Escalation 1: probe the coordinator, every host's SSH port and the configured endpoints."""
     from dataclasses import asdict
 
-    from remediator.netcheck import check_cluster_network
-
     try:
         hosts = {h: asdict(r) for h, r in ctx.coordinator.hosts().items()}
     except CoordinatorError:
         hosts = {}  # the coordinator's own endpoint is still probed, and counts as down
-    result = check_cluster_network(ctx.settings, hosts, timeout=min(5.0, ctx.settings.ssh_connect_timeout))
+    result = ctx.clients.network(hosts)
     ctx.conn.hset(
         keys.FLEET,
         mapping={

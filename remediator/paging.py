@@ -29,8 +29,9 @@ from typing import Any
 import redis
 
 from remediator import keys, metrics
+from remediator.clients import clients_for
 from remediator.config import Settings
-from remediator.pagers import EVERY_PAGER_FAILED, UNDELIVERABLE, deliver, delivered, pagers_from_settings
+from remediator.pagers import EVERY_PAGER_FAILED, UNDELIVERABLE, deliver, delivered
 from remediator.pagers.base import Page
 
 log = logging.getLogger("remediator.paging")
@@ -343,7 +344,7 @@ def _send(conn: redis.Redis, settings: Settings, record: PageRecord, what: str) 
         if what == "trigger" and fresh.state == PageState.DELIVERED:
             return PageResult(record.dedup_key, True, fresh.state.value, reason="already delivered")
         _save(conn, record.dedup_key, attempts=fresh.attempts + 1, dirty=False)
-        outcomes = deliver(fresh.as_page(), pagers_from_settings(settings), fresh.targets, action="trigger")
+        outcomes = deliver(fresh.as_page(), clients_for(settings).pagers(), fresh.targets, action="trigger")
         _count_pages(conn, outcomes, "trigger")
         now = time.time()
         if delivered(outcomes):
@@ -405,7 +406,7 @@ def resolve(
     outcomes: dict[str, str] = {}
     # A pending page may have reached a pager before its worker died: resolving it is harmless.
     if record.state in (PageState.DELIVERED, PageState.PENDING):
-        outcomes = deliver(record.as_page(), pagers_from_settings(settings), record.targets, action="resolve")
+        outcomes = deliver(record.as_page(), clients_for(settings).pagers(), record.targets, action="resolve")
         _count_pages(conn, outcomes, "resolve")
         if outcomes.get(UNDELIVERABLE) == EVERY_PAGER_FAILED and record.state == PageState.DELIVERED:
             _save(conn, dedup_key, resolve_failed_at=f"{time.time():.3f}")

@@ -9,8 +9,9 @@ from typing import Any
 import redis
 from rq import Queue, get_current_job
 
+from remediator.clients import Clients, clients_for
 from remediator.config import Settings
-from remediator.coordinator import Coordinator, coordinator_from_settings
+from remediator.coordinator import Coordinator
 
 _rules_sources: dict[str | None, Any] = {}
 
@@ -42,8 +43,13 @@ class Context:
         return cls(settings, redis.Redis.from_url(settings.redis_url))
 
     @cached_property
+    def clients(self) -> Clients:
+        """The outside world (coordinator, hosts, providers, pagers...): ``remediator.clients``."""
+        return clients_for(self.settings)
+
+    @property
     def coordinator(self) -> Coordinator:
-        return coordinator_from_settings(self.settings)
+        return self.clients.coordinator
 
     @cached_property
     def queue(self) -> Queue:

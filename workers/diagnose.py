@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from remediator import keys
+from remediator.clients import Session
 from remediator.coordinator import HostRecord
 from remediator.exceptions import CoordinatorError, SSHError
-from remediator.ssh import HostSession, quote_template
+from remediator.ssh import quote_template
 from workers.context import Context
 
 LOG_TAIL_LINES = 50
@@ -114,9 +115,9 @@ def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
     if not record.provider or not record.instance_id:
         diag.sources["cloud"] = "no provider/instance_id in the host record"
         return
-    from remediator.providers import instance_state, providers_from_settings
+    from remediator.providers import instance_state
 
-    found = instance_state(providers_from_settings(ctx.settings), record.provider, record.instance_id)
+    found = instance_state(ctx.clients.providers(), record.provider, record.instance_id)
     diag.cloud_state = str(found.state.value)
     diag.cloud_detail = found.reason
     diag.sources["cloud"] = f"{record.provider} API at {time.time():.0f}"
@@ -129,7 +130,7 @@ def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
     out (a slow inventory of a large data dir) is recorded against its own source, and does not turn a
     host that answered into an unreachable one (which would send the ladder to wait_reachable)."""
     try:
-        with HostSession(ctx.settings, record) as session:
+        with ctx.clients.ssh(record) as session:
             echo = session.run("echo OK", timeout=ctx.settings.ssh_connect_timeout)
             diag.ssh_reachable = echo.ok and echo.stdout.strip() == "OK"
             diag.sources["ssh"] = f"ssh {record.ssh_user}@{record.address}:{record.ssh_port} echo OK"
@@ -150,7 +151,7 @@ def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
             diag.sources["inventory"] = f"last known, from {known.get('at', 0):.0f} ({why})"
 
 
-def _inspect(ctx: Context, diag: Diagnosis, record: HostRecord, session: HostSession) -> None:
+def _inspect(ctx: Context, diag: Diagnosis, record: HostRecord, session: Session) -> None:
     """The commands after ``echo OK``, each recorded on its own: one failing leaves the others' facts."""
     # No checksums: diagnosis needs counts and sizes; reading every byte is recover_data's job.
     command = quote_template(

@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 from remediator import incidents, keys, paging
+from remediator.clients import clients_for
 from remediator.config import Settings
-from remediator.coordinator import coordinator_from_settings
 from remediator.exceptions import CoordinatorError
 from remediator.incidents import IncidentState
 from remediator.intake import LadderRequest, queue_cleanup, start_ladders
@@ -47,7 +47,7 @@ def monitor(conn: redis.Redis, settings: Settings) -> dict[str, Any]:
     if not waiting:
         return done
     try:
-        records = coordinator_from_settings(settings).hosts()
+        records = clients_for(settings).coordinator.hosts()
     except CoordinatorError as exc:
         log.warning("incident monitor: coordinator unavailable (%s); nothing closes while unknown", exc)
         return done

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from remediator.exceptions import SSHError
-from remediator.ssh import HostSession
 from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = True
@@ -24,7 +23,7 @@ def run(lad: LadderRun) -> StepOutcome:
         )
     lad.guard()
     try:
-        with HostSession(s, record) as session:
+        with lad.ctx.clients.ssh(record) as session:
             first = session.run(s.agent_restart_command, timeout=60)
             evidence = {"command": s.agent_restart_command, "exit_status": first.exit_status}
             if first.ok:
@@ -48,7 +47,7 @@ def verify(lad: LadderRun) -> Verdict:
     if record is None:
         return Verdict("failed", "no host record")
     try:
-        with HostSession(s, record) as session:
+        with lad.ctx.clients.ssh(record) as session:
             check = session.run(s.agent_check_command, timeout=30)
     except SSHError as exc:
         return Verdict("failed", f"ssh: {exc}")

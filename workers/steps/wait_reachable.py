@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 from remediator.exceptions import CoordinatorError, SSHError
-from remediator.ssh import HostSession
 from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = False
@@ -45,7 +44,7 @@ def verify(lad: LadderRun) -> Verdict:
             return _still_waiting(lad, "coordinator", {"coordinator_error": str(exc)})
         return Verdict("ok", "coordinator answers again: diagnosing afresh", final="rediagnose")
     try:
-        with HostSession(lad.ctx.settings, record) as session:
+        with lad.ctx.clients.ssh(record) as session:
             session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
     except SSHError as exc:
         return _still_waiting(lad, "host", {"ssh_error": str(exc)})

@@ -1,0 +1,92 @@
+"""The outside world as the remediator reaches it: one seam for every outside call.
+
+The ladder, the fleet escalation, paging and the incident monitor reach the coordinator, the hosts
+(SSH, rsync), the import command, the cloud providers, the network probes and the pagers only
+through a ``Clients``. ``clients_for(settings)`` gives the real ones; the fault tests install a
+factory of their own (``install``) that wraps every call in a fault layer, so a refused, slow,
+malformed or half-applied answer can be injected at any call and what the remediator did about it
+checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from remediator.config import Settings
+from remediator.coordinator import Coordinator, HostRecord, coordinator_from_settings
+from remediator.pagers.base import Pager
+from remediator.ssh import CommandResult, RsyncResult
+
+
+class Session(Protocol):
+    """An SSH session to one host (``remediator.ssh.HostSession``)."""
+
+    def run(self, command: str, stdin: str | None = None, timeout: float | None = None) -> CommandResult: ...
+
+    def __enter__(self) -> Session: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@dataclass
+class Clients:
+    coordinator: Coordinator
+    ssh: Callable[[HostRecord], Session]
+    rsync: Callable[..., RsyncResult]  # (record, dest, *, dry_run, timeout)
+    run_import: Callable[[list[str], float], subprocess.CompletedProcess[str]]  # (argv, timeout)
+    providers: Callable[[], Mapping[str, Any]]  # provider name -> remediator.providers.Provider
+    provider_statuses: Callable[[], dict[str, bool | None]]
+    network: Callable[[Mapping[str, Mapping[str, Any]]], Any]  # hosts -> netcheck.NetworkCheck
+    pagers: Callable[[], Mapping[str, Pager]]
+
+
+def real_clients(settings: Settings) -> Clients:
+    from remediator import netcheck, providers
+    from remediator.pagers import pagers_from_settings
+    from remediator.ssh import HostSession, rsync_pull
+
+    def rsync(
+        record: HostRecord, dest: Path, *, dry_run: bool = False, timeout: float | None = None
+    ) -> RsyncResult:
+        return rsync_pull(settings, record, dest, dry_run=dry_run, timeout=timeout)
+
+    def run_import(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def network(hosts: Mapping[str, Mapping[str, Any]]) -> Any:
+        return netcheck.check_cluster_network(settings, hosts, timeout=min(5.0, settings.ssh_connect_timeout))
+
+    return Clients(
+        coordinator=coordinator_from_settings(settings),
+        ssh=lambda record: HostSession(settings, record),
+        rsync=rsync,
+        run_import=run_import,
+        providers=lambda: providers.providers_from_settings(settings),
+        provider_statuses=lambda: providers.provider_statuses(settings),
+        network=network,
+        pagers=lambda: pagers_from_settings(settings),
+    )
+
+
+_factory: Callable[[Settings], Clients] = real_clients
+
+
+def clients_for(settings: Settings) -> Clients:
+    """The clients to use with these settings (the real ones unless a test installed others)."""
+    return _factory(settings)
+
+
+@contextlib.contextmanager
+def install(factory: Callable[[Settings], Clients]) -> Iterator[None]:
+    """Use ``factory`` for every ``clients_for`` in this process while the block runs (tests)."""
+    global _factory
+    previous, _factory = _factory, factory
+    try:
+        yield
+    finally:
+        _factory = previous
