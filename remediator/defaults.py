@@ -23,6 +23,7 @@ IMPORT_TIMEOUT = 1800  # seconds the import command may run (recover_data)
 JOB_TIMEOUT = RSYNC_TIMEOUT + IMPORT_TIMEOUT + 600
 JOB_RESULT_TTL = 86400  # seconds a finished job's result is kept
 AUDIT_MAX_ENTRIES = 1000  # entries kept per host's audit trail
+HOST_KEYS_TTL = 30 * 86400  # seconds a host's state, audit trail and fence outlive its last change
 # Every step of the ladder, in the order the runbook prefers them (wait_reachable runs only when a host
 # cannot be reached); workers/steps registers one module for each but diagnose, and
 # tests/test_ladder_steps.py keeps the two equal.

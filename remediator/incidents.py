@@ -104,6 +104,7 @@ class Incident:
     page: str | None = None  # the page a human was (or is being) told of it under
     pages: list[str] = field(default_factory=list)  # every page it was part of (host, storm, summary)
     paged: bool = False  # a pager took one of its pages
+    rsync_ok: float | None = None  # when an rsync of the host's data last succeeded in it
     closed_at: float | None = None
     closed_by: str | None = None
     close_reason: str | None = None
@@ -138,6 +139,7 @@ class Incident:
             page=data.get("page") or None,
             pages=sorted(name[5:] for name in data if name.startswith("page:")),
             paged=data.get("paged") == "1",
+            rsync_ok=_float(data.get("rsync_ok")),
             closed_at=_float(data.get("closed_at")),
             closed_by=data.get("closed_by") or None,
             close_reason=data.get("close_reason") or None,

@@ -13,6 +13,7 @@ from types import TracebackType
 import redis
 
 from remediator import keys
+from remediator.defaults import HOST_KEYS_TTL
 from remediator.exceptions import LockLost, LockNotAcquired
 from remediator.hosts import validate_host_id
 
@@ -47,7 +48,11 @@ class HostLock:
         """Take the lock or raise LockNotAcquired; returns the fencing token."""
         if not self.connection.set(self.key, self.token, nx=True, px=self.ttl_ms):
             raise LockNotAcquired(f"host {self.host_id} is locked by another worker")
-        self.fence = int(self.connection.incr(keys.FENCE.format(self.host_id)))
+        fence_key = keys.FENCE.format(self.host_id)
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.incr(fence_key)
+            pipe.expire(fence_key, HOST_KEYS_TTL)  # a host unseen for a month need not be remembered
+            self.fence = int(pipe.execute()[0])
         if self._renew:
             self._thread = threading.Thread(
                 target=self._renew_loop, name=f"lock-renew-{self.host_id}", daemon=True

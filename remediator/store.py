@@ -10,7 +10,7 @@ import redis
 from redis.client import Pipeline
 
 from remediator import keys
-from remediator.defaults import AUDIT_MAX_ENTRIES
+from remediator.defaults import AUDIT_MAX_ENTRIES, HOST_KEYS_TTL
 
 # Host hash fields holding JSON rather than plain strings.
 _JSON_FIELDS = {"facts", "plan", "checklist", "evidence", "limits"}
@@ -41,6 +41,7 @@ def update_host(conn: redis.Redis | Pipeline, host_id: str, **fields: Any) -> No
     """Set fields of the host's state hash (and bump it in the hosts index)."""
     now = time.time()
     conn.hset(keys.HOST.format(host_id), mapping=host_fields(now, **fields))
+    conn.expire(keys.HOST.format(host_id), HOST_KEYS_TTL)
     conn.zadd(keys.HOSTS, {host_id: now})
 
 
@@ -65,6 +66,7 @@ def append_audit(
     key = keys.AUDIT.format(host_id)
     conn.rpush(key, encode_audit(entry))
     conn.ltrim(key, -AUDIT_MAX_ENTRIES, -1)
+    conn.expire(key, HOST_KEYS_TTL)
     return entry
 
 

@@ -27,6 +27,7 @@ from workers.steps.base import LadderRun, StepOutcome, Verdict
 log = logging.getLogger("remediator.ladder")
 
 MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a job's duration)
+LOCKED_RETRY_DELAY = 1.0  # seconds before the ladder's current job tries a host lock held by another
 # Ladders of an incident that repeat only the steps whose preconditions changed (a human's do not).
 RETRY_KINDS = frozenset({"retry", "relapse"})
 
@@ -104,6 +105,11 @@ class Ladder:
             fence = self.lock.acquire()
         except LockNotAcquired:
             metrics.count(conn, "remediator_lock_contention")
+            if self.ctx.job_id and self.state.get("job_id") == self.ctx.job_id:
+                # This is the ladder's current job: the holder is the job that handed over to it and
+                # has not released yet (or a worker that lost the lock, which can no longer commit).
+                # Try again shortly instead of dropping the ladder until the sweeper notices.
+                return self._retry_later()
             return "locked: another worker is advancing this ladder"
         token = bind(host_id=self.host_id, ladder_id=self.ladder_id, job_id=self.ctx.job_id)
         try:
@@ -113,12 +119,30 @@ class Ladder:
                 heartbeat=f"{time.time():.3f}",
                 job_id=self.ctx.job_id or self.state.get("job_id"),
             )
-            return self._loop(fence)
+            result = self._loop(fence)
+            if self.state.get("resumes"):
+                self.ctx.conn.hdel(keys.HOST.format(self.host_id), "resumes", "resumed_at")  # it ran
+            return result
         except LockLost:
             return "lock lost: another worker took over"
         finally:
             log_context.reset(token)
             self.lock.release()
+
+    def _retry_later(self) -> str:
+        with self.ctx.conn.pipeline() as pipe:
+            job_id = queue_ladder_job(
+                pipe,
+                self.ctx.queue,
+                self.host_id,
+                self.ladder_id,
+                description="host locked by the previous job: trying again",
+                delay=LOCKED_RETRY_DELAY,
+                status="waiting",
+                waiting_for="the host lock",
+            )
+            pipe.execute()
+        return f"locked: trying again as job {job_id} in {LOCKED_RETRY_DELAY:g}s"
 
     def _loop(self, fence: int) -> str:
         policy = self.ctx.rules.ladder
@@ -170,6 +194,8 @@ class Ladder:
             lad.audit("diagnose", "failed", "the coordinator does not know this host", **diag.summary())
             return self._finish("failed", "host unknown to the coordinator")
         lad.remember(diagnosis={**diag.summary(), "record": diag.record})
+        if diag.ssh_reachable:
+            lad.remember(unreachable_since=None)  # reached: a later wait starts its own clock
         plan = plan_for(facts)
         skipped = self._unchanged(plan, facts)
         plan = without(plan, skipped)
@@ -298,7 +324,8 @@ class Ladder:
         if verdict.status == "failed":
             return self._retry_or_climb(lad, verdict.detail)
         if verdict.final == "rediagnose":
-            lad.remember(unreachable_since=None)  # a later wait starts its own clock
+            # The unreachable clock keeps running until a diagnosis reaches the host: a host that
+            # answers one echo and drops again must still escalate after the rules' limit.
             self._commit(phase="diagnose", step="diagnose")
             return None
         if verdict.final:
@@ -386,7 +413,7 @@ class Ladder:
         return None
 
     def _goto(self, step: str, reason: str) -> None:
-        LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, 0).remember(escalation_reason=reason)
+        self._run_view(0).remember(escalation_reason=reason)
         self._commit(step=step, phase="run", attempt=1)
 
     def _wait_for(self, step: str) -> float:

@@ -18,6 +18,7 @@ from rq.job import Job, JobStatus
 
 from remediator import incidents, keys, store
 from remediator.config import Settings
+from remediator.exceptions import LockNotAcquired
 from remediator.intake import fetch_job, queue_cleanup, queue_ladder_job
 from workers.monitor import monitor
 
@@ -25,6 +26,9 @@ log = logging.getLogger("remediator.sweeper")
 
 SWEEP_INTERVAL = 5.0  # seconds between sweeps
 LATE_GRACE = 10.0  # seconds a scheduled check may be late before the sweeper re-enqueues it
+MAX_RESUMES = 6  # resumes of a ladder without a job of it finishing before it is given up
+MAX_BACKOFF = 300.0  # seconds between two resumes of a ladder whose jobs keep dying
+HOSTS_KEEP = 30 * 86400  # seconds a host stays in the hosts index after its last update
 
 
 def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
@@ -63,6 +67,14 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
             continue
         if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
             continue
+        # A job that dies every time (a crash, a poison input, an OOM kill) is resumed with a growing
+        # pause, and given up to a human after MAX_RESUMES: never every few seconds until the deadline.
+        resumes = int(state.get("resumes") or 0)
+        if now - float(state.get("resumed_at") or 0) < min(SWEEP_INTERVAL * 2**resumes, MAX_BACKOFF):
+            continue
+        if resumes >= MAX_RESUMES:
+            give_up(conn, settings, host, ladder_id, f"its jobs died {resumes + 1} times in a row")
+            continue
         with conn.pipeline() as pipe:
             try:
                 pipe.watch(keys.HOST.format(host))
@@ -70,7 +82,14 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
                     continue
                 pipe.multi()
                 new_id = queue_ladder_job(
-                    pipe, queue, host, ladder_id, description="resumed by sweeper", status="queued"
+                    pipe,
+                    queue,
+                    host,
+                    ladder_id,
+                    description="resumed by sweeper",
+                    status="queued",
+                    resumes=resumes + 1,
+                    resumed_at=f"{now:.3f}",
                 )
                 store.append_audit(
                     pipe,
@@ -89,8 +108,54 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         log.warning("resumed ladders of %s", ", ".join(resumed))
     for incident_id in incidents.cleanup_due(conn):
         queue_cleanup(conn, settings.queue, incident_id)
+    conn.zremrangebyscore(keys.HOSTS, "-inf", now - HOSTS_KEEP)
     monitor(conn, settings)
     return resumed
+
+
+def give_up(conn: redis.Redis, settings: Settings, host: str, ladder_id: str, why: str) -> None:
+    """End a ladder that cannot run: failed, its incident held, a human paged."""
+    from remediator.fleet import page_host
+    from remediator.incidents import IncidentState, end_ladder
+    from remediator.locks import HostLock
+    from workers.context import Context
+
+    lock = HostLock(conn, host, settings.lock_ttl, renew=False)
+    try:
+        lock.acquire()
+    except LockNotAcquired:
+        return  # a worker holds it after all: not abandoned
+    try:
+        detail = f"ladder given up: {why}"
+        ended = end_ladder(
+            conn,
+            host,
+            ladder_id,
+            lock.token,
+            "failed",
+            detail,
+            store.host_fields(
+                time.time(), status="finished", outcome="failed", outcome_detail=detail, phase="done"
+            ),
+            IncidentState.HELD,
+            store.audit_entry("ladder", "failed", detail, ladder_id=ladder_id),
+        )
+    finally:
+        lock.release()
+    log.error("host %s: %s", host, detail)
+    if ended.ok and ended.incident:
+        ctx = Context(settings, conn)
+        page_host(
+            ctx,
+            host,
+            ended.incident,
+            summary=f"RingRift remediation needs a human: {host}: {detail}",
+            severity="critical",
+            targets=None,
+            details={"reason": detail, "ladder_id": ladder_id},
+            rule="(sweeper)",
+            host_state=f"failed: {why}",
+        )
 
 
 class Sweeper(threading.Thread):

@@ -95,7 +95,9 @@ class LadderRun:
         return json.loads(raw) if raw else {}
 
     def remember(self, **values: Any) -> None:
-        """Persist values for later phases of this ladder (survives a worker being killed)."""
+        """Persist values for later phases of this ladder (survives a worker being killed); only while
+        this worker still holds the host (a worker that lost it must not overwrite its successor's)."""
+        self.guard()
         data = self.scratch
         data.update(values)
         key = _scratch_key(self.host_id, self.ladder_id)
@@ -103,6 +105,7 @@ class LadderRun:
         self.ctx.conn.expire(key, 7 * 86400)
 
     def audit(self, step: str, outcome: str, detail: str = "", **evidence: Any) -> None:
+        self.guard()
         store.append_audit(
             self.ctx.conn,
             self.host_id,

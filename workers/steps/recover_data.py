@@ -20,10 +20,10 @@ import subprocess
 import time
 from typing import Any
 
-from remediator import defaults, keys
+from remediator import defaults, incidents, keys
 from remediator.exceptions import SSHError
 from remediator.hosts import recovery_path
-from remediator.ssh import HostSession, quote_template, rsync_pull
+from remediator.ssh import quote_template
 from workers.diagnose import INVENTORY_SOURCE
 from workers.host_inventory import inventory
 from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
@@ -57,46 +57,86 @@ def last_import(lad: LadderRun) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def host_inventory(lad: LadderRun) -> tuple[dict[str, Any] | None, str | None]:
+    """The host's checksum inventory of its data dir, or None and why (SSH error, timeout, exit, or an
+    answer that is not the inventory's JSON, e.g. a login banner)."""
+    record = lad.record
+    assert record is not None
+    try:
+        with lad.ctx.clients.ssh(record) as session:
+            remote = session.run(quote_template("python3 - {d} 0", d=record.data_dir), stdin=INVENTORY_SOURCE)
+    except SSHError as exc:
+        return None, str(exc)
+    if not remote.ok:
+        return None, f"exit {remote.exit_status}: {remote.stderr[-200:]}"
+    try:
+        found = json.loads(remote.stdout)
+    except ValueError:
+        return None, "the host's inventory answer is not JSON"
+    if not isinstance(found, dict) or not isinstance(found.get("files"), dict):
+        return None, "the host's inventory answer has no file list"
+    return found, None
+
+
+def compare(
+    before: dict[str, Any], after: dict[str, Any] | None, local: dict[str, Any]
+) -> dict[str, list[str]]:
+    """What the copy lacks: files the host had before the copy that are not in it (``missing``), and
+    files whose copy differs although the host's file did not change during the copy (``mismatched``).
+    A file the host changed during the copy (live selfplay) is ``changed``: the next sync takes it."""
+    missing, mismatched, changed = [], [], []
+    for name, entry in sorted(before["files"].items()):
+        mine = local["files"].get(name)
+        if mine is None:
+            missing.append(name)
+            continue
+        if mine.get("sha256") == entry.get("sha256"):
+            continue
+        now = (after or {}).get("files", {}).get(name)
+        if after is not None and now is not None and now.get("sha256") != entry.get("sha256"):
+            changed.append(name)
+        else:
+            mismatched.append(name)
+    return {"missing": missing, "mismatched": mismatched, "changed": changed}
+
+
 def run(lad: LadderRun) -> StepOutcome:
     s = lad.ctx.settings
     record = lad.record
     if record is None:
         return StepOutcome("failed", "no host record from diagnosis")
     dest = recovery_path(s.recovery_dir, lad.host_id)
+    # What the host holds before the copy: the copy is checked against it, file by file.
+    before, before_error = (None, None) if lad.dry_run else host_inventory(lad)
     lad.guard()
-    result = rsync_pull(s, record, dest, dry_run=lad.dry_run)
-    evidence = {
+    result = lad.ctx.clients.rsync(record, dest, dry_run=lad.dry_run)
+    evidence: dict[str, Any] = {
         "destination": str(dest),
         "rsync_exit": result.exit_status,
         "files_transferred": result.files_transferred,
     }
     lad.remember(rsync_attempted=True, rsync_exit=result.exit_status)
+    if result.exit_status == 0 and not lad.dry_run and lad.incident_id:
+        # The host's data could be copied: nothing in this incident may call it lost.
+        incidents.update(lad.ctx.conn, lad.incident_id, rsync_ok=f"{time.time():.3f}")
     if result.exit_status != 0:
         evidence["stderr"] = result.stderr[-300:]
         return StepOutcome("failed", "rsync failed", evidence)
     if lad.dry_run:
         return StepOutcome("ran", f"rsync --dry-run ok; would import with {s.import_command!r}", evidence)
-    try:
-        with HostSession(s, record) as session:
-            remote = session.run(quote_template("python3 - {d} 0", d=record.data_dir), stdin=INVENTORY_SOURCE)
-        host_inv = json.loads(remote.stdout) if remote.ok else None
-    except SSHError as exc:
-        host_inv = None
-        evidence["checksum_error"] = str(exc)
+    after, after_error = host_inventory(lad)
     last_sync = lad.diagnosis.get("last_sync") or 0.0
     local = inventory(str(dest), last_sync)
-    mismatched = []
-    if host_inv is not None:
-        for name, entry in host_inv["files"].items():
-            mine = local["files"].get(name)
-            if mine is not None and mine.get("sha256") != entry.get("sha256"):
-                mismatched.append(name)
+    diff = compare(before, after, local) if before is not None else None
     evidence.update(
         files=local["file_count"],
         games=local["games"],
         unsynced_games=local["unsynced_games"],
-        checksum_mismatches=mismatched[:20],
-        checksums_compared=host_inv is not None,
+        checksums_compared=diff is not None,
+        checksum_error=before_error or after_error,
+        checksum_mismatches=(diff or {}).get("mismatched", [])[:20],
+        missing_files=(diff or {}).get("missing", [])[:20],
+        changed_during_copy=(diff or {}).get("changed", [])[:20],
     )
     digest = manifest_digest(local)
     evidence["manifest_digest"] = digest
@@ -107,16 +147,23 @@ def run(lad: LadderRun) -> StepOutcome:
         return StepOutcome(
             "ran", "data copied; nothing new since the last import, not imported again", evidence
         )
-    argv = import_argv(s.import_command, str(dest), lad.host_id)
+    outcome = run_import(lad, dest, digest, evidence)
+    lad.remember(recovery=evidence)
+    return outcome
+
+
+def run_import(lad: LadderRun, dest: Any, digest: str, evidence: dict[str, Any]) -> StepOutcome:
+    """Run the import command on the recovered folder; remember its digest once it succeeded."""
+    argv = import_argv(lad.ctx.settings.import_command, str(dest), lad.host_id)
     lad.guard()
     try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=defaults.IMPORT_TIMEOUT, check=False
-        )
+        proc = lad.ctx.clients.run_import(argv, defaults.IMPORT_TIMEOUT)
     except subprocess.TimeoutExpired:
         evidence["import_exit"] = None
-        lad.remember(recovery=evidence)
         return StepOutcome("failed", f"import command timed out after {defaults.IMPORT_TIMEOUT}s", evidence)
+    except OSError as exc:  # the command is not there, or not executable
+        evidence["import_exit"] = None
+        return StepOutcome("failed", f"import command could not run: {exc}", evidence)
     evidence["import_exit"] = proc.returncode
     for line in reversed(proc.stdout.strip().splitlines()):
         try:
@@ -124,7 +171,6 @@ def run(lad: LadderRun) -> StepOutcome:
             break
         except json.JSONDecodeError:
             continue
-    lad.remember(recovery=evidence)
     if proc.returncode != 0:
         evidence["import_stderr"] = proc.stderr[-300:]
         return StepOutcome("failed", "import command failed", evidence)
@@ -144,6 +190,8 @@ def run(lad: LadderRun) -> StepOutcome:
 
 
 def verify(lad: LadderRun) -> Verdict:
+    """OK only for a recovery on record whose copy was checked against the host: every file the host
+    had is in it, byte for byte, and it holds at least the unsynced games diagnosis counted."""
     if lad.dry_run:
         return Verdict("ok", "dry run: nothing copied")
     rec = lad.scratch.get("recovery") or {}
@@ -152,7 +200,16 @@ def verify(lad: LadderRun) -> Verdict:
         "expected_unsynced_games": expected,
         "recovered_unsynced_games": rec.get("unsynced_games"),
         "checksum_mismatches": rec.get("checksum_mismatches"),
+        "missing_files": rec.get("missing_files"),
+        "checksum_error": rec.get("checksum_error"),
     }
+    if not rec:
+        return Verdict("failed", "no recovery is on record for this attempt", evidence)
+    if not rec.get("checksums_compared"):
+        why = rec.get("checksum_error") or "no checksum inventory of the host"
+        return Verdict("failed", f"the copy could not be checked against the host: {why}", evidence)
+    if rec.get("missing_files"):
+        return Verdict("failed", "files the host had are missing from the copy", evidence)
     if rec.get("checksum_mismatches"):
         return Verdict("failed", "recovered files differ from the host's", evidence)
     if expected is not None and (rec.get("unsynced_games") or 0) < expected:
