@@ -22,9 +22,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config.update(test_config)
 
-    from remediator import api, extensions, health, openapi, receiver, ui
+    from remediator import api, extensions, health, openapi, receiver, security, ui
 
     extensions.init_app(app)
+    security.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(api.bp)
