@@ -109,6 +109,29 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     return value
 
 
+# The tokens of the receiver's doors: each opens its own. One value for two of them would let the holder
+# of the weaker (Alertmanager's webhook token, in its config) through the stronger.
+_TOKENS = (
+    ("webhook_token", "REMEDIATOR_WEBHOOK_TOKEN"),
+    ("admin_token", "REMEDIATOR_ADMIN_TOKEN"),
+)
+
+
+def _refuse_shared_tokens(settings: Settings) -> None:
+    """Raise ConfigError (naming the variables, never the value) when two tokens are the same."""
+    seen: dict[str, str] = {}
+    for attr, name in _TOKENS:
+        value = getattr(settings, attr)
+        if not value:
+            continue
+        if value in seen:
+            raise ConfigError(
+                f"{seen[value]} and {name} are the same token; each door needs its own "
+                "(e.g. openssl rand -hex 32 for each), or the holder of one could use the other"
+            )
+        seen[value] = name
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the remediator is configured with. Secrets are marked ``repr=False``."""
@@ -148,6 +171,9 @@ class Settings:
     network_probes: tuple[str, ...] = ()
     vast_status_url: str | None = None
     lambda_status_url: str | None = None
+
+    def __post_init__(self) -> None:
+        _refuse_shared_tokens(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
