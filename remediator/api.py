@@ -24,6 +24,9 @@ log = logging.getLogger("remediator.api")
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 HOST_ID_RULE = "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# The same answer for every unknown host: echoing the id back let the secret redactor confirm a guessed
+# secret (GET /api/v1/hosts/<admin token> answered "no state for host [REDACTED]").
+UNKNOWN_HOST = "no state for this host: the remediator has never worked on it"
 
 
 def error(code: int, message: str, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -80,7 +83,7 @@ def host(host_id: str) -> Any:
         return error(422, HOST_ID_RULE, field="host_id")
     detail = ops.host_detail(get_redis(), host_id)
     if detail is None:
-        return error(404, f"no state for host {host_id}: the remediator has never worked on it")
+        return error(404, UNKNOWN_HOST)
     return detail
 
 

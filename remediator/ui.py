@@ -16,7 +16,7 @@ from flask import Blueprint, Response, render_template, request, url_for
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from remediator import ops
+from remediator import keys, ops
 from remediator.api import JOB_ID
 from remediator.auth import check_authorization
 from remediator.extensions import get_redis, get_rules, get_settings
@@ -108,7 +108,8 @@ def host(host_id: str) -> Response:
         return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
     detail = ops.host_detail(get_redis(), host_id)
     if detail is None:
-        return _message(404, "Unknown host", f"The remediator has no state for {host_id}.")
+        # The same page for every unknown host: an echoed id let the secret redactor confirm a guess.
+        return _message(404, "Unknown host", "The remediator has no state for this host.")
     return _page("host.html", detail=detail, refresh=REFRESH)
 
 
@@ -116,7 +117,20 @@ def host(host_id: str) -> Response:
 def admin() -> Response:
     """The admin forms, on a page that does not refresh (a half-typed token would be lost)."""
     host_id = request.args.get("host_id", "")
-    return _page("admin.html", host_id=host_id if is_valid_host_id(host_id) else "", refresh=None)
+    return _page("admin.html", host_id=host_id if _known_host(host_id) else "", refresh=None)
+
+
+def _known_host(host_id: str) -> bool:
+    """Whether the remediator has state or an audit for ``host_id`` (only those prefill the forms).
+
+    Any other value is not echoed into the page: the secret redactor would have confirmed a guessed
+    secret put in ?host_id= to anyone, without a token."""
+    if not is_valid_host_id(host_id):
+        return False
+    try:
+        return get_redis().exists(keys.HOST.format(host_id), keys.AUDIT.format(host_id)) > 0
+    except redis.RedisError:  # the forms still load; they will say Redis is down when used
+        return False
 
 
 def _authorized() -> bool:

@@ -89,7 +89,21 @@ def test_host_detail_refuses_an_invalid_host_id_with_422(client, host_id):
 
 def test_host_detail_of_a_host_never_seen_is_404(client):
     resp = client.get("/api/v1/hosts/never-seen")
-    assert resp.status_code == 404 and "never-seen" in resp.get_json()["error"]
+    assert resp.status_code == 404 and "never worked on it" in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("guess", [ADMIN_TOKEN, WEBHOOK_TOKEN, ADMIN_TOKEN[:-1]])
+def test_unknown_host_answers_the_same_404_for_any_id_even_a_configured_secret(client, guess):
+    # The id used to be echoed, and the secret redactor then confirmed a guessed secret: the answer for
+    # /api/v1/hosts/<admin token> said "no state for host [REDACTED]", testing every secret at once.
+    reference = client.get("/api/v1/hosts/never-seen")
+    resp = client.get(f"/api/v1/hosts/{guess}")
+    assert (resp.status_code, resp.get_data()) == (reference.status_code, reference.get_data())
+    assert b"REDACTED" not in resp.get_data()
+    for url in (f"/api/v1//hosts/{guess}", f"/api/v1/hosts//{guess}"):
+        doubled = client.get(url)  # no redirect whose page echoes the path
+        assert doubled.status_code == 404 and b"REDACTED" not in doubled.get_data(), url
+        assert "Location" not in doubled.headers
 
 
 def test_fleet_shows_critical_hosts_in_window_storm_paused_hosts_and_open_pages(client, redis_conn):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import require_binary
-from helpers import ADMIN_TOKEN
+from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN
 from ops_helpers import QUEUE, run_jobs_failing, seed_host, start_ladder
 from rq import Queue
 from werkzeug.serving import make_server
@@ -178,7 +179,8 @@ def test_status_page_in_chromium_shows_the_seeded_hosts_current_step_and_the_fle
     assert 'href="/ui/admin"' in dom
 
 
-def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, tmp_path):
+def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, redis_conn, tmp_path):
+    seed_host(redis_conn, "gpu-node-07")
     dom = dump_dom(tmp_path, f"{served}/ui/admin?host_id=gpu-node-07")
     assert 'http-equiv="refresh"' not in dom
     assert dom.count('type="password" name="token"') == 2 and ADMIN_TOKEN not in dom
@@ -231,6 +233,32 @@ def test_pages_carry_a_strict_content_security_policy(client, redis_conn):
 def test_host_page_is_422_for_an_invalid_host_id_and_404_for_an_unknown_one(client):
     assert client.get("/ui/hosts/a;reboot").status_code == 422
     assert client.get("/ui/hosts/unknown-host").status_code == 404
+
+
+@pytest.mark.parametrize("guess", [ADMIN_TOKEN, WEBHOOK_TOKEN])
+def test_host_page_of_an_unknown_host_is_the_same_for_any_id_even_a_configured_secret(client, guess):
+    reference = client.get("/ui/hosts/never-seen")
+    resp = client.get(f"/ui/hosts/{guess}")
+    assert resp.status_code == reference.status_code == 404
+    assert strip_clock(resp.get_data(as_text=True)) == strip_clock(reference.get_data(as_text=True))
+    assert "REDACTED" not in resp.get_data(as_text=True)
+    assert "never-seen" not in reference.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("guess", [ADMIN_TOKEN, WEBHOOK_TOKEN, "never-seen"])
+def test_admin_page_prefills_only_a_host_the_remediator_knows(client, redis_conn, guess):
+    seed_host(redis_conn, "gpu-node-07")
+    known = client.get("/ui/admin?host_id=gpu-node-07").get_data(as_text=True)
+    assert known.count('name="host_id" value="gpu-node-07"') == 2
+    reference = client.get("/ui/admin").get_data(as_text=True)
+    page = client.get(f"/ui/admin?host_id={guess}").get_data(as_text=True)
+    assert strip_clock(page) == strip_clock(reference)  # nothing of the guess, redacted or not
+    assert "REDACTED" not in page
+
+
+def strip_clock(html: str) -> str:
+    """The page without the time it was rendered at (the header shows it)."""
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "", html)
 
 
 @pytest.mark.parametrize("token", ["", "wrong", ADMIN_TOKEN + "x"])
