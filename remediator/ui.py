@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+import jinja2
 import redis
 from flask import Blueprint, Response, render_template, request, url_for
 from rq.exceptions import NoSuchJobError
@@ -39,7 +40,10 @@ SECURITY_HEADERS = {
 }
 
 
-bp.add_app_template_filter(ops.format_ts, "ts")
+@bp.app_template_filter("ts")
+def format_ts(value: Any) -> str:
+    """``ops.format_ts``, with a field the state lacks (a jinja Undefined) shown as '-'."""
+    return "-" if isinstance(value, jinja2.Undefined) else ops.format_ts(value)
 
 
 @bp.app_template_filter("ago")
@@ -110,6 +114,9 @@ def host(host_id: str) -> Response:
     if detail is None:
         # The same page for every unknown host: an echoed id let the secret redactor confirm a guess.
         return _message(404, "Unknown host", "The remediator has no state for this host.")
+    # A host can have an audit and no state (a resolved alert for a host never remediated): every
+    # field the page shows is then None, not missing.
+    detail["state"] = {name: None for name in ops.SUMMARY_FIELDS} | detail["state"]
     return _page("host.html", detail=detail, refresh=REFRESH)
 
 

@@ -221,6 +221,17 @@ def test_status_page_screenshot_is_a_png_of_the_window_size(served, redis_conn, 
 # -- pages and forms (test client) ---------------------------------------------------------------------
 
 
+def test_host_page_of_a_host_with_an_audit_but_no_state_renders_its_timeline(client, redis_conn):
+    # A resolved alert for a host the remediator never worked on left an audit entry and no state; the
+    # page answered 500 (a missing started_at in the template's time filter).
+    store.append_audit(redis_conn, "never-remediated", "intake", "resolved", "alert resolved; no ladder")
+    resp = client.get("/ui/hosts/never-remediated")
+    assert resp.status_code == 200
+    page = resp.get_data(as_text=True)
+    assert 'data-step="intake" data-outcome="resolved"' in page
+    assert client.get("/api/v1/hosts/never-remediated").status_code == 200
+
+
 def test_pages_carry_a_strict_content_security_policy(client, redis_conn):
     seed_host(redis_conn, "gpu-node-07")
     for page in ("/ui", "/ui/hosts/gpu-node-07"):
