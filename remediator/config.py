@@ -21,6 +21,7 @@ ENV_VARS: dict[str, str] = {
     "REDIS_URL": "Redis for queues, locks, state, audit",
     "REMEDIATOR_WEBHOOK_TOKEN": "bearer token (or basic-auth password) Alertmanager must send",
     "REMEDIATOR_ADMIN_TOKEN": "bearer token for the /api/v1 write endpoints",
+    "REMEDIATOR_READ_TOKEN": "bearer token for the full state and evidence on /api/v1 reads and /ui",
     "REMEDIATOR_COORDINATOR_URL": "base URL of the RingRift coordinator API",
     "REMEDIATOR_COORDINATOR_ADMIN_KEY": "sent as X-Admin-Key on coordinator admin calls",
     "REMEDIATOR_COORDINATOR_TIMEOUT": "seconds for one coordinator HTTP call",
@@ -60,6 +61,7 @@ SECRET_VARS: frozenset[str] = frozenset(
     {
         "REMEDIATOR_WEBHOOK_TOKEN",
         "REMEDIATOR_ADMIN_TOKEN",
+        "REMEDIATOR_READ_TOKEN",
         "REMEDIATOR_COORDINATOR_ADMIN_KEY",
         "REMEDIATOR_VAST_API_KEY",
         "REMEDIATOR_LAMBDA_API_KEY",
@@ -114,6 +116,7 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
 _TOKENS = (
     ("webhook_token", "REMEDIATOR_WEBHOOK_TOKEN"),
     ("admin_token", "REMEDIATOR_ADMIN_TOKEN"),
+    ("read_token", "REMEDIATOR_READ_TOKEN"),
 )
 
 
@@ -139,6 +142,7 @@ class Settings:
     redis_url: str | None = None
     webhook_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
+    read_token: str | None = field(default=None, repr=False)
     coordinator_url: str = defaults.COORDINATOR_URL
     coordinator_admin_key: str | None = field(default=None, repr=False)
     coordinator_timeout: float = defaults.COORDINATOR_TIMEOUT
@@ -185,6 +189,7 @@ class Settings:
             redis_url=env.get("REDIS_URL") or None,
             webhook_token=_secret(env, "REMEDIATOR_WEBHOOK_TOKEN"),
             admin_token=_secret(env, "REMEDIATOR_ADMIN_TOKEN"),
+            read_token=_secret(env, "REMEDIATOR_READ_TOKEN"),
             coordinator_url=(env.get("REMEDIATOR_COORDINATOR_URL") or defaults.COORDINATOR_URL).rstrip("/"),
             coordinator_admin_key=_secret(env, "REMEDIATOR_COORDINATOR_ADMIN_KEY"),
             coordinator_timeout=_number(env, "REMEDIATOR_COORDINATOR_TIMEOUT", defaults.COORDINATOR_TIMEOUT),
