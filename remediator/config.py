@@ -8,6 +8,7 @@ how Kubernetes Secrets are mounted.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,7 @@ ENV_VARS: dict[str, str] = {
     "REMEDIATOR_WEBHOOK_TOKEN": "bearer token (or basic-auth password) Alertmanager must send",
     "REMEDIATOR_ADMIN_TOKEN": "bearer token for the /api/v1 write endpoints",
     "REMEDIATOR_READ_TOKEN": "bearer token for the full state and evidence on /api/v1 reads and /ui",
+    "REMEDIATOR_ALLOWED_HOSTS": "Host names the receiver answers for, comma-separated (unset: any)",
     "REMEDIATOR_COORDINATOR_URL": "base URL of the RingRift coordinator API",
     "REMEDIATOR_COORDINATOR_ADMIN_KEY": "sent as X-Admin-Key on coordinator admin calls",
     "REMEDIATOR_COORDINATOR_TIMEOUT": "seconds for one coordinator HTTP call",
@@ -85,6 +87,26 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
         except OSError as exc:
             raise ConfigError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from exc
     return value or None
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
+
+
+def _allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
+    """REMEDIATOR_ALLOWED_HOSTS as lowercased host names (no ports); () when unset: any Host."""
+    raw = env.get("REMEDIATOR_ALLOWED_HOSTS", "")
+    names = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name = entry.lower().rstrip(".")
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                f"REMEDIATOR_ALLOWED_HOSTS entry {entry!r} is not a host name: list names or addresses "
+                "without a port or scheme (any port is accepted), e.g. remediator.ops.svc,localhost,[::1]"
+            )
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -175,6 +197,7 @@ class Settings:
     network_probes: tuple[str, ...] = ()
     vast_status_url: str | None = None
     lambda_status_url: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _refuse_shared_tokens(self)
@@ -226,6 +249,7 @@ class Settings:
             network_probes=probes,
             vast_status_url=env.get("REMEDIATOR_VAST_STATUS_URL") or None,
             lambda_status_url=env.get("REMEDIATOR_LAMBDA_STATUS_URL") or None,
+            allowed_hosts=_allowed_hosts(env),
         )
 
     def secrets(self) -> list[str]:

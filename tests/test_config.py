@@ -56,3 +56,31 @@ def test_serve_refuses_to_start_with_the_webhook_token_as_admin_token():
     assert proc.returncode != 0
     assert "REMEDIATOR_WEBHOOK_TOKEN and REMEDIATOR_ADMIN_TOKEN are the same token" in proc.stderr
     assert SHARED not in proc.stdout + proc.stderr
+
+
+def test_read_token_equal_to_the_admin_or_webhook_token_is_refused():
+    for other in ("REMEDIATOR_ADMIN_TOKEN", "REMEDIATOR_WEBHOOK_TOKEN"):
+        with pytest.raises(ConfigError, match=f"{other} and REMEDIATOR_READ_TOKEN are the same token"):
+            Settings.from_env({other: SHARED, "REMEDIATOR_READ_TOKEN": SHARED})
+
+
+def test_read_token_is_read_from_its_file_form(tmp_path):
+    (tmp_path / "read").write_text("rdt-from-a-file\n")
+    settings = Settings.from_env({"REMEDIATOR_READ_TOKEN_FILE": str(tmp_path / "read")})
+    assert settings.read_token == "rdt-from-a-file" and "rdt-from-a-file" in settings.secrets()
+    assert "rdt-from-a-file" not in repr(settings)
+
+
+def test_allowed_hosts_are_host_names_lowercased_without_a_trailing_dot():
+    settings = Settings.from_env(
+        {"REMEDIATOR_ALLOWED_HOSTS": " RR.remediation.svc. ,localhost,,[::1],10.0.0.5 "}
+    )
+    assert settings.allowed_hosts == ("rr.remediation.svc", "localhost", "[::1]", "10.0.0.5")
+    assert Settings.from_env({}).allowed_hosts == ()
+
+
+@pytest.mark.parametrize("entry", ["rr.svc:8080", "http://rr.svc", "rr svc", "*", "[::1]:8080"])
+def test_an_allowed_hosts_entry_that_is_not_a_host_name_is_refused_naming_it(entry):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"REMEDIATOR_ALLOWED_HOSTS": f"localhost,{entry}"})
+    assert "REMEDIATOR_ALLOWED_HOSTS" in str(refused.value) and repr(entry) in str(refused.value)

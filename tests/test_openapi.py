@@ -145,7 +145,9 @@ def closed_port_redis() -> str:
         return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, redis_conn, monkeypatch):
+def test_real_answers_of_every_endpoint_validate_against_the_spec(
+    app, spec, redis_url, redis_conn, monkeypatch
+):
     check = Checker(app, spec)
     seed_host(redis_conn, "gpu-node-07")
     store.update_host(
@@ -276,6 +278,28 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, red
     ):
         check.call(method, url, 503, client=down, headers=admin())
     check.call("post", "/ui/hosts/h1/details", 503, client=down, data={"token": READ_TOKEN})
+
+    # A Host outside REMEDIATOR_ALLOWED_HOSTS (DNS rebinding), on every operation that checks it.
+    guarded = create_app(
+        {"SETTINGS": make_settings(redis_url, allowed_hosts=("remediator.svc",)), "TESTING": True}
+    ).test_client()
+    for method, url in (
+        ("get", "/api/v1/hosts"),
+        ("get", "/api/v1/hosts/h1"),
+        ("get", "/api/v1/fleet"),
+        ("post", "/api/v1/hosts/h1/remediate"),
+        ("post", "/api/v1/jobs/j/requeue"),
+        ("post", "/api/v1/jobs/requeue-failed"),
+        ("get", "/ui"),
+        ("get", "/ui/hosts/h1"),
+        ("get", "/ui/hosts/h1/details"),
+        ("post", "/ui/hosts/h1/details"),
+        ("get", "/ui/admin"),
+        ("post", "/ui/remediate"),
+        ("post", "/ui/requeue"),
+        ("get", "/openapi.json"),
+    ):
+        check.call(method, url, 421, client=guarded, headers={"Host": "attacker.example", **admin()})
 
     exercised = {(path, method) for path, method, _ in check.seen}
     assert exercised == spec_operations(spec)
