@@ -145,13 +145,15 @@ def update_host(conn: redis.Redis | Pipeline, host_id: str, **fields: Any) -> No
     conn.zadd(keys.HOSTS, {host_id: now})
 
 
-def audit_entry(step: str, outcome: str, detail: str = "", **evidence: Any) -> dict[str, Any]:
+def audit_entry(step: str, outcome: str, detail: str = "", /, **evidence: Any) -> dict[str, Any]:
     """One audit trail entry as ``append_audit`` stores it: evidence set to None left out, the rest
-    bounded (at most AUDIT_ENTRY_MAX_BYTES once encoded)."""
-    entry: dict[str, Any] = {"ts": round(time.time(), 3), "step": step, "outcome": outcome}
+    bounded (at most AUDIT_ENTRY_MAX_BYTES once encoded).
+
+    The parameters are positional-only, so evidence may carry any key (a diagnosis summary has host_id)."""
+    entry = {k: v for k, v in evidence.items() if v is not None}
+    entry.update(ts=round(time.time(), 3), step=step, outcome=outcome)  # evidence never replaces these
     if detail:
         entry["detail"] = detail
-    entry.update({k: v for k, v in evidence.items() if v is not None})
     return _fit_entry(entry)[0]
 
 
@@ -161,9 +163,12 @@ def encode_audit(entry: dict[str, Any]) -> str:
 
 
 def append_audit(
-    conn: redis.Redis | Pipeline, host_id: str, step: str, outcome: str, detail: str = "", **evidence: Any
+    conn: redis.Redis | Pipeline, host_id: str, step: str, outcome: str, detail: str = "", /, **evidence: Any
 ) -> dict[str, Any]:
-    """Append one entry to the host's audit trail; returns the entry. Never pass a secret here."""
+    """Append one entry to the host's audit trail; returns the entry. Never pass a secret here.
+
+    The parameters are positional-only, so evidence may carry any key: a diagnosis summary has host_id,
+    which as a keyword made the call fail and the ladder of a host unknown to the coordinator crash."""
     entry = audit_entry(step, outcome, detail, **evidence)  # bounded: its JSON fits
     key = keys.AUDIT.format(host_id)
     conn.rpush(key, _dumps(entry))

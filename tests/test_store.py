@@ -129,3 +129,14 @@ def test_a_host_field_stored_before_the_bound_existed_is_cut_when_read(redis_con
     redis_conn.zadd(keys.HOSTS, {"h1": 1})
     (listed,) = store.list_hosts(redis_conn)
     assert len(listed["outcome_detail"].encode()) <= EVIDENCE_STRING_MAX_BYTES
+
+
+def test_evidence_named_like_a_parameter_is_stored_not_a_crash(redis_conn):
+    # The ladder audits a diagnosis of a host the coordinator does not know with **diag.summary(), which
+    # holds host_id: as a keyword it collided with append_audit's own parameter (TypeError, every time).
+    entry = store.append_audit(
+        redis_conn, "ghost-9", "diagnose", "failed", "unknown", host_id="ghost-9", conn="x", step="s2"
+    )
+    (stored,) = store.get_audit(redis_conn, "ghost-9")
+    assert stored == entry and stored["host_id"] == "ghost-9" and stored["conn"] == "x"
+    assert (stored["step"], stored["outcome"], stored["detail"]) == ("diagnose", "failed", "unknown")
