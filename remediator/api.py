@@ -146,8 +146,12 @@ def host(host_id: str) -> Any:
 
 @bp.get("/fleet")
 def fleet() -> Any:
+    view = read_view()
+    if view is None:
+        return read_error()
     rules = get_rules()
-    return ops.fleet_summary(get_redis(), rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    summary = ops.fleet_summary(get_redis(), rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    return {**summary, "view": view} if view == disclosure.DETAIL else disclosure.summary_fleet(summary)
 
 
 @bp.post("/hosts/<host_id>/remediate")

@@ -35,6 +35,20 @@ STATE_FIELDS = (
 )
 AUDIT_FIELDS = ("ts", "step", "outcome")  # of each audit entry
 DETAIL_FIELDS = ("host_id", "progress", "audit_total", "audit_offset", "audit_limit")  # of a host detail
+# Of an open page in the fleet view: not its summary, which carries the ladder's escalation reason (what
+# a step reported, text from outside).
+PAGE_FIELDS = (
+    "dedup_key",
+    "kind",
+    "severity",
+    "state",
+    "rule",
+    "hosts",
+    "host_states",
+    "opened_at",
+    "delivered_at",
+)
+INCIDENT_FIELDS = ("host_id", "incident_id", "state", "opened_at")  # of an open incident in the fleet view
 
 
 def summary_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -52,3 +66,10 @@ def summary_detail(detail: dict[str, Any]) -> dict[str, Any]:
     out["audit"] = [{k: e[k] for k in AUDIT_FIELDS if k in e} for e in detail["audit"]]
     out["view"] = SUMMARY
     return out
+
+
+def summary_fleet(fleet: dict[str, Any]) -> dict[str, Any]:
+    """``ops.fleet_summary`` as a reader without the read token sees it: open pages without their text."""
+    pages = [{k: p[k] for k in PAGE_FIELDS if k in p} for p in fleet.get("open_pages", [])]
+    incidents = [{k: i[k] for k in INCIDENT_FIELDS if k in i} for i in fleet.get("open_incidents", [])]
+    return {**fleet, "open_pages": pages, "open_incidents": incidents, "view": SUMMARY}

@@ -106,7 +106,9 @@ def index() -> Response:
     conn = get_redis()
     rules = get_rules()
     hosts = [disclosure.summary_state(h) for h in ops.list_hosts_with_progress(conn, limit=HOSTS_SHOWN)]
-    fleet = ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    fleet = disclosure.summary_fleet(
+        ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    )
     return _page("index.html", hosts=hosts, fleet=fleet, failed=_failed_jobs(conn), refresh=REFRESH)
 
 

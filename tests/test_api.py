@@ -228,11 +228,16 @@ def test_fleet_shows_critical_hosts_in_window_storm_paused_hosts_and_open_pages(
             "created_at": f"{now:.3f}",
         },
     )
-    body = client.get("/api/v1/fleet").get_json()
+    body = client.get("/api/v1/fleet", headers=reader()).get_json()
     assert [c["host_id"] for c in body["critical_hosts"]] == ["h2", "h1"]
     assert body["storm_active"] is True and body["storm_id"] == "s1"
     assert body["paused_hosts"] == ["h1", "h2"]
     assert body["open_pages"][0]["hosts"] == ["h1", "h2"]
+    assert body["open_pages"][0]["summary"] == "storm: 2 hosts critical" and body["view"] == "detail"
+    # Without the read token, an open page's text (it carries the ladder's escalation reason) is left out.
+    summary = client.get("/api/v1/fleet").get_json()
+    assert summary["view"] == "summary" and "summary" not in summary["open_pages"][0]
+    assert summary["open_pages"][0]["hosts"] == ["h1", "h2"] and summary["storm_active"] is True
 
 
 # -- auth ----------------------------------------------------------------------------------------------

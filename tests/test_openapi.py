@@ -195,6 +195,8 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
     check.call("get", "/api/v1/hosts/nobody", 404)
     check.call("get", "/api/v1/hosts/$(id)", 422)
     check.call("get", "/api/v1/fleet", 200)
+    check.call("get", "/api/v1/fleet", 200, headers=reader())
+    check.call("get", "/api/v1/fleet", 401, headers=bearer(WEBHOOK_TOKEN))
     # writes
     check.call("post", "/api/v1/hosts/h9/remediate", 202, json={"dry_run": True}, headers=admin())
     check.call("post", "/api/v1/hosts/h9/remediate", 409, headers=admin())
