@@ -290,6 +290,7 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
         ("get", "/api/v1/hosts/h1"),
         ("get", "/api/v1/fleet"),
         ("post", "/api/v1/hosts/h1/remediate"),
+        ("post", "/api/v1/hosts/h1/incident/close"),
         ("post", "/api/v1/jobs/j/requeue"),
         ("post", "/api/v1/jobs/requeue-failed"),
         ("get", "/ui"),

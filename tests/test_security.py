@@ -63,6 +63,7 @@ GUARDED = [
     ("get", "/ui/admin"),
     ("get", "/openapi.json"),
     ("post", "/api/v1/hosts/h1/remediate"),
+    ("post", "/api/v1/hosts/gpu-node-07/incident/close"),
     ("post", "/ui/hosts/gpu-node-07/details"),
 ]
 
