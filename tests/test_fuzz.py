@@ -95,8 +95,12 @@ SECRETS = (WEBHOOK_TOKEN, ADMIN_TOKEN)
 
 # Every key the receiver and the API may write; a "host" or "job" group must hold a valid id.
 KEY_SHAPES = [
-    re.compile(r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence):(?P<host>.*)"),
-    re.compile(r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents)"),
+    re.compile(
+        r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence|host-incident|host-incidents)"
+        r":(?P<host>.*)"
+    ),
+    re.compile(r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents:open|incidents:cleanup)"),
+    re.compile(r"remediator:incident:inc-[0-9a-f]{12}"),  # incidents.new_incident_id()
     re.compile(r"rq:job:(?P<job>.*)"),
     re.compile(r"rq:(?:queue|queues|scheduled|deferred|started|finished|failed|canceled)(?::.*)?"),
 ]
