@@ -1,7 +1,10 @@
 """``/api/v1``: the audit and state API, and manual control (remediate, requeue).
 
-Reads are open, like ``/metrics`` and the status page that shows the same data (it holds no secrets:
-those never reach state or audit). Writes need ``Authorization: Bearer <REMEDIATOR_ADMIN_TOKEN>``.
+Reads without an ``Authorization`` header answer a summary (``remediator.disclosure``): where each host
+stands, nothing a host, the coordinator or the configuration said. The full state and the audit's
+evidence need ``Authorization: Bearer`` with the read token (``REMEDIATOR_READ_TOKEN``) or the admin
+token; other credentials are refused (401) rather than quietly answered with the summary, so that a
+misconfigured client learns of it. Writes need ``Authorization: Bearer <REMEDIATOR_ADMIN_TOKEN>``.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 import redis
 from flask import Blueprint, Response, request
 
-from remediator import metrics, ops
-from remediator.auth import check_authorization
+from remediator import disclosure, metrics, ops
+from remediator.auth import check_any, check_authorization
+from remediator.defaults import AUDIT_MAX_ENTRIES, AUDIT_PAGE_ENTRIES
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.hosts import is_valid_host_id
 from remediator.requeue import HTTP_CODES, requeue_failed, requeue_job
@@ -24,6 +28,9 @@ log = logging.getLogger("remediator.api")
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 HOST_ID_RULE = "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# The same answer for every unknown host: echoing the id back let the secret redactor confirm a guessed
+# secret (GET /api/v1/hosts/<admin token> answered "no state for host [REDACTED]").
+UNKNOWN_HOST = "no state for this host: the remediator has never worked on it"
 
 
 def error(code: int, message: str, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
@@ -40,6 +47,43 @@ def admin_error() -> tuple[dict[str, Any], int, dict[str, str]] | None:
     return error(
         401, "missing or wrong admin credentials: send 'Authorization: Bearer <REMEDIATOR_ADMIN_TOKEN>'"
     )
+
+
+def read_view() -> str | None:
+    """``detail`` for the read or admin bearer token, ``summary`` with no Authorization header, None for
+    other credentials (answer 401)."""
+    header = request.headers.get("Authorization", "")
+    if not header.strip():
+        return disclosure.SUMMARY
+    settings = get_settings()
+    if check_any(header, (settings.read_token, settings.admin_token), allow_basic=False):
+        return disclosure.DETAIL
+    return None
+
+
+def read_error() -> tuple[dict[str, Any], int, dict[str, str]]:
+    return (
+        {
+            "error": "wrong credentials for reading: send 'Authorization: Bearer <REMEDIATOR_READ_TOKEN>' "
+            "(or the admin token) for the full state, or no Authorization header for the summary"
+        },
+        401,
+        {"WWW-Authenticate": 'Bearer realm="remediator-read"'},
+    )
+
+
+_PAGE_NUMBER = re.compile(r"0|[1-9][0-9]{0,6}")  # canonical: no sign, space or leading zero
+
+
+def page_argument(name: str, default: int, lowest: int, highest: int) -> int | None:
+    """The query argument ``name`` as an integer in [lowest, highest] (``default`` when absent); None
+    when it is anything else."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not _PAGE_NUMBER.fullmatch(raw) or not lowest <= int(raw) <= highest:
+        return None
+    return int(raw)
 
 
 def _who() -> str:
@@ -71,23 +115,43 @@ def count(response: Response) -> Response:
 
 @bp.get("/hosts")
 def hosts() -> Any:
-    return {"hosts": ops.list_host_summaries(get_redis())}
+    view = read_view()
+    if view is None:
+        return read_error()
+    summaries = ops.list_host_summaries(get_redis())
+    if view == disclosure.SUMMARY:
+        summaries = [disclosure.summary_state(h) for h in summaries]
+    return {"view": view, "hosts": summaries}
 
 
 @bp.get("/hosts/<host_id>")
 def host(host_id: str) -> Any:
     if not is_valid_host_id(host_id):
         return error(422, HOST_ID_RULE, field="host_id")
-    detail = ops.host_detail(get_redis(), host_id)
+    view = read_view()
+    if view is None:
+        return read_error()
+    limit = page_argument("limit", AUDIT_PAGE_ENTRIES, 1, AUDIT_MAX_ENTRIES)
+    if limit is None:
+        return error(400, f"limit must be an integer from 1 to {AUDIT_MAX_ENTRIES}", field="limit")
+    offset = page_argument("offset", 0, 0, AUDIT_MAX_ENTRIES)
+    if offset is None:
+        return error(400, f"offset must be an integer from 0 to {AUDIT_MAX_ENTRIES}", field="offset")
+    detail = ops.host_detail(get_redis(), host_id, audit_limit=limit, audit_offset=offset)
     if detail is None:
-        return error(404, f"no state for host {host_id}: the remediator has never worked on it")
-    return detail
+        return error(404, UNKNOWN_HOST)
+    detail.update(view=view, audit_offset=offset, audit_limit=limit)
+    return detail if view == disclosure.DETAIL else disclosure.summary_detail(detail)
 
 
 @bp.get("/fleet")
 def fleet() -> Any:
+    view = read_view()
+    if view is None:
+        return read_error()
     rules = get_rules()
-    return ops.fleet_summary(get_redis(), rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    summary = ops.fleet_summary(get_redis(), rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    return {**summary, "view": view} if view == disclosure.DETAIL else disclosure.summary_fleet(summary)
 
 
 @bp.post("/hosts/<host_id>/remediate")

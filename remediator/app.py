@@ -15,6 +15,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the receiver app. ``test_config`` may carry ``SETTINGS`` (a Settings) and Flask keys."""
     # No static folder: the pages inline their CSS, and an unused /static route would only answer 404.
     app = Flask(__name__, static_folder=None)
+    # No redirect from "//" to "/": its page would echo the path, and the secret redactor would then
+    # confirm a guessed secret put in it (/api/v1//hosts/<admin token>) to anyone. Such paths are 404.
+    # Set before the blueprints add their rules, which take it when they are bound.
+    app.url_map.merge_slashes = False
     test_config = dict(test_config or {})
     settings = test_config.pop("SETTINGS", None) or Settings.from_env()
     app.config["SETTINGS"] = settings
@@ -22,9 +26,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config.update(test_config)
 
-    from remediator import api, extensions, health, openapi, receiver, ui
+    from remediator import api, extensions, health, openapi, receiver, security, ui
 
     extensions.init_app(app)
+    security.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(receiver.bp)
     app.register_blueprint(api.bp)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Iterable
 
 
 def _same(given: str, expected: str) -> bool:
@@ -32,3 +33,9 @@ def check_authorization(header: str | None, expected: str | None, *, allow_basic
         _, sep, password = decoded.partition(":")
         return bool(sep) and _same(password, expected)
     return False
+
+
+def check_any(header: str | None, tokens: Iterable[str | None], *, allow_basic: bool = True) -> bool:
+    """True when ``header`` carries one of ``tokens``; every token is compared, whichever matches."""
+    results = [check_authorization(header, token, allow_basic=allow_basic) for token in tokens]
+    return any(results)

@@ -8,6 +8,7 @@ how Kubernetes Secrets are mounted.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,8 @@ ENV_VARS: dict[str, str] = {
     "REDIS_URL": "Redis for queues, locks, state, audit",
     "REMEDIATOR_WEBHOOK_TOKEN": "bearer token (or basic-auth password) Alertmanager must send",
     "REMEDIATOR_ADMIN_TOKEN": "bearer token for the /api/v1 write endpoints",
+    "REMEDIATOR_READ_TOKEN": "bearer token for the full state and evidence on /api/v1 reads and /ui",
+    "REMEDIATOR_ALLOWED_HOSTS": "Host names the receiver answers for, comma-separated (unset: any)",
     "REMEDIATOR_COORDINATOR_URL": "base URL of the RingRift coordinator API",
     "REMEDIATOR_COORDINATOR_ADMIN_KEY": "sent as X-Admin-Key on coordinator admin calls",
     "REMEDIATOR_COORDINATOR_TIMEOUT": "seconds for one coordinator HTTP call",
@@ -60,6 +63,7 @@ SECRET_VARS: frozenset[str] = frozenset(
     {
         "REMEDIATOR_WEBHOOK_TOKEN",
         "REMEDIATOR_ADMIN_TOKEN",
+        "REMEDIATOR_READ_TOKEN",
         "REMEDIATOR_COORDINATOR_ADMIN_KEY",
         "REMEDIATOR_VAST_API_KEY",
         "REMEDIATOR_LAMBDA_API_KEY",
@@ -83,6 +87,26 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
         except OSError as exc:
             raise ConfigError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from exc
     return value or None
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\]")
+
+
+def _allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
+    """REMEDIATOR_ALLOWED_HOSTS as lowercased host names (no ports); () when unset: any Host."""
+    raw = env.get("REMEDIATOR_ALLOWED_HOSTS", "")
+    names = []
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        name = entry.lower().rstrip(".")
+        if not _HOST_NAME.fullmatch(name):
+            raise ConfigError(
+                f"REMEDIATOR_ALLOWED_HOSTS entry {entry!r} is not a host name: list names or addresses "
+                "without a port or scheme (any port is accepted), e.g. remediator.ops.svc,localhost,[::1]"
+            )
+        names.append(name)
+    return tuple(dict.fromkeys(names))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -109,6 +133,30 @@ def _number(env: Mapping[str, str], name: str, default: float, *, integer: bool 
     return value
 
 
+# The tokens of the receiver's doors: each opens its own. One value for two of them would let the holder
+# of the weaker (Alertmanager's webhook token, in its config) through the stronger.
+_TOKENS = (
+    ("webhook_token", "REMEDIATOR_WEBHOOK_TOKEN"),
+    ("admin_token", "REMEDIATOR_ADMIN_TOKEN"),
+    ("read_token", "REMEDIATOR_READ_TOKEN"),
+)
+
+
+def _refuse_shared_tokens(settings: Settings) -> None:
+    """Raise ConfigError (naming the variables, never the value) when two tokens are the same."""
+    seen: dict[str, str] = {}
+    for attr, name in _TOKENS:
+        value = getattr(settings, attr)
+        if not value:
+            continue
+        if value in seen:
+            raise ConfigError(
+                f"{seen[value]} and {name} are the same token; each door needs its own "
+                "(e.g. openssl rand -hex 32 for each), or the holder of one could use the other"
+            )
+        seen[value] = name
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the remediator is configured with. Secrets are marked ``repr=False``."""
@@ -116,6 +164,7 @@ class Settings:
     redis_url: str | None = None
     webhook_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
+    read_token: str | None = field(default=None, repr=False)
     coordinator_url: str = defaults.COORDINATOR_URL
     coordinator_admin_key: str | None = field(default=None, repr=False)
     coordinator_timeout: float = defaults.COORDINATOR_TIMEOUT
@@ -148,6 +197,10 @@ class Settings:
     network_probes: tuple[str, ...] = ()
     vast_status_url: str | None = None
     lambda_status_url: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _refuse_shared_tokens(self)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +212,7 @@ class Settings:
             redis_url=env.get("REDIS_URL") or None,
             webhook_token=_secret(env, "REMEDIATOR_WEBHOOK_TOKEN"),
             admin_token=_secret(env, "REMEDIATOR_ADMIN_TOKEN"),
+            read_token=_secret(env, "REMEDIATOR_READ_TOKEN"),
             coordinator_url=(env.get("REMEDIATOR_COORDINATOR_URL") or defaults.COORDINATOR_URL).rstrip("/"),
             coordinator_admin_key=_secret(env, "REMEDIATOR_COORDINATOR_ADMIN_KEY"),
             coordinator_timeout=_number(env, "REMEDIATOR_COORDINATOR_TIMEOUT", defaults.COORDINATOR_TIMEOUT),
@@ -195,6 +249,7 @@ class Settings:
             network_probes=probes,
             vast_status_url=env.get("REMEDIATOR_VAST_STATUS_URL") or None,
             lambda_status_url=env.get("REMEDIATOR_LAMBDA_STATUS_URL") or None,
+            allowed_hosts=_allowed_hosts(env),
         )
 
     def secrets(self) -> list[str]:

@@ -24,6 +24,15 @@ JOB_TIMEOUT = RSYNC_TIMEOUT + IMPORT_TIMEOUT + 600
 JOB_RESULT_TTL = 86400  # seconds a finished job's result is kept
 AUDIT_MAX_ENTRIES = 1000  # entries kept per host's audit trail
 HOST_KEYS_TTL = 30 * 86400  # seconds a host's state, audit trail and fence outlive its last change
+# What a host, the coordinator or a command said is evidence, stored in the audit trail and the host's
+# state: store.py cuts it to these sizes (the cut marked "…[truncated N bytes]"), so a hostile or broken
+# host cannot make the audit, the API or the status page arbitrarily large.
+EVIDENCE_STRING_MAX_BYTES = 2048  # bytes (UTF-8) of one string: a log line, a command's output, an error body
+EVIDENCE_LIST_MAX_ITEMS = 50  # items of one list (the newest kept: log tails) or keys of one object
+EVIDENCE_MAX_DEPTH = 6  # levels of nested objects and lists kept
+AUDIT_ENTRY_MAX_BYTES = 8192  # bytes of one audit entry as stored (JSON), everything included
+HOST_FIELD_MAX_BYTES = 8192  # bytes of one field of a host's state hash as stored
+AUDIT_PAGE_ENTRIES = 100  # audit entries per page: the status page's timeline, the API's default limit
 # Every step of the ladder, in the order the runbook prefers them (wait_reachable runs only when a host
 # cannot be reached); workers/steps registers one module for each but diagnose, and
 # tests/test_ladder_steps.py keeps the two equal.

@@ -36,4 +36,5 @@ def prometheus_metrics() -> Response:
     except redis.RedisError:
         conn = None
     text = metrics.render(conn, get_settings().queue)
-    return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
+    # content_type, not mimetype: Flask appends "; charset=utf-8" to a mimetype, which already has one.
+    return Response(text, content_type=metrics.CONTENT_TYPE)

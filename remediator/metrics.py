@@ -23,6 +23,7 @@ WEBHOOK_REQUESTS = Counter("remediator_webhook_requests_total", "Webhook request
 ALERTS = Counter(
     "remediator_alerts_total", "Alerts received, by alert status and what was done.", ["status", "outcome"]
 )
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the exposition format render() writes
 COUNTS = "remediator:metrics"  # Redis hash: "<metric>|<label>=<value>,..." -> value
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)  # seconds
 # The worker-side metrics kept in Redis: name -> (help text, labels, kind).

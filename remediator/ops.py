@@ -132,20 +132,34 @@ def _has_ladder_start(state: dict[str, Any], audit: list[dict[str, Any]]) -> boo
     return any(e.get("step") == "intake" and e.get("job_id") == ladder_id for e in audit)
 
 
-def host_detail(conn: redis.Redis, host_id: str) -> dict[str, Any] | None:
-    """A host's full state, its progress along the ladder and its audit trail; None if never seen."""
+def host_detail(
+    conn: redis.Redis, host_id: str, *, audit_limit: int | None = None, audit_offset: int = 0
+) -> dict[str, Any] | None:
+    """A host's full state, its progress along the ladder and its audit trail; None if never seen.
+
+    With ``audit_limit``, ``audit`` holds one page of the trail: up to that many entries, oldest first,
+    before the newest ``audit_offset`` ones; progress is read from the trail's tail, as for the list."""
     state = store.get_host(conn, host_id)
-    audit = store.get_audit(conn, host_id)
-    if not state and not audit:
+    total = conn.llen(keys.AUDIT.format(host_id))
+    if not state and not total:
         return None
     typed = typed_state(host_id, state)
+    if audit_limit is None:
+        audit = store.get_audit(conn, host_id)
+        tail = audit
+    else:
+        audit = store.get_audit(conn, host_id, -(audit_offset + audit_limit), -(audit_offset + 1))
+        tail = store.get_audit(conn, host_id, -PROGRESS_TAIL, -1)
+        if len(tail) == PROGRESS_TAIL and not _has_ladder_start(typed, tail):
+            tail = store.get_audit(conn, host_id)
     return {
         "host_id": host_id,
         "state": typed,
-        "progress": ladder_progress(typed, audit),
+        "progress": ladder_progress(typed, tail),
         "incident": incident_detail(conn, host_id),
         "incidents": [i.as_dict() for i in incidents.history(conn, host_id)],
         "audit": audit,
+        "audit_total": total,
     }
 
 

@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from remediator import ops
+from remediator import disclosure, ops
 from remediator.config import Settings
+from remediator.defaults import AUDIT_MAX_ENTRIES
 from remediator.exceptions import ConfigError, RulesError
 from remediator.extensions import redis_from_settings
 from remediator.hosts import is_valid_host_id
@@ -160,7 +161,9 @@ def _host_arg(host: str) -> str:
 
 @click.command()
 @click.argument("host", required=False)
-@click.option("--json", "as_json", is_flag=True, help="print what GET /api/v1/hosts[/HOST] returns")
+@click.option(
+    "--json", "as_json", is_flag=True, help="print what GET /api/v1/hosts[/HOST] returns to the read token"
+)
 def status(host: str | None, as_json: bool) -> None:
     """Hosts in or after remediation, or HOST's state and audit timeline."""
     settings = _settings()
@@ -168,13 +171,15 @@ def status(host: str | None, as_json: bool) -> None:
     with _redis_errors():
         if host is None:
             if as_json:
-                _echo_json({"hosts": ops.list_host_summaries(conn)})
+                _echo_json({"view": disclosure.DETAIL, "hosts": ops.list_host_summaries(conn)})
                 return
             _console().print(_hosts_table(conn))
             return
-        detail = ops.host_detail(conn, _host_arg(host))
+        # The whole trail (AUDIT_MAX_ENTRIES): what GET /api/v1/hosts/HOST?limit=1000 answers.
+        detail = ops.host_detail(conn, _host_arg(host), audit_limit=AUDIT_MAX_ENTRIES)
         if detail is None:
             raise click.ClickException(f"no state for host {host}: the remediator has never worked on it")
+        detail.update(view=disclosure.DETAIL, audit_offset=0, audit_limit=AUDIT_MAX_ENTRIES)
         if as_json:
             _echo_json(detail)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -46,13 +47,17 @@ def alertmanager() -> Any:
             "missing or wrong credentials: send 'Authorization: Bearer <token>' "
             "(http_config.authorization) or basic auth with the token as password",
         )
+    too_large = f"body larger than {settings.max_body_bytes} bytes (REMEDIATOR_MAX_BODY_BYTES)"
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return _error(413, f"body larger than {settings.max_body_bytes} bytes (REMEDIATOR_MAX_BODY_BYTES)")
+        return _error(413, too_large)
+    data = _read_body(settings.max_body_bytes)
+    if data is None:
+        return _error(413, too_large)
     if not request.is_json:
         return _error(415, "Content-Type must be application/json", field="Content-Type")
     try:
-        body = request.get_json(silent=True)
-    except RecursionError:  # nested deeper than the JSON decoder can follow: not a webhook payload
+        body = json.loads(data)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the decoder can follow
         body = None
     if body is None:
         return _error(400, "body is not valid JSON", field="(body)")
@@ -79,6 +84,27 @@ def alertmanager() -> Any:
     # 1,000-alert payload's answer need not wait for a thousand log lines (about 40 ms).
     response.call_on_close(lambda: _log_outcomes(answer))
     return response
+
+
+def _read_body(limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` bytes; at most ``limit`` + 1 are read.
+
+    A chunked body has no Content-Length to refuse up front. Werkzeug's own limit on such a stream ends
+    the read at the limit without an error, which cut the body and answered 400; reading one byte more
+    than allowed tells "exactly the limit" from "too large". A server that terminates the input itself
+    (gunicorn, for chunked bodies too) says so with ``wsgi.input_terminated``; otherwise only what
+    Content-Length announces is read (werkzeug's ``request.stream``), never an unbounded socket."""
+    terminated = request.environ.get("wsgi.input_terminated")
+    stream = request.input_stream if terminated else request.stream
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return None if size > limit else b"".join(chunks)
 
 
 _OUTCOMES = (

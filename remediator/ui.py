@@ -1,5 +1,10 @@
 """``/ui``: the status page (server-rendered, no external assets) and its admin forms.
 
+What every visitor sees is a summary (``remediator.disclosure``): where each host stands on the ladder and
+its timeline's steps and outcomes. A host's full state and the timeline's evidence are shown by
+``POST /ui/hosts/<id>/details`` to whoever types the read token (or the admin token) into the form of
+``GET /ui/hosts/<id>/details``; neither page refreshes itself, so a half-typed token is never lost.
+
 The admin forms live on ``/ui/admin``, which does not refresh itself. The admin token is typed into a
 password field and posted to ``/ui/remediate`` or ``/ui/requeue``, which check it like the API does; it
 is never put in a URL or a page. Knowing it is also what stops a cross-site form post from acting.
@@ -8,17 +13,20 @@ is never put in a URL or a page. Knowing it is also what stops a cross-site form
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
+import jinja2
 import redis
 from flask import Blueprint, Response, render_template, request, url_for
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from remediator import ops
+from remediator import disclosure, keys, ops
 from remediator.api import JOB_ID
-from remediator.auth import check_authorization
+from remediator.auth import check_any, check_authorization
+from remediator.defaults import AUDIT_MAX_ENTRIES, AUDIT_PAGE_ENTRIES
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.hosts import is_valid_host_id
 from remediator.requeue import HTTP_CODES, failed_job_ids, ladder_of, requeue_failed, requeue_job
@@ -29,6 +37,8 @@ log = logging.getLogger("remediator.ui")
 REFRESH = 5  # seconds between the status page's own reloads
 FAILED_SHOWN = 50  # failed jobs listed on the status page
 HOSTS_SHOWN = 200  # hosts listed on the status page, most recently updated first
+PAGES = -(-AUDIT_MAX_ENTRIES // AUDIT_PAGE_ENTRIES)  # pages of AUDIT_PAGE_ENTRIES a host's timeline spans
+_PAGE_NUMBER = re.compile(r"[1-9][0-9]{0,2}")  # canonical: no sign, space or leading zero
 _AUDIT_KEYS = {"ts", "step", "outcome", "detail"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -39,7 +49,10 @@ SECURITY_HEADERS = {
 }
 
 
-bp.add_app_template_filter(ops.format_ts, "ts")
+@bp.app_template_filter("ts")
+def format_ts(value: Any) -> str:
+    """``ops.format_ts``, with a field the state lacks (a jinja Undefined) shown as '-'."""
+    return "-" if isinstance(value, jinja2.Undefined) else ops.format_ts(value)
 
 
 @bp.app_template_filter("ago")
@@ -83,13 +96,8 @@ def _failed_jobs(conn: redis.Redis) -> list[dict[str, Any]]:
         except NoSuchJobError:
             continue
         target = ladder_of(job)
-        out.append(
-            {
-                "job_id": job_id,
-                "host_id": target.host_id if target else None,
-                "description": job.description or job.func_name,
-            }
-        )
+        # Not the job's description: it holds the alert's reason, text from outside (see disclosure).
+        out.append({"job_id": job_id, "host_id": target.host_id if target else None})
     return out
 
 
@@ -97,26 +105,127 @@ def _failed_jobs(conn: redis.Redis) -> list[dict[str, Any]]:
 def index() -> Response:
     conn = get_redis()
     rules = get_rules()
-    hosts = ops.list_hosts_with_progress(conn, limit=HOSTS_SHOWN)
-    fleet = ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    hosts = [disclosure.summary_state(h) for h in ops.list_hosts_with_progress(conn, limit=HOSTS_SHOWN)]
+    fleet = disclosure.summary_fleet(
+        ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
+    )
     return _page("index.html", hosts=hosts, fleet=fleet, failed=_failed_jobs(conn), refresh=REFRESH)
+
+
+def _invalid_host() -> Response:
+    return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+
+
+def _unknown_host() -> Response:
+    # The same page for every unknown host: an echoed id let the secret redactor confirm a guess.
+    return _message(404, "Unknown host", "The remediator has no state for this host.")
+
+
+def _page_number(raw: str | None) -> int | None:
+    """A timeline page number from 1 to PAGES (1 when absent), or None."""
+    if raw is None or raw == "":
+        return 1
+    if not _PAGE_NUMBER.fullmatch(raw) or not 1 <= int(raw) <= PAGES:
+        return None
+    return int(raw)
+
+
+def _invalid_page() -> Response:
+    return _message(400, "Invalid page", f"The timeline page must be a number from 1 to {PAGES}.")
+
+
+def _host_detail(host_id: str, page: int) -> dict[str, Any] | None:
+    """The host with one page of its timeline (page 1: the newest AUDIT_PAGE_ENTRIES entries)."""
+    offset = (page - 1) * AUDIT_PAGE_ENTRIES
+    detail = ops.host_detail(get_redis(), host_id, audit_limit=AUDIT_PAGE_ENTRIES, audit_offset=offset)
+    if detail is not None:
+        detail.update(audit_offset=offset, audit_limit=AUDIT_PAGE_ENTRIES)
+    return detail
+
+
+def _host_page(detail: dict[str, Any], view: str, page: int, code: int = 200) -> Response:
+    # A host can have an audit and no state (a resolved alert for a host never remediated): every
+    # field the page shows is then None, not missing.
+    detail["state"] = {name: None for name in ops.SUMMARY_FIELDS} | detail["state"]
+    pages = max(1, -(-detail["audit_total"] // AUDIT_PAGE_ENTRIES))
+    return _page(
+        "host.html",
+        code,
+        detail=detail,
+        view=view,
+        page=page,
+        pages=pages,
+        refresh=REFRESH if view == disclosure.SUMMARY else None,
+    )
 
 
 @bp.get("/hosts/<host_id>")
 def host(host_id: str) -> Response:
+    """A host's summary: its place on the ladder and its timeline's steps, refreshed every REFRESH s."""
     if not is_valid_host_id(host_id):
-        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
-    detail = ops.host_detail(get_redis(), host_id)
+        return _invalid_host()
+    page = _page_number(request.args.get("page"))
+    if page is None:
+        return _invalid_page()
+    detail = _host_detail(host_id, page)
     if detail is None:
-        return _message(404, "Unknown host", f"The remediator has no state for {host_id}.")
-    return _page("host.html", detail=detail, refresh=REFRESH)
+        return _unknown_host()
+    return _host_page(disclosure.summary_detail(detail), disclosure.SUMMARY, page)
+
+
+@bp.get("/hosts/<host_id>/details")
+def host_details_form(host_id: str) -> Response:
+    """The form asking for the read token, on a page that does not refresh."""
+    if not is_valid_host_id(host_id):
+        return _invalid_host()
+    page = _page_number(request.args.get("page"))
+    if page is None:
+        return _invalid_page()
+    if not get_redis().exists(keys.HOST.format(host_id), keys.AUDIT.format(host_id)):
+        return _unknown_host()
+    return _page("details.html", host_id=host_id, page=page, pages=PAGES, refresh=None)
+
+
+@bp.post("/hosts/<host_id>/details")
+def host_details(host_id: str) -> Response:
+    """A host's full state and one page of its timeline with evidence, for the read or admin token."""
+    if not is_valid_host_id(host_id):
+        return _invalid_host()
+    settings = get_settings()
+    token = f"Bearer {request.form.get('token', '')}"
+    if not check_any(token, (settings.read_token, settings.admin_token), allow_basic=False):
+        return _message(
+            401,
+            "Not authorized",
+            "The read token is missing or wrong (REMEDIATOR_READ_TOKEN; the admin token reads too).",
+        )
+    page = _page_number(request.form.get("page"))
+    if page is None:
+        return _invalid_page()
+    detail = _host_detail(host_id, page)
+    if detail is None:
+        return _unknown_host()
+    return _host_page(detail, disclosure.DETAIL, page)
 
 
 @bp.get("/admin")
 def admin() -> Response:
     """The admin forms, on a page that does not refresh (a half-typed token would be lost)."""
     host_id = request.args.get("host_id", "")
-    return _page("admin.html", host_id=host_id if is_valid_host_id(host_id) else "", refresh=None)
+    return _page("admin.html", host_id=host_id if _known_host(host_id) else "", refresh=None)
+
+
+def _known_host(host_id: str) -> bool:
+    """Whether the remediator has state or an audit for ``host_id`` (only those prefill the forms).
+
+    Any other value is not echoed into the page: the secret redactor would have confirmed a guessed
+    secret put in ?host_id= to anyone, without a token."""
+    if not is_valid_host_id(host_id):
+        return False
+    try:
+        return get_redis().exists(keys.HOST.format(host_id), keys.AUDIT.format(host_id)) > 0
+    except redis.RedisError:  # the forms still load; they will say Redis is down when used
+        return False
 
 
 def _authorized() -> bool:

@@ -12,11 +12,14 @@ from remediator.config import Settings
 
 WEBHOOK_TOKEN = "whk-7f3a9c1e5b2d4f60-secret"
 ADMIN_TOKEN = "adm-91c2e8f4a7b3d650-secret"
+READ_TOKEN = "rdt-3e5a7c9b1d2f4068-secret"
 
 
 def make_settings(redis_url: str, **overrides: object) -> Settings:
-    """Settings for a test app: the test tokens, the given Redis, and any overrides."""
-    base = Settings(redis_url=redis_url, webhook_token=WEBHOOK_TOKEN, admin_token=ADMIN_TOKEN)
+    """Settings for a test app: the test tokens (webhook, admin, read), the given Redis, and any overrides."""
+    base = Settings(
+        redis_url=redis_url, webhook_token=WEBHOOK_TOKEN, admin_token=ADMIN_TOKEN, read_token=READ_TOKEN
+    )
     return Settings(**{**base.__dict__, **overrides})
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis
-from helpers import ADMIN_TOKEN, make_settings  # noqa: F401 - re-exported for the ops tests
+from helpers import ADMIN_TOKEN, READ_TOKEN, make_settings  # noqa: F401 - re-exported for the ops tests
 from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -16,6 +16,10 @@ QUEUE = "remediator"
 
 
 def admin(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def reader(token: str = READ_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -98,5 +102,85 @@ def seed_host(conn: redis.Redis, host_id: str = "gpu-node-07") -> str:
         ladder_id=ladder_id,
         last_sync_before=1799999000.0,
         last_sync_after=1799999000.0,
+    )
+    return ladder_id
+
+
+# What a reader without the read token must never see of a seeded host (seed_evidence): the SSH user,
+# address and port, data paths, host and coordinator log lines, a coordinator error body, an operator's
+# address, the configured agent commands and what they printed.
+PRIVATE = [
+    "10.20.30.40",
+    "ringrift@",
+    "ssh_user",
+    "ssh_port",
+    "/data/selfplay",
+    "HOST-LOG-LINE-7731",
+    "COORD-LOG-LINE-4402",
+    "COORD-ERROR-BODY-5521",
+    "203.0.113.77",
+    "systemctl restart",
+    "pgrep -f",
+    "Unit ringrift-sync-agent.service not found",
+]
+
+
+def seed_evidence(conn: redis.Redis, host_id: str = "gpu-node-07") -> str:
+    """``seed_host`` plus the evidence real ladders record, in the shapes diagnose and the steps write
+    it (every PRIVATE string is in it); returns the ladder id."""
+    ladder_id = seed_host(conn, host_id)
+    store.append_audit(
+        conn,
+        host_id,
+        "intake",
+        "queued",
+        "manual remediate by ui (203.0.113.77)",
+        job_id="job-manual-2",
+    )
+    store.append_audit(
+        conn,
+        host_id,
+        "diagnose",
+        "done",
+        "plan: restart_agent+force_sync",
+        ladder_id=ladder_id,
+        sources={
+            "ssh": "ssh ringrift@10.20.30.40:48213 echo OK",
+            "inventory": "/data/selfplay on host at 1800000000",
+            "agent": "pgrep -f sync_agent -> exit 1",
+        },
+        host_log_tail=["05:00:01 sync_agent: upload failed: No route to host HOST-LOG-LINE-7731"],
+        coordinator_log_tail=[f"coordinator: {host_id} sync refused COORD-LOG-LINE-4402"],
+        record={
+            "address": "10.20.30.40",
+            "ssh_user": "ringrift",
+            "ssh_port": 48213,
+            "data_dir": "/data/selfplay",
+        },
+    )
+    store.append_audit(
+        conn,
+        host_id,
+        "restart_agent",
+        "failed",
+        "systemctl restart ringrift-sync-agent: exit 5",
+        ladder_id=ladder_id,
+        stderr="Failed to restart: Unit ringrift-sync-agent.service not found.",
+    )
+    store.append_audit(
+        conn,
+        host_id,
+        "force_sync",
+        "failed",
+        "coordinator answered 500: COORD-ERROR-BODY-5521",
+        ladder_id=ladder_id,
+    )
+    store.update_host(
+        conn,
+        host_id,
+        outcome_detail="coordinator answered 500: COORD-ERROR-BODY-5521",
+        reason="manual remediate by ui (203.0.113.77)",
+        waiting_for="ssh ringrift@10.20.30.40:48213 not reachable yet",
+        last_verify="HOST-LOG-LINE-7731",
     )
     return ladder_id

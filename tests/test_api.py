@@ -7,14 +7,17 @@ import socket
 
 import pytest
 import redis
-from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN
+from helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_TOKEN
 from ops_helpers import (
+    PRIVATE,
     QUEUE,
     admin,
     failed_ids,
     live_jobs,
     make_settings,
+    reader,
     run_jobs_failing,
+    seed_evidence,
     seed_host,
     start_ladder,
 )
@@ -70,7 +73,8 @@ def test_hosts_lists_each_host_with_status_step_attempt_and_outcome(client, redi
 
 def test_host_detail_has_state_progress_along_the_ladder_and_the_full_timeline(client, redis_conn):
     ladder_id = seed_host(redis_conn, "gpu-node-07")
-    body = client.get("/api/v1/hosts/gpu-node-07").get_json()
+    body = client.get("/api/v1/hosts/gpu-node-07", headers=reader()).get_json()
+    assert body["view"] == "detail" and body["audit_total"] == 4
     assert body["state"]["step"] == "restart_agent" and body["state"]["facts"]["unsynced_games"] == 412
     assert [e["step"] for e in body["audit"]] == ["intake", "diagnose", "force_sync", "force_sync"]
     assert body["audit"][-1]["last_sync_after"] == 1799999000.0  # evidence is kept
@@ -89,7 +93,119 @@ def test_host_detail_refuses_an_invalid_host_id_with_422(client, host_id):
 
 def test_host_detail_of_a_host_never_seen_is_404(client):
     resp = client.get("/api/v1/hosts/never-seen")
-    assert resp.status_code == 404 and "never-seen" in resp.get_json()["error"]
+    assert resp.status_code == 404 and "never worked on it" in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("guess", [ADMIN_TOKEN, WEBHOOK_TOKEN, ADMIN_TOKEN[:-1]])
+def test_unknown_host_answers_the_same_404_for_any_id_even_a_configured_secret(client, guess):
+    # The id used to be echoed, and the secret redactor then confirmed a guessed secret: the answer for
+    # /api/v1/hosts/<admin token> said "no state for host [REDACTED]", testing every secret at once.
+    reference = client.get("/api/v1/hosts/never-seen")
+    resp = client.get(f"/api/v1/hosts/{guess}")
+    assert (resp.status_code, resp.get_data()) == (reference.status_code, reference.get_data())
+    assert b"REDACTED" not in resp.get_data()
+    for url in (f"/api/v1//hosts/{guess}", f"/api/v1/hosts//{guess}"):
+        doubled = client.get(url)  # no redirect whose page echoes the path
+        assert doubled.status_code == 404 and b"REDACTED" not in doubled.get_data(), url
+        assert "Location" not in doubled.headers
+
+
+# -- read access: a summary without the read token -----------------------------------------------------
+
+
+def test_unauthenticated_host_detail_shows_no_address_user_port_path_log_line_or_evidence(client, redis_conn):
+    seed_evidence(redis_conn, "gpu-node-07")
+    resp = client.get("/api/v1/hosts/gpu-node-07")
+    assert resp.status_code == 200
+    text = resp.get_data(as_text=True)
+    assert [p for p in PRIVATE if p in text] == []
+    body = resp.get_json()
+    assert body["view"] == "summary"
+    assert body["state"]["step"] == "restart_agent" and body["state"]["outcome"] == "running"
+    assert {p["step"]: p["mark"] for p in body["progress"]}["restart_agent"] == "current"
+    assert all(set(e) == {"ts", "step", "outcome"} for e in body["audit"])
+    assert [e["step"] for e in body["audit"]][-2:] == ["restart_agent", "force_sync"]
+
+
+def test_unauthenticated_hosts_list_shows_no_outcome_detail_or_waiting_for(client, redis_conn):
+    seed_evidence(redis_conn, "gpu-node-07")
+    resp = client.get("/api/v1/hosts")
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and [p for p in PRIVATE if p in text] == []
+    (host,) = resp.get_json()["hosts"]
+    assert resp.get_json()["view"] == "summary"
+    assert host["status"] == "running" and "outcome_detail" not in host and "waiting_for" not in host
+
+
+@pytest.mark.parametrize("token", [READ_TOKEN, ADMIN_TOKEN], ids=["read token", "admin token"])
+def test_the_read_token_and_the_admin_token_read_the_full_state_and_evidence(client, redis_conn, token):
+    seed_evidence(redis_conn, "gpu-node-07")
+    detail = client.get("/api/v1/hosts/gpu-node-07", headers=reader(token))
+    assert detail.status_code == 200 and detail.get_json()["view"] == "detail"
+    text = detail.get_data(as_text=True)
+    assert [p for p in PRIVATE if p not in text] == []  # every piece of evidence is there
+    listed = client.get("/api/v1/hosts", headers=reader(token)).get_json()
+    assert listed["view"] == "detail" and "COORD-ERROR-BODY-5521" in listed["hosts"][0]["outcome_detail"]
+
+
+READ_REFUSED = [
+    {"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+    {"Authorization": "Bearer wrong"},
+    {"Authorization": "Basic " + __import__("base64").b64encode(f"r:{READ_TOKEN}".encode()).decode()},
+    {"Authorization": READ_TOKEN},
+]
+
+
+@pytest.mark.parametrize("url", ["/api/v1/hosts", "/api/v1/hosts/gpu-node-07"])
+@pytest.mark.parametrize("headers", READ_REFUSED, ids=["webhook", "wrong", "basic", "no-scheme"])
+def test_reads_with_other_credentials_are_401_not_a_quiet_summary(client, redis_conn, url, headers):
+    seed_evidence(redis_conn, "gpu-node-07")
+    resp = client.get(url, headers=headers)
+    assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
+    text = resp.get_data(as_text=True)
+    assert "gpu-node-07" not in text and READ_TOKEN not in text
+
+
+def test_without_a_configured_read_token_only_the_admin_token_reads_the_detail(redis_url, redis_conn):
+    seed_evidence(redis_conn, "gpu-node-07")
+    client = create_app({"SETTINGS": make_settings(redis_url, read_token=None)}).test_client()
+    assert client.get("/api/v1/hosts/gpu-node-07", headers=reader()).status_code == 401
+    assert client.get("/api/v1/hosts/gpu-node-07").get_json()["view"] == "summary"
+    assert client.get("/api/v1/hosts/gpu-node-07", headers=admin()).get_json()["view"] == "detail"
+
+
+def test_host_detail_pages_the_audit_newest_first_and_says_the_total(client, redis_conn):
+    for i in range(250):
+        store.append_audit(redis_conn, "h1", "diagnose", f"o{i}")
+    first = client.get("/api/v1/hosts/h1").get_json()
+    assert (first["audit_total"], first["audit_offset"], first["audit_limit"]) == (250, 0, 100)
+    assert [e["outcome"] for e in first["audit"]] == [f"o{i}" for i in range(150, 250)]  # oldest first
+    page = client.get("/api/v1/hosts/h1?limit=30&offset=200", headers=reader()).get_json()
+    assert [e["outcome"] for e in page["audit"]] == [f"o{i}" for i in range(20, 50)]
+    last = client.get("/api/v1/hosts/h1?limit=100&offset=200").get_json()
+    assert [e["outcome"] for e in last["audit"]] == [f"o{i}" for i in range(50)]
+    assert client.get("/api/v1/hosts/h1?offset=250").get_json()["audit"] == []
+    whole = client.get("/api/v1/hosts/h1?limit=1000").get_json()["audit"]
+    assert len(whole) == 250
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=010", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=1001", "offset"),
+        ("offset=1.5", "offset"),
+    ],
+)
+def test_a_limit_or_offset_out_of_range_is_400_naming_it(client, redis_conn, query, field):
+    seed_host(redis_conn, "h1")
+    resp = client.get(f"/api/v1/hosts/h1?{query}")
+    assert resp.status_code == 400 and resp.get_json()["field"] == field
 
 
 def test_fleet_shows_critical_hosts_in_window_storm_paused_hosts_and_open_pages(client, redis_conn):
@@ -112,11 +228,16 @@ def test_fleet_shows_critical_hosts_in_window_storm_paused_hosts_and_open_pages(
             "created_at": f"{now:.3f}",
         },
     )
-    body = client.get("/api/v1/fleet").get_json()
+    body = client.get("/api/v1/fleet", headers=reader()).get_json()
     assert [c["host_id"] for c in body["critical_hosts"]] == ["h2", "h1"]
     assert body["storm_active"] is True and body["storm_id"] == "s1"
     assert body["paused_hosts"] == ["h1", "h2"]
     assert body["open_pages"][0]["hosts"] == ["h1", "h2"]
+    assert body["open_pages"][0]["summary"] == "storm: 2 hosts critical" and body["view"] == "detail"
+    # Without the read token, an open page's text (it carries the ladder's escalation reason) is left out.
+    summary = client.get("/api/v1/fleet").get_json()
+    assert summary["view"] == "summary" and "summary" not in summary["open_pages"][0]
+    assert summary["open_pages"][0]["hosts"] == ["h1", "h2"] and summary["storm_active"] is True
 
 
 # -- auth ----------------------------------------------------------------------------------------------

@@ -95,8 +95,12 @@ SECRETS = (WEBHOOK_TOKEN, ADMIN_TOKEN)
 
 # Every key the receiver and the API may write; a "host" or "job" group must hold a valid id.
 KEY_SHAPES = [
-    re.compile(r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence):(?P<host>.*)"),
-    re.compile(r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents)"),
+    re.compile(
+        r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence|host-incident|host-incidents)"
+        r":(?P<host>.*)"
+    ),
+    re.compile(r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents:open|incidents:cleanup)"),
+    re.compile(r"remediator:incident:inc-[0-9a-f]{12}"),  # incidents.new_incident_id()
     re.compile(r"rq:job:(?P<job>.*)"),
     re.compile(r"rq:(?:queue|queues|scheduled|deferred|started|finished|failed|canceled)(?::.*)?"),
 ]
@@ -486,6 +490,7 @@ ENDPOINTS = [
     ("POST", "/api/v1/jobs/{}/requeue", "job"),
     ("POST", "/api/v1/jobs/requeue-failed", None),
     ("GET", "/ui/hosts/{}", "host"),
+    ("GET", "/ui/hosts/{}/details", "host"),
     ("POST", "/ui/remediate", "form"),
     ("POST", "/ui/requeue", "form"),
     ("GET", "/ui/admin", "query"),
@@ -650,8 +655,10 @@ def test_hostile_path_host_ids_are_refused_on_every_entry_point_that_takes_a_hos
             ("GET", f"/api/v1/hosts/{quoted}"),
             ("POST", f"/api/v1/hosts/{quoted}/remediate"),
             ("GET", f"/ui/hosts/{quoted}"),
+            ("GET", f"/ui/hosts/{quoted}/details"),
+            ("POST", f"/ui/hosts/{quoted}/details"),
         ):
-            resp = fuzz_client.open(url, method=method, headers=admin)
+            resp = fuzz_client.open(url, method=method, headers=admin, data={"token": ADMIN_TOKEN})
             assert resp.status_code in {404, 422}, (method, url, resp.status_code)
         seen = server_sees(segment)
         resp = fuzz_client.post("/ui/remediate", data={"host_id": seen, "token": ADMIN_TOKEN})

@@ -434,7 +434,9 @@ def test_every_config_setting_reaches_the_application(rendered: dict[str, list[d
     assert settings.max_body_bytes == values["config"]["maxBodyBytes"]
     assert settings.dry_run is True
     assert settings.network_probes == tuple(values["config"]["networkProbes"])
-    config_vars = set(env) - EXTRA_ENV - SECRET_FILE_VARS - {"REDIS_URL", "REMEDIATOR_RULES_FILE"}
+    # Set by the chart from other values, not from `config`.
+    computed = {"REDIS_URL", "REMEDIATOR_RULES_FILE", "REMEDIATOR_ALLOWED_HOSTS"}
+    config_vars = set(env) - EXTRA_ENV - SECRET_FILE_VARS - computed
     assert len(config_vars) == len(defaults)
 
 
@@ -470,6 +472,83 @@ def test_existing_secret_is_used_and_none_is_created(rendered: dict[str, list[di
     _, receiver, _ = remediator_containers(objects)[0]
     redis_url = next(e for e in receiver["env"] if e["name"] == "REDIS_URL")
     assert redis_url["valueFrom"]["secretKeyRef"] == {"name": "ringrift-redis-url", "key": "url"}
+
+
+def _receiver_app(objects: list[dict[str, Any]]) -> Any:
+    """The application as the rendered receiver container configures it (secrets left out)."""
+    _, receiver, _ = remediator_containers(objects)[0]
+    env = {
+        e["name"]: e["value"] for e in receiver["env"] if "value" in e and e["name"] not in SECRET_FILE_VARS
+    }
+    env["REDIS_URL"] = "redis://127.0.0.1:9/0"  # never reached: the requests below need no Redis
+    env.pop("REMEDIATOR_RULES_FILE")  # the ConfigMap's mount path: the packaged rules here
+    return create_app({"SETTINGS": Settings.from_env(env), "TESTING": True})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_receiver_answers_for_its_service_names_and_port_forwards_and_refuses_other_hosts(
+    rendered: dict[str, list[dict[str, Any]]], case: str
+) -> None:
+    objects = rendered[case]
+    client = _receiver_app(objects).test_client()
+    service = only(objects, "Service", f"{RELEASE}-ringrift-remediator-receiver")["metadata"]["name"]
+    domain = (CASES[case] or {}).get("clusterDomain", "cluster.local")
+    names = [
+        f"{service}:8080",
+        f"{service}.{NAMESPACE}",
+        f"{service}.{NAMESPACE}.svc:8080",
+        f"{service}.{NAMESPACE}.svc.{domain}",
+        "localhost:8080",  # kubectl port-forward
+        "127.0.0.1:8080",
+        *(((CASES[case] or {}).get("receiver") or {}).get("allowedHosts") or []),
+    ]
+    for host in names:
+        # /openapi.json needs no Redis: 200 means the Host was accepted.
+        assert client.get("/openapi.json", headers={"Host": host}).status_code == 200, (case, host)
+    for host in ("attacker.example", f"{service}.attacker.example", "10.244.0.9:8080"):
+        assert client.get("/openapi.json", headers={"Host": host}).status_code == 421, (case, host)
+    # Probes and scrapes by pod IP are answered whatever the Host.
+    assert client.get("/healthz", headers={"Host": "10.244.0.9:8080"}).status_code == 200
+    worker = [c for comp, c, _ in remediator_containers(objects) if comp == "worker"]
+    assert all("REMEDIATOR_ALLOWED_HOSTS" not in {e["name"] for e in c["env"]} for c in worker)
+
+
+def test_the_read_token_reaches_the_receiver_as_a_mounted_file(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for case in ("everything-on-values.yaml", "existing-secrets-values.yaml"):
+        _, receiver, spec = remediator_containers(rendered[case])[0]
+        env = {e["name"]: e.get("value") for e in receiver["env"]}
+        assert env["REMEDIATOR_READ_TOKEN_FILE"] == "/etc/remediator/secrets/read-token", case
+        items = {i["key"] for v in spec["volumes"] if v["name"] == "secrets" for i in v["secret"]["items"]}
+        assert "read-token" in items, case
+    objects = rendered["everything-on-values.yaml"]
+    (secret,) = [s for s in find(objects, "Secret") if "read-token" in s.get("data", {})]
+    assert base64.b64decode(secret["data"]["read-token"]).decode() == "SECRET-read-token-5ee5"
+    # Not set: nothing mounted, and the admin token still reads.
+    _, receiver, _ = remediator_containers(rendered["default"])[0]
+    assert "REMEDIATOR_READ_TOKEN_FILE" not in {e["name"] for e in receiver["env"]}
+
+
+@pytest.mark.parametrize(
+    "secrets",
+    [
+        {"webhookToken": "same-token-1", "adminToken": "same-token-1"},
+        {"adminToken": "same-token-2", "readToken": "same-token-2"},
+        {"webhookToken": "same-token-3", "readToken": "same-token-3"},
+    ],
+)
+def test_equal_tokens_fail_the_render_naming_the_values_keys(
+    chart: helm.Chart, secrets: dict[str, str]
+) -> None:
+    with pytest.raises(helm.HelmError, match="must differ") as failed:
+        render(chart, {"secrets": secrets})
+    assert next(iter(secrets.values())) not in str(failed.value)
+
+
+def test_an_allowed_host_with_a_port_is_rejected_by_the_values_schema(chart: helm.Chart) -> None:
+    with pytest.raises(helm.HelmError, match="allowedHosts"):
+        render(chart, {"receiver": {"allowedHosts": ["remediator.example.com:443"]}})
 
 
 # --- probes, routes and workloads --------------------------------------------------------------

@@ -8,9 +8,9 @@ import socket
 from typing import Any
 
 import pytest
-from helpers import WEBHOOK_TOKEN, alert, bearer, payload
+from helpers import READ_TOKEN, WEBHOOK_TOKEN, alert, bearer, payload
 from jsonschema import Draft202012Validator
-from ops_helpers import admin, make_settings, run_jobs_failing, seed_host, start_ladder
+from ops_helpers import admin, make_settings, reader, run_jobs_failing, seed_host, start_ladder
 
 from remediator import create_app, store
 
@@ -145,7 +145,9 @@ def closed_port_redis() -> str:
         return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
-def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, redis_conn, monkeypatch):
+def test_real_answers_of_every_endpoint_validate_against_the_spec(
+    app, spec, redis_url, redis_conn, monkeypatch
+):
     check = Checker(app, spec)
     seed_host(redis_conn, "gpu-node-07")
     store.update_host(
@@ -179,13 +181,22 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, red
     check.call("post", hook, 413, data="x" * 5000, content_type="application/json", headers=bearer())
     check.call("post", hook, 415, data="{}", content_type="text/plain", headers=bearer())
     check.call("post", hook, 422, json=payload([alert("a;reboot")]), headers=bearer())
-    # reads
+    # reads: the summary without a token, the detail with the read or the admin token
     check.call("get", "/api/v1/hosts", 200)
+    check.call("get", "/api/v1/hosts", 200, headers=reader())
+    check.call("get", "/api/v1/hosts", 401, headers=bearer(WEBHOOK_TOKEN))
     check.call("get", "/api/v1/hosts/gpu-node-07", 200)
-    check.call("get", "/api/v1/hosts/vast-31", 200)
+    check.call("get", "/api/v1/hosts/gpu-node-07?limit=2&offset=1", 200, headers=reader())
+    check.call("get", "/api/v1/hosts/gpu-node-07", 200, headers=admin())
+    check.call("get", "/api/v1/hosts/gpu-node-07?limit=0", 400)
+    check.call("get", "/api/v1/hosts/gpu-node-07?offset=1001", 400, headers=reader())
+    check.call("get", "/api/v1/hosts/gpu-node-07", 401, headers=bearer("wrong"))
+    check.call("get", "/api/v1/hosts/vast-31", 200, headers=reader())
     check.call("get", "/api/v1/hosts/nobody", 404)
     check.call("get", "/api/v1/hosts/$(id)", 422)
     check.call("get", "/api/v1/fleet", 200)
+    check.call("get", "/api/v1/fleet", 200, headers=reader())
+    check.call("get", "/api/v1/fleet", 401, headers=bearer(WEBHOOK_TOKEN))
     # writes
     check.call("post", "/api/v1/hosts/h9/remediate", 202, json={"dry_run": True}, headers=admin())
     check.call("post", "/api/v1/hosts/h9/remediate", 409, headers=admin())
@@ -225,8 +236,21 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, red
     # status page
     check.call("get", "/ui", 200)
     check.call("get", "/ui/hosts/gpu-node-07", 200)
+    check.call("get", "/ui/hosts/gpu-node-07?page=2", 200)
+    check.call("get", "/ui/hosts/gpu-node-07?page=11", 400)
     check.call("get", "/ui/hosts/nobody", 404)
     check.call("get", "/ui/hosts/a;b", 422)
+    check.call("get", "/ui/hosts/gpu-node-07/details", 200)
+    check.call("get", "/ui/hosts/gpu-node-07/details?page=0", 400)
+    check.call("get", "/ui/hosts/nobody/details", 404)
+    check.call("get", "/ui/hosts/a;b/details", 422)
+    details = "/ui/hosts/gpu-node-07/details"
+    check.call("post", details, 200, data={"token": READ_TOKEN})
+    check.call("post", details, 200, data={"token": make_settings("").admin_token, "page": "2"})
+    check.call("post", details, 401, data={"token": "no"})
+    check.call("post", details, 400, data={"token": READ_TOKEN, "page": "11"})
+    check.call("post", "/ui/hosts/nobody/details", 404, data={"token": READ_TOKEN})
+    check.call("post", "/ui/hosts/a;b/details", 422, data={"token": READ_TOKEN})
     check.call("get", "/ui/admin?host_id=gpu-node-07", 200)
     check.call("post", "/ui/remediate", 401, data={"host_id": "h8", "token": "no"})
     check.call("post", "/ui/remediate", 202, data={"host_id": "h8", "token": make_settings("").admin_token})
@@ -252,8 +276,33 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(app, spec, red
         ("post", "/api/v1/jobs/requeue-failed"),
         ("get", "/ui"),
         ("get", "/ui/hosts/h1"),
+        ("get", "/ui/hosts/h1/details"),
     ):
         check.call(method, url, 503, client=down, headers=admin())
+    check.call("post", "/ui/hosts/h1/details", 503, client=down, data={"token": READ_TOKEN})
+
+    # A Host outside REMEDIATOR_ALLOWED_HOSTS (DNS rebinding), on every operation that checks it.
+    guarded = create_app(
+        {"SETTINGS": make_settings(redis_url, allowed_hosts=("remediator.svc",)), "TESTING": True}
+    ).test_client()
+    for method, url in (
+        ("get", "/api/v1/hosts"),
+        ("get", "/api/v1/hosts/h1"),
+        ("get", "/api/v1/fleet"),
+        ("post", "/api/v1/hosts/h1/remediate"),
+        ("post", "/api/v1/hosts/h1/incident/close"),
+        ("post", "/api/v1/jobs/j/requeue"),
+        ("post", "/api/v1/jobs/requeue-failed"),
+        ("get", "/ui"),
+        ("get", "/ui/hosts/h1"),
+        ("get", "/ui/hosts/h1/details"),
+        ("post", "/ui/hosts/h1/details"),
+        ("get", "/ui/admin"),
+        ("post", "/ui/remediate"),
+        ("post", "/ui/requeue"),
+        ("get", "/openapi.json"),
+    ):
+        check.call(method, url, 421, client=guarded, headers={"Host": "attacker.example", **admin()})
 
     exercised = {(path, method) for path, method, _ in check.seen}
     assert exercised == spec_operations(spec)

@@ -7,7 +7,16 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from ops_helpers import QUEUE, failed_ids, live_jobs, make_settings, run_jobs_failing, seed_host, start_ladder
+from ops_helpers import (
+    QUEUE,
+    failed_ids,
+    live_jobs,
+    make_settings,
+    reader,
+    run_jobs_failing,
+    seed_host,
+    start_ladder,
+)
 from rq import Queue
 
 from remediator import create_app, keys, store
@@ -57,9 +66,12 @@ def test_status_json_is_what_the_api_returns(invoke, api, redis_conn):
     seed_host(redis_conn, "gpu-node-07")
     result = invoke("status", "--json")
     assert result.exit_code == 0
-    assert json.loads(result.output) == api.get("/api/v1/hosts").get_json()
+    assert json.loads(result.output) == api.get("/api/v1/hosts", headers=reader()).get_json()
     host = invoke("status", "gpu-node-07", "--json")
-    assert json.loads(host.output) == api.get("/api/v1/hosts/gpu-node-07").get_json()
+    assert (
+        json.loads(host.output)
+        == api.get("/api/v1/hosts/gpu-node-07?limit=1000", headers=reader()).get_json()
+    )
 
 
 def test_status_of_a_host_prints_its_timeline_with_evidence(invoke, redis_conn):

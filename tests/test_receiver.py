@@ -266,3 +266,82 @@ def test_method_not_allowed_keeps_the_allow_header(client):
     resp = client.get(URL)
     assert resp.status_code == 405 and "POST" in resp.headers["Allow"]
     assert resp.is_json
+
+
+# -- bodies without a Content-Length, through the real server --------------------------------------------
+
+
+@pytest.fixture
+def gunicorn_receiver(redis_url, tmp_path):
+    """``remediator serve`` (gunicorn) with the default body limit (1 MiB)."""
+    import os
+
+    from e2e import Receiver
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REMEDIATOR_", "REDIS_URL"))}
+    env.update(
+        REDIS_URL=redis_url,
+        REMEDIATOR_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"),
+    )
+    (tmp_path / "prom").mkdir()
+    receiver = Receiver(env, tmp_path / "receiver.log").start()
+    yield receiver
+    receiver.stop()
+
+
+def chunked(data: bytes, size: int = 32 * 1024):
+    """A generator body: requests sends it with Transfer-Encoding: chunked and no Content-Length."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut_into_a_400(gunicorn_receiver, redis_conn):
+    import requests
+
+    from remediator.defaults import MAX_BODY_BYTES
+
+    body = payload([alert(f"h{i}", instance="x" * 2000) for i in range(470)])
+    data = json.dumps(body).encode()
+    assert MAX_BODY_BYTES < len(data) < MAX_BODY_BYTES + 256 * 1024
+    resp = requests.post(
+        gunicorn_receiver.webhook_url,
+        data=chunked(data),
+        headers={**bearer(), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in resp.request.headers
+    assert resp.status_code == 413, resp.text
+    assert "REMEDIATOR_MAX_BODY_BYTES" in resp.json()["error"]
+    assert queued_jobs(redis_conn) == []
+
+
+def test_a_chunked_body_within_the_limit_is_read_whole_and_accepted(gunicorn_receiver, redis_conn):
+    import requests
+
+    data = json.dumps(payload([alert(f"h{i}", instance="x" * 2000) for i in range(100)])).encode()
+    resp = requests.post(
+        gunicorn_receiver.webhook_url,
+        data=chunked(data, size=1000),
+        headers={**bearer(), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert resp.request.headers.get("Transfer-Encoding") == "chunked"
+    assert resp.status_code == 202, resp.text
+    assert len(resp.json()["accepted"]) == 100 and len(queued_jobs(redis_conn)) == 100
+
+
+def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(redis_url, redis_conn):
+    app = create_app({"SETTINGS": make_settings(redis_url, max_body_bytes=4096)})
+    body = json.dumps(payload([alert("h1")])).encode()
+    exact = body + b" " * (4096 - len(body))
+    client = app.test_client()
+    assert post_raw(client, exact).status_code == 202
+    redis_conn.flushall()
+    assert post_raw(client, exact + b" ").status_code == 413
+    assert queued_jobs(redis_conn) == []
+
+
+def post_raw(client, data: bytes):
+    return client.post(URL, data=data, content_type="application/json", headers=bearer())

@@ -3,8 +3,10 @@ screenshotted; plus the admin forms and escaping, through the Flask test client.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import require_binary
-from helpers import ADMIN_TOKEN
-from ops_helpers import QUEUE, run_jobs_failing, seed_host, start_ladder
+from helpers import ADMIN_TOKEN, READ_TOKEN, WEBHOOK_TOKEN
+from ops_helpers import PRIVATE, QUEUE, run_jobs_failing, seed_evidence, seed_host, start_ladder
 from rq import Queue
 from werkzeug.serving import make_server
 
@@ -173,12 +175,13 @@ def test_status_page_in_chromium_shows_the_seeded_hosts_current_step_and_the_fle
     assert 'data-step="force_sync" data-mark="failed"' in dom
     assert 'data-step="diagnose" data-mark="ok"' in dom
     assert "ACTIVE" in dom and "3f9c2a1b7d4e" in dom  # the storm
-    assert "sync storm: 3 hosts critical" in dom  # the open page
+    assert "remediator/storm/3f9c2a1b7d4e" in dom  # the open page (its text needs the read token)
     assert 'type="password"' not in dom  # the forms live on /ui/admin, which does not refresh
     assert 'href="/ui/admin"' in dom
 
 
-def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, tmp_path):
+def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, redis_conn, tmp_path):
+    seed_host(redis_conn, "gpu-node-07")
     dom = dump_dom(tmp_path, f"{served}/ui/admin?host_id=gpu-node-07")
     assert 'http-equiv="refresh"' not in dom
     assert dom.count('type="password" name="token"') == 2 and ADMIN_TOKEN not in dom
@@ -186,24 +189,59 @@ def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, tmp
     assert 'action="/ui/remediate"' in dom and 'action="/ui/requeue"' in dom
 
 
-def test_host_page_in_chromium_shows_the_timeline_with_evidence(served, redis_conn, tmp_path):
-    seed_host(redis_conn, "gpu-node-07")
+def post_form(tmp_path: Path, url: str, fields: dict[str, str]) -> str:
+    """The DOM Chromium shows after posting ``fields`` to ``url`` as a form, as a person typing them would.
+
+    The form is on a local page of its own that submits itself (the remediator's pages run no script);
+    --virtual-time-budget makes headless Chromium dump the DOM of the page the post navigated to."""
+    inputs = "".join(f'<input name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items())
+    page = tmp_path / f"post-{time.monotonic_ns()}.html"
+    page.write_text(
+        f'<!doctype html><form method="post" action="{html.escape(url)}">{inputs}</form>'
+        "<script>document.forms[0].submit()</script>"
+    )
+    return chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()).stdout
+
+
+def test_host_page_in_chromium_shows_the_timeline_steps_and_no_evidence_without_the_read_token(
+    served, redis_conn, tmp_path
+):
+    seed_evidence(redis_conn, "gpu-node-07")
     dom = dump_dom(tmp_path, f"{served}/ui/hosts/gpu-node-07")
+    assert '<meta http-equiv="refresh" content="5">' in dom
     assert 'class="entry" data-step="force_sync" data-outcome="verify-failed"' in dom
-    assert "last_sync did not advance" in dom
-    assert "last_sync_after" in dom  # evidence
     assert "restart_agent (run), attempt 1" in dom
+    assert [p for p in PRIVATE if p in dom] == []
+    assert "last_sync did not advance" not in dom and "last_sync_after" not in dom  # detail, evidence
+    assert 'href="/ui/hosts/gpu-node-07/details"' in dom and 'type="password"' not in dom
+
+
+def test_details_posted_with_the_read_token_in_chromium_show_the_timeline_with_evidence(
+    served, redis_conn, tmp_path
+):
+    seed_evidence(redis_conn, "gpu-node-07")
+    form = dump_dom(tmp_path, f"{served}/ui/hosts/gpu-node-07/details")
+    assert 'http-equiv="refresh"' not in form and 'type="password" name="token"' in form
+    assert 'action="/ui/hosts/gpu-node-07/details"' in form
+    dom = post_form(tmp_path, f"{served}/ui/hosts/gpu-node-07/details", {"token": READ_TOKEN, "page": "1"})
+    assert 'data-view="detail"' in dom and 'http-equiv="refresh"' not in dom
+    assert 'class="entry" data-step="force_sync" data-outcome="verify-failed"' in dom
+    assert "last_sync did not advance" in dom and "last_sync_after" in dom
+    assert [p for p in PRIVATE if p not in dom] == []
+    assert READ_TOKEN not in dom  # the token is never put in the page
 
 
 def test_hostile_audit_text_is_escaped_and_never_runs_in_chromium(served, redis_conn, tmp_path):
     seed_host(redis_conn, "gpu-node-07")
     store.append_audit(redis_conn, "gpu-node-07", "force_sync", "failed", HOSTILE, evidence=HOSTILE)
     store.update_host(redis_conn, "gpu-node-07", outcome_detail=HOSTILE)
-    for page in ("/ui", "/ui/hosts/gpu-node-07"):
-        dom = dump_dom(tmp_path, served + page)
+    details = post_form(tmp_path, f"{served}/ui/hosts/gpu-node-07/details", {"token": READ_TOKEN})
+    summaries = [dump_dom(tmp_path, served + page) for page in ("/ui", "/ui/hosts/gpu-node-07")]
+    for dom in (details, *summaries):
         assert "pwned" not in dom.split("<title>")[1].split("</title>")[0]
         assert "<img src" not in dom and "<script>" not in dom
-        assert "&lt;img src=x" in dom
+    assert "&lt;img src=x" in details  # shown, escaped, to a reader with the token
+    assert all("img src" not in dom for dom in summaries)  # not shown at all without it
 
 
 def test_status_page_screenshot_is_a_png_of_the_window_size(served, redis_conn, tmp_path):
@@ -219,6 +257,17 @@ def test_status_page_screenshot_is_a_png_of_the_window_size(served, redis_conn, 
 # -- pages and forms (test client) ---------------------------------------------------------------------
 
 
+def test_host_page_of_a_host_with_an_audit_but_no_state_renders_its_timeline(client, redis_conn):
+    # A resolved alert for a host the remediator never worked on left an audit entry and no state; the
+    # page answered 500 (a missing started_at in the template's time filter).
+    store.append_audit(redis_conn, "never-remediated", "intake", "resolved", "alert resolved; no ladder")
+    resp = client.get("/ui/hosts/never-remediated")
+    assert resp.status_code == 200
+    page = resp.get_data(as_text=True)
+    assert 'data-step="intake" data-outcome="resolved"' in page
+    assert client.get("/api/v1/hosts/never-remediated").status_code == 200
+
+
 def test_pages_carry_a_strict_content_security_policy(client, redis_conn):
     seed_host(redis_conn, "gpu-node-07")
     for page in ("/ui", "/ui/hosts/gpu-node-07"):
@@ -231,6 +280,105 @@ def test_pages_carry_a_strict_content_security_policy(client, redis_conn):
 def test_host_page_is_422_for_an_invalid_host_id_and_404_for_an_unknown_one(client):
     assert client.get("/ui/hosts/a;reboot").status_code == 422
     assert client.get("/ui/hosts/unknown-host").status_code == 404
+
+
+@pytest.mark.parametrize("guess", [ADMIN_TOKEN, WEBHOOK_TOKEN])
+def test_host_page_of_an_unknown_host_is_the_same_for_any_id_even_a_configured_secret(client, guess):
+    reference = client.get("/ui/hosts/never-seen")
+    resp = client.get(f"/ui/hosts/{guess}")
+    assert resp.status_code == reference.status_code == 404
+    assert strip_clock(resp.get_data(as_text=True)) == strip_clock(reference.get_data(as_text=True))
+    assert "REDACTED" not in resp.get_data(as_text=True)
+    assert "never-seen" not in reference.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("guess", [ADMIN_TOKEN, WEBHOOK_TOKEN, "never-seen"])
+def test_admin_page_prefills_only_a_host_the_remediator_knows(client, redis_conn, guess):
+    seed_host(redis_conn, "gpu-node-07")
+    known = client.get("/ui/admin?host_id=gpu-node-07").get_data(as_text=True)
+    assert known.count('name="host_id" value="gpu-node-07"') == 2
+    reference = client.get("/ui/admin").get_data(as_text=True)
+    page = client.get(f"/ui/admin?host_id={guess}").get_data(as_text=True)
+    assert strip_clock(page) == strip_clock(reference)  # nothing of the guess, redacted or not
+    assert "REDACTED" not in page
+
+
+def strip_clock(html: str) -> str:
+    """The page without the time it was rendered at (the header shows it)."""
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "", html)
+
+
+def test_status_pages_without_the_read_token_show_no_address_user_port_path_log_line_or_evidence(
+    client, redis_conn
+):
+    seed_evidence(redis_conn, "gpu-node-07")
+    for page in (
+        "/ui",
+        "/ui/hosts/gpu-node-07",
+        "/ui/hosts/gpu-node-07/details",
+        "/ui/admin?host_id=gpu-node-07",
+    ):
+        resp = client.get(page)
+        assert resp.status_code == 200, page
+        text = resp.get_data(as_text=True)
+        assert [p for p in PRIVATE if p in text] == [], page
+
+
+@pytest.mark.parametrize("token", ["", "wrong", WEBHOOK_TOKEN, READ_TOKEN + "x"])
+def test_details_form_refuses_a_wrong_token_with_401_and_shows_nothing(client, redis_conn, token):
+    seed_evidence(redis_conn, "gpu-node-07")
+    resp = client.post("/ui/hosts/gpu-node-07/details", data={"token": token})
+    assert resp.status_code == 401 and "read token" in resp.get_data(as_text=True)
+    assert [p for p in PRIVATE if p in resp.get_data(as_text=True)] == []
+
+
+@pytest.mark.parametrize("token", [READ_TOKEN, ADMIN_TOKEN], ids=["read token", "admin token"])
+def test_details_form_with_the_read_or_admin_token_shows_every_piece_of_evidence(client, redis_conn, token):
+    seed_evidence(redis_conn, "gpu-node-07")
+    resp = client.post("/ui/hosts/gpu-node-07/details", data={"token": token})
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 200 and 'http-equiv="refresh"' not in page
+    assert [p for p in PRIVATE if p not in page] == [] and token not in page
+
+
+def test_host_page_shows_the_newest_100_entries_and_pages_through_the_rest(client, redis_conn):
+    for i in range(250):
+        store.append_audit(redis_conn, "h1", "diagnose", f"outcome-{i:03d}")
+    first = client.get("/ui/hosts/h1").get_data(as_text=True)
+    outcomes = re.findall(r'data-outcome="outcome-(\d+)"', first)
+    assert outcomes == [f"{i:03d}" for i in range(249, 149, -1)]  # newest first
+    assert "entries 151\u2013250 of 250" in first and 'href="/ui/hosts/h1?page=2"' in first
+    last = client.get("/ui/hosts/h1?page=3").get_data(as_text=True)
+    assert re.findall(r'data-outcome="outcome-(\d+)"', last) == [f"{i:03d}" for i in range(49, -1, -1)]
+    assert 'href="/ui/hosts/h1?page=2"' in last and "?page=4" not in last
+    detail = client.post("/ui/hosts/h1/details", data={"token": READ_TOKEN, "page": "2"}).get_data(
+        as_text=True
+    )
+    assert re.findall(r'data-outcome="outcome-(\d+)"', detail)[0] == "149"
+    for bad in ("0", "11", "x", "-1", "01"):
+        assert client.get(f"/ui/hosts/h1?page={bad}").status_code == 400, bad
+
+
+HOST_PAGE_BOUND = 128 * 1024  # bytes: the host page with a 10 MB evidence entry (it was 63 MB)
+
+
+def test_a_10_mb_evidence_entry_keeps_the_host_page_under_128_kib(client, redis_conn):
+    seed_host(redis_conn, "gpu-node-07")
+    store.append_audit(
+        redis_conn,
+        "gpu-node-07",
+        "diagnose",
+        "done",
+        "tail",
+        host_log_tail=['<&>"' * (10 * 1024 * 1024 // 4)],
+    )
+    store.update_host(redis_conn, "gpu-node-07", outcome_detail="x" * 10 * 1024 * 1024)
+    summary = client.get("/ui/hosts/gpu-node-07")
+    details = client.post("/ui/hosts/gpu-node-07/details", data={"token": READ_TOKEN})
+    index = client.get("/ui")
+    for resp in (summary, details, index):
+        assert resp.status_code == 200 and len(resp.get_data()) < HOST_PAGE_BOUND, len(resp.get_data())
+    assert "…[truncated " in details.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("token", ["", "wrong", ADMIN_TOKEN + "x"])

@@ -82,6 +82,18 @@ The in-cluster URL Alertmanager posts alerts to.
 {{- end }}
 
 {{/*
+The Host names the receiver answers for (REMEDIATOR_ALLOWED_HOSTS, a guard against DNS rebinding): its
+Service's names from short to fully qualified, localhost, 127.0.0.1 and [::1] (kubectl port-forward),
+and receiver.allowedHosts. Probes, scrapes and webhook deliveries are answered whatever the Host.
+*/}}
+{{- define "ringrift-remediator.allowedHosts" -}}
+{{- $svc := include "ringrift-remediator.receiverServiceName" . }}
+{{- $ns := .Release.Namespace }}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) "localhost" "127.0.0.1" "[::1]" }}
+{{- concat $names .Values.receiver.allowedHosts | uniq | join "," }}
+{{- end }}
+
+{{/*
 The name of the Secret holding the application's secrets: existingSecret, or the one the chart makes.
 */}}
 {{- define "ringrift-remediator.secretName" -}}
@@ -114,6 +126,7 @@ Secret key -> the secrets.* value that fills it when the chart creates the Secre
 {{- define "ringrift-remediator.secretFields" -}}
 webhook-token: webhookToken
 admin-token: adminToken
+read-token: readToken
 coordinator-admin-key: coordinatorAdminKey
 pagerduty-routing-key: pagerdutyRoutingKey
 vast-api-key: vastApiKey
@@ -129,6 +142,7 @@ Secret key -> the variable naming the mounted file. Only names the application r
 {{- define "ringrift-remediator.secretFileEnv" -}}
 webhook-token: REMEDIATOR_WEBHOOK_TOKEN_FILE
 admin-token: REMEDIATOR_ADMIN_TOKEN_FILE
+read-token: REMEDIATOR_READ_TOKEN_FILE
 coordinator-admin-key: REMEDIATOR_COORDINATOR_ADMIN_KEY_FILE
 pagerduty-routing-key: REMEDIATOR_PAGERDUTY_ROUTING_KEY_FILE
 vast-api-key: REMEDIATOR_VAST_API_KEY_FILE
@@ -381,6 +395,10 @@ spec:
         {{- if .recovery }}
         - name: REMEDIATOR_RECOVERY_DIR
           value: /data/recovered
+        {{- end }}
+        {{- if .http }}
+        - name: REMEDIATOR_ALLOWED_HOSTS
+          value: {{ include "ringrift-remediator.allowedHosts" $root | quote }}
         {{- end }}
         {{- range $mounted }}
         - name: {{ index $fileEnv . }}
