@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -245,3 +247,131 @@ def requeue_all_failed() -> Any:
     for result in results:
         counts[result.action] = counts.get(result.action, 0) + 1
     return {"results": [r.as_dict() for r in results], "counts": counts}, 200
+
+
+# -- operator controls -----------------------------------------------------------------------------------
+
+
+def _reason(body: dict[str, Any], default: str | None = None) -> str | None:
+    reason = body.get("reason", default)
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > ops.MAX_REASON:
+        return None
+    return reason.strip()
+
+
+def _instant(value: Any) -> float | None:
+    """Unix seconds, or an RFC 3339 time ('2026-12-01T02:00:00Z'); None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+@bp.get("/freeze")
+def freeze_status() -> Any:
+    view = read_view()
+    if view is None:
+        return read_error()
+    status = ops.freeze_status(get_redis())
+    if view != disclosure.DETAIL:  # who froze it names an operator's address: readers with a token only
+        status["freezes"] = [{k: v for k, v in f.items() if k != "who"} for f in status["freezes"]]
+    return status
+
+
+@bp.post("/freeze")
+def freeze() -> Any:
+    if denied := admin_error():
+        return denied
+    body = _json_object()
+    if body is None:
+        return error(400, 'body must be a JSON object such as {"reason": "maintenance"}', field="(body)")
+    reason = _reason(body)
+    if reason is None:
+        return error(
+            400, f"reason must be a non-empty string of at most {ops.MAX_REASON} characters", field="reason"
+        )
+    host_id = body.get("host_id")
+    if "host_id" in body and not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    window: dict[str, float | None] = {}
+    for name in ("starts_at", "ends_at"):
+        if body.get(name) is not None:
+            window[name] = _instant(body[name])
+            if window[name] is None:
+                return error(400, f"{name} must be unix seconds or an RFC 3339 time", field=name)
+    duration = body.get("duration_seconds")
+    if duration is not None and (
+        isinstance(duration, bool)
+        or not isinstance(duration, int | float)
+        or not 0 < duration <= ops.MAX_FREEZE_SECONDS
+    ):
+        return error(
+            400,
+            f"duration_seconds must be a number in (0, {ops.MAX_FREEZE_SECONDS}]",
+            field="duration_seconds",
+        )
+    if duration is not None and window.get("ends_at") is not None:
+        return error(400, "give duration_seconds or ends_at, not both", field="duration_seconds")
+    starts, ends = window.get("starts_at"), window.get("ends_at")
+    if ends is not None and (ends <= time.time() or (starts is not None and ends <= starts)):
+        return error(400, "ends_at must be in the future and after starts_at", field="ends_at")
+    item = ops.set_freeze(
+        get_redis(),
+        reason=reason,
+        who=_who(),
+        host_id=host_id,
+        duration_seconds=duration,
+        starts_at=starts,
+        ends_at=ends,
+    )
+    return item.as_dict(), 201
+
+
+@bp.delete("/freeze")
+def unfreeze() -> Any:
+    if denied := admin_error():
+        return denied
+    host_id = request.args.get("host_id")
+    if host_id is not None and not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    item = ops.lift_freeze(get_redis(), get_settings(), who=_who(), host_id=host_id)
+    if item is None:
+        return error(404, "no freeze of this scope")
+    return {**item.as_dict(), "lifted": True}, 200
+
+
+@bp.post("/hosts/<host_id>/approve")
+def approve(host_id: str) -> Any:
+    if denied := admin_error():
+        return denied
+    if not is_valid_host_id(host_id):
+        return error(422, HOST_ID_RULE, field="host_id")
+    body = _json_object()
+    if body is None:
+        return error(
+            400, 'body must be a JSON object such as {"approve": true, "reason": "..."}', field="(body)"
+        )
+    if not isinstance(body.get("approve"), bool):
+        return error(400, "approve must be true or false", field="approve")
+    reason = _reason(body)
+    if reason is None:
+        return error(
+            400, f"reason must be a non-empty string of at most {ops.MAX_REASON} characters", field="reason"
+        )
+    answered = ops.approve(get_redis(), host_id, approve=body["approve"], who=_who(), reason=reason)
+    if answered is None:
+        return error(404, "no approval is pending for this host")
+    return {
+        "host_id": host_id,
+        "step": answered.step,
+        "ladder_id": answered.ladder_id,
+        "state": answered.state,
+        "who": answered.who,
+        "reason": answered.reason,
+    }, 200

@@ -43,11 +43,13 @@ class Clients:
     provider_statuses: Callable[[], dict[str, bool | None]]
     network: Callable[[Mapping[str, Mapping[str, Any]]], Any]  # hosts -> netcheck.NetworkCheck
     pagers: Callable[[], Mapping[str, Pager]]
+    silences: Callable[[], Any]  # -> remediator.silences.AlertmanagerSilences, or None (no Alertmanager)
 
 
 def real_clients(settings: Settings) -> Clients:
     from remediator import netcheck, providers
     from remediator.pagers import pagers_from_settings
+    from remediator.silences import AlertmanagerSilences
     from remediator.ssh import HostSession, rsync_pull
 
     def rsync(
@@ -70,6 +72,9 @@ def real_clients(settings: Settings) -> Clients:
         provider_statuses=lambda: providers.provider_statuses(settings),
         network=network,
         pagers=lambda: pagers_from_settings(settings),
+        silences=lambda: (
+            AlertmanagerSilences(settings.alertmanager_url) if settings.alertmanager_url else None
+        ),
     )
 
 

@@ -20,6 +20,7 @@ LADDER_STARTS = PREFIX + ":ladder-starts:{0}"  # sorted set: ladder start times 
 INVENTORY = PREFIX + ":inventory:{0}"  # JSON: host {0}'s last inventory, kept across ladders
 SCRATCH = PREFIX + ":scratch:{0}:{1}"  # hash: what ladder {1} of host {0} has remembered so far
 IMPORTED = PREFIX + ":imported:{0}"  # JSON: digest of host {0}'s recovered files last imported
+APPROVAL = PREFIX + ":approval:{0}"  # hash: host {0}'s approval request for a step, and its answer
 HOST_INCIDENT = PREFIX + ":host-incident:{0}"  # string: id of host {0}'s open incident
 HOST_INCIDENTS = PREFIX + ":host-incidents:{0}"  # list: host {0}'s incident ids, oldest first (trimmed)
 
@@ -27,6 +28,10 @@ HOST_INCIDENTS = PREFIX + ":host-incidents:{0}"  # list: host {0}'s incident ids
 INCIDENT = PREFIX + ":incident:{0}"  # hash: incident {0} (see remediator/incidents.py)
 PAGE = PREFIX + ":page:{0}"  # hash: the page with dedup key {0} and its delivery (remediator/paging.py)
 PAGE_LOCK = PREFIX + ":page-lock:{0}"  # string: held while page {0} is being delivered
+BUDGET = PREFIX + ":budget:{0}"  # sorted set: what budget limit {0} counted in its window
+BUDGET_ACK = (
+    PREFIX + ":budget-ack:{0}"
+)  # string: a human unfroze limit {0}'s trip; not enforced till it expires
 
 # -- global ------------------------------------------------------------------------------------------------
 HOSTS = PREFIX + ":hosts"  # sorted set: host ids by last update time (unix seconds)
@@ -39,9 +44,13 @@ PAGES = PREFIX + ":pages"  # set: dedup keys of pages not yet resolved at their 
 PAGE_TRIGGERS = PREFIX + ":page-triggers"  # sorted set: dedup key -> time its first trigger was sent
 FLEET_LOCK = PREFIX + ":fleet:lock"  # string: lock held while the fleet escalation is evaluated
 SWEEP_LOCK = PREFIX + ":sweeper:lock"  # string: held by the one worker sweeping for dead ladders
+FREEZES = PREFIX + ":freezes"  # hash: "*" (the fleet) or host id -> its freeze (remediator/controls.py)
+SILENCES = PREFIX + ":silences"  # hash: Alertmanager silence id -> the host and ladder it was made for
+HOLDS = PREFIX + ":holds"  # hash: "<alertname>|<host id or *>" -> when a hold alert was seen firing
+SILENCE_SWEEP_LOCK = PREFIX + ":silences:lock"  # string: held between two sweeps of Alertmanager's silences
 MONITOR_LOCK = PREFIX + ":monitor:lock"  # string: held for one interval by the incident monitor's pass
 
 PER_HOST = (LOCK, FENCE, HOST, AUDIT, ACTIVE, CANCEL, DONE, LADDER_STARTS, INVENTORY, SCRATCH)
-PER_HOST += (IMPORTED, HOST_INCIDENT, HOST_INCIDENTS)
+PER_HOST += (IMPORTED, APPROVAL, HOST_INCIDENT, HOST_INCIDENTS)
 GLOBAL = (HOSTS, OPEN_INCIDENTS, CLEANUP, FLEET_CRITICAL, FLEET, PAUSED, PAGES, PAGE_TRIGGERS)
-GLOBAL += (FLEET_LOCK, SWEEP_LOCK, MONITOR_LOCK)
+GLOBAL += (FREEZES, HOLDS, SILENCES, FLEET_LOCK, SWEEP_LOCK, SILENCE_SWEEP_LOCK, MONITOR_LOCK)

@@ -100,12 +100,29 @@ class RedisStateCollector:
             "RQ workers alive on the remediator's queue.",
             value=Worker.count(queue=queue),
         )
+        yield self._frozen()
         yield GaugeMetricFamily(
             "remediator_paused_hosts",
             "Hosts on which the remediator paused selfplay.",
             value=self.conn.scard(keys.PAUSED),
         )
         yield from redis_metric_families(self.conn)
+
+    def _frozen(self) -> Metric:
+        """1 while the automation is frozen: fleet-wide (host_id ""), and per host frozen on its own."""
+        from remediator import controls
+
+        family = GaugeMetricFamily(
+            "remediator_automation_frozen",
+            "1 while mutating steps are frozen (remediator freeze), fleet-wide (host_id empty) or per host.",
+            labels=["host_id"],
+        )
+        items = [f for f in controls.freezes(self.conn) if f.active()]
+        family.add_metric([""], float(any(f.scope == controls.FLEET for f in items)))
+        for item in items:
+            if item.scope != controls.FLEET:
+                family.add_metric([item.scope], 1.0)
+        return family
 
 
 def redis_metric_families(conn: redis.Redis) -> list[Metric]:

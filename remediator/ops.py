@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from remediator import incidents, keys, paging, store
+from remediator import controls, incidents, keys, paging, store
 from remediator.defaults import LADDER_STEPS
 from remediator.intake import LadderLimit, LadderRequest, queue_cleanup, start_ladders
 
@@ -327,3 +327,58 @@ def close_incident(
         "reason": reason,
         "ladder_stopping": closed.ladder,
     }
+
+
+# -- operator controls: freeze, approval ------------------------------------------------------------------
+
+MAX_REASON = 500  # characters of a reason given with a freeze, an unfreeze or an approval
+MAX_FREEZE_SECONDS = 30 * 86400  # the longest freeze or maintenance window one command sets
+
+
+def freeze_status(conn: redis.Redis) -> dict[str, Any]:
+    """What holds the automation now: freezes (in force or scheduled) and firing maintenance alerts."""
+    items = controls.freezes(conn)
+    fleet = next((f for f in items if f.scope == controls.FLEET and f.active()), None)
+    return {
+        "frozen": fleet is not None,
+        "reason": fleet.reason if fleet else None,
+        "freezes": [f.as_dict() for f in items],
+        "holds": controls.holds_all(conn),
+    }
+
+
+def set_freeze(
+    conn: redis.Redis,
+    *,
+    reason: str,
+    who: str,
+    host_id: str | None = None,
+    duration_seconds: float | None = None,
+    starts_at: float | None = None,
+    ends_at: float | None = None,
+) -> controls.Freeze:
+    """Freeze the fleet or one host: now (until unfrozen, or for ``duration_seconds``) or in a window."""
+    if duration_seconds is not None:
+        ends_at = (starts_at or time.time()) + duration_seconds
+    return controls.freeze(
+        conn, reason=reason, who=who, host_id=host_id, starts_at=starts_at, ends_at=ends_at
+    )
+
+
+def lift_freeze(
+    conn: redis.Redis, settings: Any, *, who: str, host_id: str | None = None
+) -> controls.Freeze | None:
+    """Unfreeze; a freeze the budget tripped also has its page resolved."""
+    from remediator.paging import resolve
+
+    item = controls.unfreeze(conn, who=who, host_id=host_id)
+    if item is not None and item.source == "budget":
+        resolve(conn, settings, controls.freeze_page_key(item))
+    return item
+
+
+def approve(
+    conn: redis.Redis, host_id: str, *, approve: bool, who: str, reason: str
+) -> controls.Approval | None:
+    """Answer the host's pending approval request; None when none is pending."""
+    return controls.decide(conn, host_id, approve=approve, who=who, reason=reason)

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import click
@@ -285,4 +288,92 @@ def incident_close(host: str, reason: str) -> None:
     click.echo(f"incident {result['incident_id']} of {host} closed{stopping}")
 
 
-COMMANDS = (status, remediate, requeue, incident)
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '4h', '2d' -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise click.BadParameter("a duration such as 90s, 30m, 4h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_time(text: str) -> float:
+    """An RFC 3339 time ('2026-12-01T02:00:00Z'), or '+DURATION' from now -> unix seconds."""
+    if text.startswith("+"):
+        return time.time() + parse_duration(text[1:])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter("an RFC 3339 time (2026-12-01T02:00:00Z) or +DURATION (+2h)") from None
+    if moment.tzinfo is None:
+        raise click.BadParameter("give the time zone (Z or +hh:mm)")
+    return moment.timestamp()
+
+
+@click.command()
+@click.option("--reason", required=True, help="why (recorded in the audit, shown on the status page)")
+@click.option("--for", "for_", default=None, help="lift it by itself after this long (90s, 30m, 4h, 2d)")
+@click.option("--host", "host", default=None, help="freeze only HOST (default: the whole fleet)")
+@click.option("--from", "from_", default=None, help="a maintenance window: from this time (RFC 3339 or +2h)")
+@click.option("--until", "until", default=None, help="... until this time (RFC 3339 or +6h)")
+def freeze(reason: str, for_: str | None, host: str | None, from_: str | None, until: str | None) -> None:
+    """Stop every mutating step (fleet-wide, or on HOST): diagnosis, audit and pages go on."""
+    if for_ and until:
+        raise click.UsageError("give --for or --until, not both")
+    starts = parse_time(from_) if from_ else None
+    ends = parse_time(until) if until else None
+    if ends is not None and (ends <= time.time() or (starts is not None and ends <= starts)):
+        raise click.UsageError("--until must be in the future and after --from")
+    settings = _settings()
+    conn = _connect(settings)
+    with _redis_errors():
+        item = ops.set_freeze(
+            conn,
+            reason=reason,
+            who=_who(),
+            host_id=_host_arg(host) if host else None,
+            duration_seconds=parse_duration(for_) if for_ else None,
+            starts_at=starts,
+            ends_at=ends,
+        )
+    scope = "fleet" if item.scope == "*" else f"host {item.scope}"
+    window = ""
+    if item.starts_at:
+        window += f" from {ops.format_ts(item.starts_at)}"
+    if item.ends_at:
+        window += f" until {ops.format_ts(item.ends_at)}"
+    click.echo(f"{scope} frozen{window}: {reason}")
+
+
+@click.command()
+@click.option("--host", "host", default=None, help="lift HOST's freeze (default: the fleet's)")
+def unfreeze(host: str | None) -> None:
+    """Lift the fleet's (or HOST's) freeze: held ladders go on at their next re-check."""
+    settings = _settings()
+    conn = _connect(settings)
+    with _redis_errors():
+        item = ops.lift_freeze(conn, settings, who=_who(), host_id=_host_arg(host) if host else None)
+    if item is None:
+        raise click.ClickException(f"{'host ' + host if host else 'the fleet'} is not frozen")
+    click.echo(f"{'fleet' if item.scope == '*' else 'host ' + item.scope} unfrozen (was: {item.reason})")
+
+
+@click.command()
+@click.argument("host")
+@click.option("--deny", is_flag=True, help="refuse the step (the ladder escalates to a human)")
+@click.option("--reason", required=True, help="why (recorded in the audit)")
+def approve(host: str, deny: bool, reason: str) -> None:
+    """Answer HOST's pending approval request (a step the rules keep for a human yes)."""
+    settings = _settings()
+    conn = _connect(settings)
+    with _redis_errors():
+        answered = ops.approve(conn, _host_arg(host), approve=not deny, who=_who(), reason=reason)
+    if answered is None:
+        raise click.ClickException(f"no approval is pending for host {host}")
+    click.echo(f"{answered.step} of {host} {answered.state} by {answered.who}: {reason}")
+
+
+COMMANDS = (status, remediate, requeue, incident, freeze, unfreeze, approve)

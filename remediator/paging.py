@@ -56,6 +56,7 @@ class PageKind(StrEnum):
     HOST = "host"
     STORM = "storm"
     SUMMARY = "summary"
+    FREEZE = "freeze"  # the remediator froze itself (a budget limit tripped): resolved at unfreeze
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from flask import Blueprint, make_response, request
 
-from remediator import keys, metrics
+from remediator import controls, keys, metrics
 from remediator.auth import check_authorization
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.intake import LadderRequest, resolve_host, start_ladders
@@ -152,6 +152,12 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
             "alertname": alert.alertname,
             "status": alert.status,
         }
+        if rules.holds(alert.alertname):
+            # A maintenance alert: while it fires, every mutating step (of its host, or of the fleet
+            # without a host_id) waits; its resolved notification lifts the hold.
+            controls.hold_alert(conn, alert.alertname, alert.host_id, alert.status == "firing")
+            recorded.append({**entry, "action": "hold" if alert.status == "firing" else "hold lifted"})
+            continue
         if rules.feeds_fleet(alert.alertname):
             recorded.append(entry)
             continue

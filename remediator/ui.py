@@ -73,6 +73,15 @@ def audit_evidence(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k not in _AUDIT_KEYS}
 
 
+@bp.app_context_processor
+def freeze_banner() -> dict[str, Any]:
+    """Every page says when the automation is frozen, and by whom (outside Redis errors: none)."""
+    try:
+        return {"freeze": ops.freeze_status(get_redis())}
+    except redis.RedisError:
+        return {"freeze": None}
+
+
 def _page(template: str, code: int = 200, **context: Any) -> Response:
     html = render_template(template, now=time.time(), **context)
     return Response(html, status=code, mimetype="text/html", headers=SECURITY_HEADERS)
@@ -295,3 +304,69 @@ def requeue() -> Response:
     lines = [f"{r.job_id}: {r.action}: {r.detail}" for r in results]
     back = url_for("ui.host", host_id=host_id) if host_id else None
     return _message(code, "Requeue", *lines, back=back)
+
+
+@bp.post("/freeze")
+def freeze() -> Response:
+    if not _authorized():
+        return _denied()
+    reason = request.form.get("reason", "").strip()
+    if not reason or len(reason) > ops.MAX_REASON:
+        return _message(422, "Invalid reason", f"Give a reason of 1 to {ops.MAX_REASON} characters.")
+    host_id = request.form.get("host_id", "").strip() or None
+    if host_id is not None and not is_valid_host_id(host_id):
+        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    hours = request.form.get("hours", "").strip()
+    duration = None
+    if hours:
+        try:
+            duration = float(hours) * 3600
+        except ValueError:
+            duration = -1.0
+        if not 0 < duration <= ops.MAX_FREEZE_SECONDS:
+            return _message(422, "Invalid duration", "Hours must be a positive number, at most 720.")
+    item = ops.set_freeze(
+        get_redis(), reason=reason, who=_ui_who(), host_id=host_id, duration_seconds=duration
+    )
+    scope = "The fleet" if host_id is None else f"Host {host_id}"
+    until = f" until {ops.format_ts(item.ends_at)}" if item.ends_at else " until unfrozen"
+    return _message(
+        200, "Frozen", f"{scope} is frozen{until}: mutating steps wait, diagnosis and pages go on."
+    )
+
+
+@bp.post("/unfreeze")
+def unfreeze() -> Response:
+    if not _authorized():
+        return _denied()
+    host_id = request.form.get("host_id", "").strip() or None
+    if host_id is not None and not is_valid_host_id(host_id):
+        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    item = ops.lift_freeze(get_redis(), get_settings(), who=_ui_who(), host_id=host_id)
+    if item is None:
+        return _message(404, "Not frozen", "There is no freeze of that scope.")
+    return _message(200, "Unfrozen", "Held ladders go on at their next re-check.")
+
+
+@bp.post("/approve")
+def approve() -> Response:
+    if not _authorized():
+        return _denied()
+    host_id = request.form.get("host_id", "")
+    if not is_valid_host_id(host_id):
+        return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
+    answer = request.form.get("answer", "")
+    if answer not in ("approve", "deny"):
+        return _message(422, "Invalid answer", 'The answer must be "approve" or "deny".')
+    reason = request.form.get("reason", "").strip()
+    if not reason or len(reason) > ops.MAX_REASON:
+        return _message(422, "Invalid reason", f"Give a reason of 1 to {ops.MAX_REASON} characters.")
+    answered = ops.approve(get_redis(), host_id, approve=answer == "approve", who=_ui_who(), reason=reason)
+    back = url_for("ui.host", host_id=host_id)
+    if answered is None:
+        return _message(404, "Nothing to answer", "No approval is pending for this host.", back=back)
+    return _message(200, "Answered", f"{answered.step} {answered.state}.", back=back)
+
+
+def _ui_who() -> str:
+    return f"ui ({request.remote_addr or 'unknown'})"

@@ -96,10 +96,13 @@ SECRETS = (WEBHOOK_TOKEN, ADMIN_TOKEN)
 # Every key the receiver and the API may write; a "host" or "job" group must hold a valid id.
 KEY_SHAPES = [
     re.compile(
-        r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence|host-incident|host-incidents)"
+        r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence|host-incident|host-incidents|approval)"
         r":(?P<host>.*)"
     ),
-    re.compile(r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents:open|incidents:cleanup)"),
+    re.compile(
+        r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents:open|incidents:cleanup|freezes|holds)"
+    ),
+    re.compile(r"remediator:audit:_controls"),  # freezes set and lifted through the API (controls.py)
     re.compile(r"remediator:incident:inc-[0-9a-f]{12}"),  # incidents.new_incident_id()
     re.compile(r"rq:job:(?P<job>.*)"),
     re.compile(r"rq:(?:queue|queues|scheduled|deferred|started|finished|failed|canceled)(?::.*)?"),

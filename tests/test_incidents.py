@@ -10,7 +10,7 @@ from rq import Queue
 from remediator import incidents, keys
 from remediator.incidents import IncidentState
 from remediator.intake import LadderLimit, LadderRequest, resolve_host, start_ladders
-from workers.ladder import unchanged_steps, without
+from workers.plan import unchanged_steps, without
 
 Q = "remediator"
 

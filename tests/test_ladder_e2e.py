@@ -135,7 +135,13 @@ def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rul
     sim = make_sim_cluster(hosts=1, selfplay=False)
     rules = tmp_path / "rules.yaml"
     text = FAST_RULES.read_text()
-    rules.write_text(text.replace("automatic: false", "automatic: true") if automatic else text)
+    # Retirement without a human's yes: automatic, and no approval asked (tests/test_controls_e2e.py
+    # covers retirement behind the approval gate).
+    rules.write_text(
+        text.replace("automatic: false", "automatic: true").replace("steps: [retire]", "steps: []")
+        if automatic
+        else text
+    )
     server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(
         sim,

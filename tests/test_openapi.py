@@ -209,6 +209,35 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
     check.call("post", close, 401)
     check.call("post", close, 400, json={"reason": ""}, headers=admin())
     check.call("post", "/api/v1/hosts/-x/incident/close", 422, headers=admin())
+    # operator controls
+    check.call("get", "/api/v1/freeze", 200)
+    check.call("get", "/api/v1/freeze", 401, headers={"Authorization": "Bearer wrong"})
+    check.call(
+        "post",
+        "/api/v1/freeze",
+        201,
+        json={"reason": "maintenance", "duration_seconds": 600},
+        headers=admin(),
+    )
+    check.call("get", "/api/v1/freeze", 200, headers=admin())
+    check.call("post", "/api/v1/freeze", 400, json={"reason": ""}, headers=admin())
+    check.call("post", "/api/v1/freeze", 422, json={"reason": "x", "host_id": "a;b"}, headers=admin())
+    check.call("post", "/api/v1/freeze", 401, json={"reason": "x"})
+    check.call("delete", "/api/v1/freeze", 200, headers=admin())
+    check.call("delete", "/api/v1/freeze", 404, headers=admin())
+    check.call("delete", "/api/v1/freeze?host_id=a;b", 422, headers=admin())
+    check.call("delete", "/api/v1/freeze", 401)
+    from remediator import controls
+
+    controls.ask(redis_conn, "h9", "l9", "retire")
+    approve = "/api/v1/hosts/h9/approve"
+    check.call("post", approve, 400, json={"approve": "yes", "reason": "ok"}, headers=admin())
+    check.call("post", approve, 200, json={"approve": True, "reason": "checked it"}, headers=admin())
+    check.call("post", approve, 404, json={"approve": True, "reason": "again"}, headers=admin())
+    check.call("post", approve, 401, json={"approve": True, "reason": "x"})
+    check.call(
+        "post", "/api/v1/hosts/-x/approve", 422, json={"approve": True, "reason": "x"}, headers=admin()
+    )
     ladder_id = start_ladder(redis_conn, "h7")
     run_jobs_failing(redis_conn, monkeypatch)
     check.call("post", f"/api/v1/jobs/{ladder_id}/requeue", 202, headers=admin())
@@ -262,6 +291,27 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
     )
     check.call("post", "/ui/requeue", 404, data={"job_id": "nope", "token": make_settings("").admin_token})
     check.call("post", "/ui/requeue", 422, data={"job_id": "a;b", "token": make_settings("").admin_token})
+    token = make_settings("").admin_token
+    check.call("post", "/ui/freeze", 200, data={"reason": "upgrade", "hours": "1", "token": token})
+    check.call("post", "/ui/freeze", 401, data={"reason": "upgrade", "token": "no"})
+    check.call("post", "/ui/freeze", 422, data={"reason": "", "token": token})
+    check.call("post", "/ui/unfreeze", 200, data={"token": token})
+    check.call("post", "/ui/unfreeze", 404, data={"token": token})
+    check.call("post", "/ui/unfreeze", 401, data={"token": "no"})
+    check.call("post", "/ui/unfreeze", 422, data={"host_id": "a;b", "token": token})
+    controls.ask(redis_conn, "h9", "l10", "retire")
+    check.call(
+        "post", "/ui/approve", 200, data={"host_id": "h9", "answer": "deny", "reason": "no", "token": token}
+    )
+    check.call(
+        "post", "/ui/approve", 404, data={"host_id": "h9", "answer": "deny", "reason": "no", "token": token}
+    )
+    check.call(
+        "post", "/ui/approve", 401, data={"host_id": "h9", "answer": "deny", "reason": "no", "token": "x"}
+    )
+    check.call(
+        "post", "/ui/approve", 422, data={"host_id": "h9", "answer": "maybe", "reason": "no", "token": token}
+    )
     # Redis down
     down = create_app({"SETTINGS": make_settings(closed_port_redis())}).test_client()
     check.call("post", hook, 503, client=down, json=payload([alert("h1")]), headers=bearer(WEBHOOK_TOKEN))
@@ -274,11 +324,22 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
         ("post", "/api/v1/hosts/h1/incident/close"),
         ("post", "/api/v1/jobs/j/requeue"),
         ("post", "/api/v1/jobs/requeue-failed"),
+        ("get", "/api/v1/freeze"),
+        ("delete", "/api/v1/freeze"),
         ("get", "/ui"),
         ("get", "/ui/hosts/h1"),
         ("get", "/ui/hosts/h1/details"),
     ):
         check.call(method, url, 503, client=down, headers=admin())
+    check.call("post", "/api/v1/freeze", 503, client=down, json={"reason": "x"}, headers=admin())
+    check.call(
+        "post",
+        "/api/v1/hosts/h1/approve",
+        503,
+        client=down,
+        json={"approve": True, "reason": "x"},
+        headers=admin(),
+    )
     check.call("post", "/ui/hosts/h1/details", 503, client=down, data={"token": READ_TOKEN})
 
     # A Host outside REMEDIATOR_ALLOWED_HOSTS (DNS rebinding), on every operation that checks it.
@@ -300,6 +361,13 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
         ("get", "/ui/admin"),
         ("post", "/ui/remediate"),
         ("post", "/ui/requeue"),
+        ("get", "/api/v1/freeze"),
+        ("post", "/api/v1/freeze"),
+        ("delete", "/api/v1/freeze"),
+        ("post", "/api/v1/hosts/h1/approve"),
+        ("post", "/ui/freeze"),
+        ("post", "/ui/unfreeze"),
+        ("post", "/ui/approve"),
         ("get", "/openapi.json"),
     ):
         check.call(method, url, 421, client=guarded, headers={"Host": "attacker.example", **admin()})

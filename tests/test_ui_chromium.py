@@ -184,7 +184,7 @@ def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, red
     seed_host(redis_conn, "gpu-node-07")
     dom = dump_dom(tmp_path, f"{served}/ui/admin?host_id=gpu-node-07")
     assert 'http-equiv="refresh"' not in dom
-    assert dom.count('type="password" name="token"') == 2 and ADMIN_TOKEN not in dom
+    assert dom.count('type="password" name="token"') == 5 and ADMIN_TOKEN not in dom
     assert 'name="host_id" value="gpu-node-07"' in dom
     assert 'action="/ui/remediate"' in dom and 'action="/ui/requeue"' in dom
 

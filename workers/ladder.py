@@ -14,13 +14,15 @@ import logging
 import time
 from typing import Any
 
-from remediator import fleet, incidents, keys, metrics, store
+from remediator import controls, fleet, incidents, keys, metrics, silences, store
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LockLost, LockNotAcquired
 from remediator.intake import queue_cleanup, queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
+from workers import gates
 from workers.context import Context
 from workers.diagnose import diagnose
+from workers.plan import plan_for, signature, unchanged_steps, without
 from workers.steps import STEPS
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 
@@ -30,53 +32,6 @@ MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a 
 LOCKED_RETRY_DELAY = 1.0  # seconds before the ladder's current job tries a host lock held by another
 # Ladders of an incident that repeat only the steps whose preconditions changed (a human's do not).
 RETRY_KINDS = frozenset({"retry", "relapse"})
-
-
-def plan_for(facts: dict[str, Any]) -> list[list[str]]:
-    """The rungs of the ladder for what diagnosis found, cheapest first; each rung is tried in turn."""
-    if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
-        return []
-    if facts.get("coordinator_state") == "unknown":
-        # The coordinator did not answer: the host's state is unknown, not "unreachable". Wait for the
-        # coordinator and diagnose afresh (wait_reachable re-asks it), escalating after the same limit.
-        return [["wait_reachable"], ["escalate"]]
-    if not facts.get("ssh_reachable"):
-        if facts.get("cloud_state") == "terminated":
-            return [["retire"], ["escalate"]]
-        return [["wait_reachable"], ["escalate"]]
-    rungs: list[list[str]] = []
-    if facts.get("host_retired"):
-        rungs.append(["unretire"])
-    if facts.get("agent_running") is False:
-        rungs.append(["restart_agent", "force_sync"])
-    else:
-        rungs += [["force_sync"], ["restart_agent", "force_sync"]]
-    rungs += [["recover_data", "escalate"], ["escalate"]]
-    return rungs
-
-
-def signature(step: str, facts: dict[str, Any]) -> dict[str, Any]:
-    """The facts a step was tried under (its declared PRECONDITIONS)."""
-    return {name: facts.get(name) for name in STEPS[step].PRECONDITIONS}
-
-
-def unchanged_steps(
-    plan: list[list[str]], facts: dict[str, Any], tried: dict[str, dict[str, Any]]
-) -> list[str]:
-    """Steps of the plan that already failed in this incident under the same facts."""
-    return [
-        step
-        for rung in plan
-        for step in rung
-        if step in tried
-        and STEPS[step].PRECONDITIONS
-        and tried[step].get("signature") == signature(step, facts)
-    ]
-
-
-def without(plan: list[list[str]], skip: list[str]) -> list[list[str]]:
-    rungs = [[step for step in rung if step not in skip] for rung in plan]
-    return [rung for rung in rungs if rung]
 
 
 class Ladder:
@@ -239,27 +194,42 @@ class Ladder:
         self._commit(plan=plan)
         return self._finish("dry-run", "plan recorded; nothing was changed")
 
-    def _held(self, lad: LadderRun) -> str | None:
-        facts = {**lad.facts, **fleet.fleet_facts(self.ctx)}
-        decision = self.ctx.rules.decide(facts)
-        if decision.hold_ladders:
-            lad.audit(
-                self.state["step"],
-                "held",
-                "fleet-wide fault (provider outage or network): holding",
-                rules_matched=list(decision.matched),
-            )
-            return self._schedule(self.ctx.rules.ladder.recheck_interval_seconds, "held by the rules")
-        return None
+    def _silence(self) -> None:
+        """Before acting on the host: silence its other alerts, when the rules ask for it."""
+        client = self.ctx.clients.silences() if self.ctx.rules.silences.enabled else None
+        if client is not None:
+            silences.ensure(self.ctx.conn, client, self.ctx.rules, self.host_id, self.ladder_id)
+
+    def _gated(self, lad: LadderRun, step: str, attempt: int) -> str | None:
+        """Apply the gates of a mutating step (workers/gates.py): None when it may run now."""
+        decision = gates.check(lad, step, attempt)
+        if decision is None:
+            if lad.scratch.get("gated"):
+                lad.remember(gated=None)
+            return None
+        if isinstance(decision, gates.Refuse):
+            lad.audit(step, "refused", decision.why)
+            return self._climb(lad, decision.why)
+        if isinstance(decision, gates.Escalate):
+            lad.audit(step, "escalating", decision.why)
+            self._goto("escalate", reason=decision.why)
+            return None
+        if decision.audit and lad.scratch.get("gated") != decision.why:
+            # Once per reason: a frozen ladder re-checks every interval without filling the audit.
+            lad.remember(gated=decision.why)
+            lad.audit(step, *decision.audit)
+        interval = self.ctx.rules.ladder.recheck_interval_seconds
+        return self._schedule(interval, decision.why, status=decision.status)
 
     def _run(self, lad: LadderRun) -> str | None:
         step = self.state["step"]
         attempt = int(self.state.get("attempt") or 1)
         module = STEPS[step]
-        if module.MUTATES:
-            held = self._held(lad)
-            if held:
-                return held
+        if module.MUTATES and not lad.dry_run:
+            gated = self._gated(lad, step, attempt)
+            if gated is not None or self.state.get("step") != step:
+                return gated  # waiting, or the ladder moved on (refused, escalating)
+            self._silence()
         intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{step}:{attempt}")
         self.lock.check()
         if not self.ctx.conn.set(intent, lad.fence, nx=True, ex=7 * 86400):
@@ -281,6 +251,14 @@ class Ladder:
             return self._coordinator_down(lad, step, exc)
         except CoordinatorError as exc:
             outcome = StepOutcome("failed", f"coordinator: {exc}")
+        finally:
+            if module.MUTATES and not lad.dry_run:  # it no longer runs: free its concurrency slot
+                controls.release(
+                    self.ctx.conn,
+                    self.ctx.rules.budget,
+                    step=step,
+                    member=f"{self.ladder_id}:{step}:{attempt}",
+                )
         if lad.scratch.get("coordinator_down_since"):
             lad.remember(coordinator_down_since=None)
         metrics.observe(self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step=step)
@@ -434,7 +412,7 @@ class Ladder:
     def _update(self, **fields: Any) -> None:
         store.update_host(self.ctx.conn, self.host_id, **fields)
 
-    def _schedule(self, delay: float, why: str) -> str:
+    def _schedule(self, delay: float, why: str, *, status: str | None = None) -> str:
         """Free the worker: the next advance runs as a new job ``delay`` seconds from now."""
         assert self.lock is not None
         self.lock.check()
@@ -446,7 +424,7 @@ class Ladder:
                 self.ladder_id,
                 description=why,
                 delay=delay,
-                status="waiting" if delay else "queued",
+                status=status or ("waiting" if delay else "queued"),
                 waiting_for=why,
                 heartbeat=f"{time.time():.3f}",
             )
@@ -494,6 +472,9 @@ class Ladder:
             # Another worker owns the host now (or this one lost its lock): it is not ours to end.
             raise LockLost(f"lost the lock on host {self.host_id} before ending its ladder")
         self.state.update(status="finished", outcome=outcome, phase="done")
+        controls.forget_approval(conn, self.host_id, self.ladder_id)
+        if conn.hlen(keys.SILENCES) and (client := self.ctx.clients.silences()) is not None:
+            silences.expire(conn, client, ladder_id=self.ladder_id)
         log.info("ladder %s: %s (incident %s: %s)", outcome, detail, ended.incident, ended.state)
         if outcome == "healthy" and not lad.dry_run:
             fleet.host_recovered(self.ctx, self.host_id)

@@ -16,7 +16,8 @@ import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
-from remediator import incidents, keys, store
+from remediator import incidents, keys, silences, store
+from remediator.clients import clients_for
 from remediator.config import Settings
 from remediator.exceptions import LockNotAcquired
 from remediator.intake import fetch_job, queue_cleanup, queue_ladder_job
@@ -29,6 +30,7 @@ LATE_GRACE = 10.0  # seconds a scheduled check may be late before the sweeper re
 MAX_RESUMES = 6  # resumes of a ladder without a job of it finishing before it is given up
 MAX_BACKOFF = 300.0  # seconds between two resumes of a ladder whose jobs keep dying
 HOSTS_KEEP = 30 * 86400  # seconds a host stays in the hosts index after its last update
+SILENCE_SWEEP_INTERVAL = 60  # seconds between two looks at Alertmanager for silences left behind
 
 
 def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
@@ -109,6 +111,12 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
     for incident_id in incidents.cleanup_due(conn):
         queue_cleanup(conn, settings.queue, incident_id)
     conn.zremrangebyscore(keys.HOSTS, "-inf", now - HOSTS_KEEP)
+    client = clients_for(settings).silences()
+    # Silences left behind by a worker that died mid-ladder: the tracked ones every pass, Alertmanager's
+    # own list (a silence made but never recorded) at most once per SILENCE_SWEEP_INTERVAL.
+    due = conn.set(keys.SILENCE_SWEEP_LOCK, "1", nx=True, ex=SILENCE_SWEEP_INTERVAL)
+    if client is not None and (conn.hlen(keys.SILENCES) or due):
+        silences.expire(conn, client, stale=True, untracked=bool(due))
     monitor(conn, settings)
     return resumed
 

@@ -23,6 +23,8 @@ from remediator.rules.types import (
     Action,
     AllOf,
     AnyOf,
+    ApprovalPolicy,
+    BudgetLimit,
     Comparison,
     Condition,
     FleetPolicy,
@@ -34,6 +36,7 @@ from remediator.rules.types import (
     PagingPolicy,
     RetirementPolicy,
     Rule,
+    SilencePolicy,
 )
 
 ORDERING = ("gt", "gte", "lt", "lte")
@@ -88,6 +91,13 @@ class _Builder:
     def ruleset(self) -> RuleSet:
         data = self.document.data
         alerts = data["alerts"]
+        for name in sorted(
+            set(alerts.get("hold", ())) & (set(alerts["start_ladder"]) | set(alerts["fleet_only"]))
+        ):
+            index = alerts["hold"].index(name)
+            self.fail(
+                ("alerts", "hold", index), f"{name!r} is also in start_ladder or fleet_only; list it once"
+            )
         for name in sorted(set(alerts["start_ladder"]) & set(alerts["fleet_only"])):
             index = alerts["fleet_only"].index(name)
             self.fail(("alerts", "fleet_only", index), f"{name!r} is also in start_ladder; list it once")
@@ -104,6 +114,13 @@ class _Builder:
             rules=self.rules(data["rules"]),
             incident=_incident_policy(data.get("incident") or {}),
             paging=_paging_policy(data.get("paging") or {}),
+            hold_alerts=frozenset(alerts.get("hold", ())),
+            budget=self.budget(data.get("budget") or {"limits": []}),
+            approval=_approval_policy(data.get("approval") or {}),
+            silences=SilencePolicy(
+                enabled=bool((data.get("silences") or {}).get("enabled", False)),
+                duration_minutes=float((data.get("silences") or {}).get("duration_minutes", 60)),
+            ),
         )
 
     def ladder(self, raw: Mapping[str, Any]) -> LadderPolicy:
@@ -143,6 +160,25 @@ class _Builder:
                 f"({raw['unreachable_escalate_after_minutes']}): an unreachable host would not be re-checked",
             )
         return policy
+
+    def budget(self, raw: Mapping[str, Any]) -> tuple[BudgetLimit, ...]:
+        limits: list[BudgetLimit] = []
+        seen: set[str] = set()
+        for index, item in enumerate(raw["limits"]):
+            if item["name"] in seen:
+                self.fail(("budget", "limits", index, "name"), f"duplicate limit name {item['name']!r}")
+            seen.add(item["name"])
+            limits.append(
+                BudgetLimit(
+                    name=item["name"],
+                    step=item.get("step"),
+                    max=item.get("max"),
+                    per_minutes=float(item["per_minutes"]) if "per_minutes" in item else None,
+                    concurrent=item.get("concurrent"),
+                    distinct_hosts=item.get("distinct_hosts"),
+                )
+            )
+        return tuple(limits)
 
     def retirement(self, raw: Mapping[str, Any]) -> RetirementPolicy:
         path: KeyPath = ("retirement", "when")
@@ -297,6 +333,16 @@ def _incident_policy(raw: Mapping[str, Any]) -> IncidentPolicy:
     return IncidentPolicy(
         retry_after_minutes=None if retry is None else float(retry),
         healthy_for_minutes=float(raw.get("healthy_for_minutes", default.healthy_for_minutes)),
+    )
+
+
+def _approval_policy(raw: Mapping[str, Any]) -> ApprovalPolicy:
+    default = ApprovalPolicy()
+    over = raw.get("recover_data_over_bytes", default.recover_data_over_bytes)
+    return ApprovalPolicy(
+        steps=frozenset(raw.get("steps", default.steps)),
+        recover_data_over_bytes=None if over is None else int(over),
+        timeout_minutes=float(raw.get("timeout_minutes", default.timeout_minutes)),
     )
 
 

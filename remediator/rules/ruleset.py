@@ -8,6 +8,8 @@ from typing import Any
 
 from remediator.rules.conditions import evaluate
 from remediator.rules.types import (
+    ApprovalPolicy,
+    BudgetLimit,
     FleetPolicy,
     IncidentPolicy,
     LadderPolicy,
@@ -15,6 +17,7 @@ from remediator.rules.types import (
     PagingPolicy,
     RetirementPolicy,
     Rule,
+    SilencePolicy,
 )
 
 
@@ -44,6 +47,10 @@ class RuleSet:
     rules: tuple[Rule, ...]
     incident: IncidentPolicy = field(default_factory=IncidentPolicy)
     paging: PagingPolicy = field(default_factory=PagingPolicy)
+    hold_alerts: frozenset[str] = frozenset()
+    budget: tuple[BudgetLimit, ...] = ()
+    approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
+    silences: SilencePolicy = field(default_factory=SilencePolicy)
 
     def starts_ladder(self, alertname: str) -> bool:
         """Whether this alertname starts a per-host ladder."""
@@ -52,6 +59,17 @@ class RuleSet:
     def feeds_fleet(self, alertname: str) -> bool:
         """Whether this alertname only feeds the fleet view (``alerts.fleet_only``): it starts no ladder."""
         return alertname in self.fleet_only
+
+    def holds(self, alertname: str) -> bool:
+        """Whether this alertname holds mutating steps while it fires (``alerts.hold``: maintenance)."""
+        return alertname in self.hold_alerts
+
+    def needs_approval(self, step: str, facts: Mapping[str, Any]) -> bool:
+        """Whether ``step`` waits for a human yes, for a host with these facts."""
+        if step in self.approval.steps:
+            return True
+        limit = self.approval.recover_data_over_bytes
+        return step == "recover_data" and limit is not None and int(facts.get("unsynced_bytes") or 0) > limit
 
     def may_retire(self, facts: Mapping[str, Any]) -> bool:
         """Whether the ladder may retire the host by itself: retirement is automatic and `when` holds."""

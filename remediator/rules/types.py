@@ -136,3 +136,36 @@ class PagingPolicy:
 
     max_triggers_per_hour: int = 6
     update_interval_minutes: float = 15.0
+
+
+@dataclass(frozen=True)
+class BudgetLimit:
+    """One blast-radius limit; exactly one of: ``max`` per ``per_minutes`` (a rate), ``concurrent``, or
+    ``distinct_hosts`` per ``per_minutes``. ``step`` None counts every mutating step."""
+
+    name: str
+    step: str | None = None
+    max: int | None = None
+    per_minutes: float | None = None
+    concurrent: int | None = None
+    distinct_hosts: int | None = None
+
+    def counts(self, step: str) -> bool:
+        return self.step is None or self.step == step
+
+
+@dataclass(frozen=True)
+class ApprovalPolicy:
+    """Steps that wait for a human yes; recover_data too above a size; how long to wait for one."""
+
+    steps: frozenset[str] = frozenset({"retire"})
+    recover_data_over_bytes: int | None = None
+    timeout_minutes: float = 60.0
+
+
+@dataclass(frozen=True)
+class SilencePolicy:
+    """Alertmanager silences of a host's other alerts while its ladder acts (opt-in)."""
+
+    enabled: bool = False
+    duration_minutes: float = 60.0
