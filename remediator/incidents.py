@@ -59,7 +59,7 @@ def state_after(outcome: str, *, global_dry_run: bool) -> IncidentState:
     otherwise diagnose the host again and again)."""
     if outcome == "stopped":
         return IncidentState.RESOLVED
-    if outcome == "healthy":
+    if outcome in ("healthy", "prevented"):
         return IncidentState.MONITORING
     if outcome in HOLDING_OUTCOMES or (outcome == "dry-run" and global_dry_run):
         return IncidentState.HELD
@@ -240,14 +240,20 @@ end
 
 # A resolved alert. KEYS: host_incident, open index, cleanup, audit, active, cancel, host state.
 # ARGV: host, now, prefix of incident keys, ttl, audit_max, closed entry, cancel entry, cancel reason,
-# active ttl. Returns {0} nothing open (nothing is written), {1, ladder} cancel requested,
-# {2, incident} closed now.
+# active ttl, '1' when the alert is a warning (rules alerts.prevent). Returns {0} nothing open (nothing
+# is written), {1, ladder} cancel requested, {2, incident} closed now.
 RESOLVE_LUA = (
     _CLOSE
     + """
 local inc = redis.call('GET', KEYS[1])
 local active = redis.call('GET', KEYS[5])
 if not inc and not active then return {0, ''} end
+if ARGV[10] == '1' then
+  -- A warning resolved: it ends only what warnings started (a prevention ladder, an incident no
+  -- critical alert joined), never a critical ladder or incident.
+  if active and redis.call('HGET', KEYS[7], 'gentle') ~= '1' then return {0, ''} end
+  if not active and redis.call('HGET', ARGV[3] .. inc, 'critical') == '1' then return {0, ''} end
+end
 local ttl, audit_max = tonumber(ARGV[4]), tonumber(ARGV[5])
 if active then
   redis.call('SET', KEYS[6], active, 'EX', ARGV[9])
@@ -367,7 +373,7 @@ class Closed:
     cancel_requested: bool = False
 
 
-def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "") -> Closed:
+def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "", *, warning: bool = False) -> Closed:
     """A resolved alert: stop the running ladder (its end closes the incident), or close the incident.
 
     Nothing is written for a host with neither an incident nor a ladder: resolved alerts for hosts the
@@ -393,6 +399,7 @@ def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "") -> Clo
             cancel,
             "alert resolved",
             ACTIVE_TTL,
+            "1" if warning else "0",
         ],
     )
     ref = ref.decode() if isinstance(ref, bytes) else ref

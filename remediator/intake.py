@@ -30,7 +30,7 @@ MAX_WATCH_RETRIES = 20  # optimistic-transaction retries under contention (reque
 LADDER_STARTS_KEEP = 7 * 86400  # seconds of ladder start times kept per host
 
 # The verdicts of INTAKE_LUA, one per distinct host (or discovery) of a payload.
-ACCEPTED, ALREADY_ACTIVE, LIMIT_REACHED, HELD, MONITORING, CANCEL_WITHDRAWN = 0, 1, 2, 3, 4, 5
+ACCEPTED, ALREADY_ACTIVE, LIMIT_REACHED, HELD, MONITORING, CANCEL_WITHDRAWN, ATTACHED = 0, 1, 2, 3, 4, 5, 6
 
 # One script checks and writes every ladder of a payload. Redis runs a script atomically, so
 # concurrent deliveries of one alert cannot both start a ladder for its host, and the whole payload
@@ -67,7 +67,8 @@ for i = 1, n do
   local host = at + 8
   local job = host + (kind == 'h' and nfields or 0)
   local w = {k = k, kind = kind, name = ARGV[at + 1], ladder = ARGV[at + 2], audit = ARGV[at + 3],
-    new_inc = ARGV[at + 4], force = ARGV[at + 5] == '1', relapse = ARGV[at + 5] == '2', by = ARGV[at + 6],
+    new_inc = ARGV[at + 4], force = ARGV[at + 5] == '1', relapse = ARGV[at + 5] == '2',
+    gentle = ARGV[at + 5] == '3', by = ARGV[at + 6],
     host = host, job = job, nj = nj}
   at = job + nj
   local inc, state = nil, nil
@@ -81,6 +82,11 @@ for i = 1, n do
   w.inc = inc
   local active = redis.call('GET', KEYS[k + 1])
   if active then
+    if kind == 'h' and not w.gentle and redis.call('HGET', KEYS[k + 4], 'gentle') == '1' then
+      -- The host went critical while a prevention ladder works on it: the same ladder goes on, now
+      -- with the whole runbook (it re-plans at its next boundary, skipping what already failed).
+      w.upgrade = true
+    end
     if kind == 'h' and redis.call('GET', KEYS[k + 3]) == active and not w.force then
       -- A resolve asked this ladder to stop and the alert fires again: the ladder goes on.
       verdicts[i] = {5, active}
@@ -88,6 +94,11 @@ for i = 1, n do
     else
       verdicts[i] = {1, active}
     end
+    attach[#attach + 1] = w
+  elseif inc and w.gentle then
+    -- A warning never starts a ladder for a host whose incident is open: what prevention could do was
+    -- tried (or a critical ladder did more); the critical alert, or a human, takes it from here.
+    verdicts[i] = {6, inc}
     attach[#attach + 1] = w
   elseif inc and not w.force and (state == 'held' or (state == 'monitoring' and not w.relapse))
       and not (state == 'held' and retry_after >= 0
@@ -105,6 +116,7 @@ for i = 1, n do
       verdicts[i] = {0, inc or w.new_inc}
       if kind == 'h' then
         if w.force then w.ladder_kind = 'manual'
+        elseif w.gentle then w.ladder_kind = 'prevent'
         elseif state == 'held' then w.ladder_kind = 'retry'
         elseif state == 'monitoring' then w.ladder_kind = 'relapse'
         elseif inc then w.ladder_kind = 'retry'
@@ -136,10 +148,14 @@ for _, w in ipairs(attach) do
       redis.call('EXPIRE', ikey, inc_ttl)
       redis.call('EXPIRE', KEYS[w.k + 7], inc_ttl)
       if w.withdraw then redis.call('HDEL', ikey, 'resolve_requested_at') end
+      if not w.gentle then redis.call('HSET', ikey, 'critical', '1') end
     elseif w.limited then
       -- The backstop refused a ladder: the problem is still recorded, held for a human.
       local id = open_incident(w, 'held')
       redis.call('HSET', prefix .. id, 'held_since', ARGV[1], 'held_reason', 'ladder limit reached')
+    end
+    if w.upgrade then
+      redis.call('HSET', KEYS[w.k + 4], 'gentle', '0', 'upgraded', '1')
     end
     if w.withdraw then
       redis.call('DEL', KEYS[w.k + 3])
@@ -177,6 +193,7 @@ for _, w in ipairs(writes) do
     end
     redis.call('HSET', KEYS[k + 4], unpack(state))
     redis.call('HSET', KEYS[k + 4], 'incident_id', inc)
+    if not w.gentle then redis.call('HSET', ikey, 'critical', '1') end
     redis.call('EXPIRE', KEYS[k + 4], inc_ttl)
     if redis.call('RPUSH', KEYS[k + 5], w.audit) > audit_max then
       redis.call('LTRIM', KEYS[k + 5], -audit_max, -1)
@@ -215,6 +232,7 @@ class LadderRequest:
     dry_run: bool = False
     force: bool = False  # a human asked: start even when the host's incident is held or monitored
     relapse: bool = False  # the coordinator reports a monitored (healed) host critical again
+    gentle: bool = False  # a warning (rules alerts.prevent): diagnosis and non-invasive steps only
 
 
 @dataclass
@@ -298,7 +316,7 @@ def start_ladders(
         # Every host's state has the same fields (one call, same keywords): the names go once.
         field_names = field_names or list(state)
         audit = store.encode_audit(_audit_entry(req, ladder_id))
-        force = "1" if req.force else ("2" if req.relapse else "0")
+        force = "1" if req.force else "2" if req.relapse else "3" if req.gentle else "0"
         records += ["h", *head, audit, new_incident_id(), force, req.reason, len(job), *state.values(), *job]
     args: list[Any] = [
         repr(now),
@@ -344,6 +362,14 @@ def start_ladders(
             if code == CANCEL_WITHDRAWN:
                 what = "cancel withdrawn (the alert fires again): still remediating"
             result.skipped.append({**entry, "ladder_id": detail, "reason": f"{what} {detail}"})
+        elif code == ATTACHED:
+            result.skipped.append(
+                {
+                    **entry,
+                    "incident_id": detail,
+                    "reason": f"attached: a warning starts nothing while incident {detail} is open",
+                }
+            )
         elif code in (HELD, MONITORING):
             why = (
                 "held: the ladder ended without healing the host; waiting for a human "
@@ -475,6 +501,7 @@ def _host_fields(req: LadderRequest, ladder_id: str, now: float) -> dict[str, st
         alertname=req.alertname,
         reason=req.reason,
         dry_run=req.dry_run,
+        gentle=req.gentle,
     )
 
 
@@ -510,12 +537,14 @@ def queue_cleanup(conn: redis.Redis, queue_name: str, incident_id: str) -> str:
     return job_id
 
 
-def resolve_host(conn: redis.Redis, queue_name: str, host_id: str, fingerprint: str = "") -> dict[str, Any]:
+def resolve_host(
+    conn: redis.Redis, queue_name: str, host_id: str, fingerprint: str = "", *, warning: bool = False
+) -> dict[str, Any]:
     """A resolved alert: the running ladder stops at its next step boundary (and its end closes the
     incident), or the open incident closes now and its recovery bookkeeping is queued."""
     from remediator.incidents import resolve_alert
 
-    closed = resolve_alert(conn, host_id, fingerprint)
+    closed = resolve_alert(conn, host_id, fingerprint, warning=warning)
     answer: dict[str, Any] = {"host_id": host_id, "fingerprint": fingerprint}
     if closed.cancel_requested:
         return {

@@ -161,7 +161,13 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
         if rules.feeds_fleet(alert.alertname):
             recorded.append(entry)
             continue
-        if not rules.starts_ladder(alert.alertname):
+        warning = rules.prevents(alert.alertname)
+        if warning and alert.host_id is None:
+            skipped.append(
+                {**entry, "reason": "a warning of alerts.prevent must carry its host's host_id label"}
+            )
+            continue
+        if not warning and not rules.starts_ladder(alert.alertname):
             skipped.append(
                 {
                     **entry,
@@ -174,11 +180,10 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
             if alert.host_id is None:
                 skipped.append({**entry, "reason": "resolved cluster-level alert: nothing to cancel"})
             else:
-                resolved.append(
-                    {**entry, **resolve_host(conn, settings.queue, alert.host_id, alert.fingerprint)}
-                )
+                answer = resolve_host(conn, settings.queue, alert.host_id, alert.fingerprint, warning=warning)
+                resolved.append({**entry, **answer})
             continue
-        if alert.host_id is not None:
+        if alert.host_id is not None and not warning:  # a warning is not a critical host
             critical_seen[alert.host_id] = now
         requests_.append(
             LadderRequest(
@@ -187,6 +192,7 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
                 alertname=alert.alertname,
                 reason=f"{alert.alertname} firing" + ("" if alert.host_id else ": discover critical hosts"),
                 dry_run=settings.dry_run,
+                gentle=warning,
             )
         )
     if recorded:

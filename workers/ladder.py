@@ -22,7 +22,7 @@ from remediator.logs import bind, log_context
 from workers import gates
 from workers.context import Context
 from workers.diagnose import diagnose
-from workers.plan import plan_for, signature, unchanged_steps, without
+from workers.plan import gentle, plan_for, signature, unchanged_steps, without
 from workers.steps import STEPS
 from workers.steps.base import LadderRun, StepOutcome, Verdict
 
@@ -31,7 +31,8 @@ log = logging.getLogger("remediator.ladder")
 MAX_PHASES_PER_JOB = 12  # phases one job may run before handing over (bounds a job's duration)
 LOCKED_RETRY_DELAY = 1.0  # seconds before the ladder's current job tries a host lock held by another
 # Ladders of an incident that repeat only the steps whose preconditions changed (a human's do not).
-RETRY_KINDS = frozenset({"retry", "relapse"})
+# (A prevention ladder re-plans this way when its host goes critical.)
+RETRY_KINDS = frozenset({"retry", "relapse", "prevent"})
 
 
 class Ladder:
@@ -111,7 +112,15 @@ class Ladder:
                 continue  # a firing alert withdrew the cancel: the ladder goes on
             started = float(self.state.get("started_at") or time.time())
             phase = self.state.get("phase") or "diagnose"
-            if time.time() - started > policy.deadline_minutes * 60 and self.state.get("step") != "escalate":
+            if self.state.get("upgraded") == "1" and phase != "diagnose":
+                # A prevention ladder whose host went critical: plan again with the whole runbook.
+                self._commit(upgraded="", phase="diagnose", step="diagnose")
+                self._run_view(fence).audit("ladder", "upgraded", "the host went critical: the full ladder")
+                continue
+            late = time.time() - started > policy.deadline_minutes * 60
+            if late and self.state.get("step") != "escalate":
+                if self._gentle:
+                    return self._finish("prevention-failed", "prevention ran out of time")
                 self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
             lad = self._run_view(fence)
@@ -133,6 +142,11 @@ class Ladder:
                 return result
         return self._schedule(0.0, "continuing in a new job")
 
+    @property
+    def _gentle(self) -> bool:
+        """A prevention ladder (a warning of the rules' alerts.prevent): non-invasive steps only."""
+        return self.state.get("gentle") == "1"
+
     def _run_view(self, fence: int) -> LadderRun:
         assert self.lock is not None
         return LadderRun(self.ctx, self.host_id, self.ladder_id, self.state, fence, guard=self.lock.check)
@@ -152,6 +166,8 @@ class Ladder:
         if diag.ssh_reachable:
             lad.remember(unreachable_since=None)  # reached: a later wait starts its own clock
         plan = plan_for(facts)
+        if self._gentle:
+            plan = gentle(plan, self.ctx.rules)
         skipped = self._unchanged(plan, facts)
         plan = without(plan, skipped)
         self._commit(facts=facts, plan=plan, rung=0, pos=0, attempt=1)
@@ -166,7 +182,10 @@ class Ladder:
             skipped_unchanged=skipped or None,
         )
         metrics.count(self.ctx.conn, "remediator_steps", step="diagnose", result="done")
-        fleet.after_diagnosis(self.ctx, self.host_id, facts, dry_run=lad.dry_run)
+        if not self._gentle:  # a warning is not a critical host: no fleet window, no storm
+            fleet.after_diagnosis(self.ctx, self.host_id, facts, dry_run=lad.dry_run)
+        if not plan and self._gentle and facts.get("coordinator_state") != "healthy":
+            return self._finish("prevention-failed", "nothing a prevention ladder may do would help")
         if not plan:
             return self._finish("healthy", "the host is healthy: nothing to do")
         if lad.dry_run:
@@ -317,8 +336,8 @@ class Ladder:
 
     def _time_checks(self, lad: LadderRun, started: float) -> None:
         """Time-based escalation: the pages the rules decide on as the ladder ages, under the incident's
-        one page (a second rule, or a later ladder, sends nothing new)."""
-        if lad.dry_run:
+        one page (a second rule, or a later ladder, sends nothing new). A prevention ladder pages nobody."""
+        if lad.dry_run or self._gentle:
             return
         facts = {
             **lad.facts,
@@ -384,6 +403,8 @@ class Ladder:
         plan = self.state.get("plan") or []
         rung = int(self.state.get("rung") or 0) + 1
         if self.state.get("step") == "escalate" or rung >= len(plan):
+            if self._gentle:  # no page, no hold: the critical alert, if it comes, takes it from here
+                return self._finish("prevention-failed", f"prevention did not help: {why}")
             return self._finish("failed", f"ladder exhausted: {why}")
         if plan[rung][0] == "escalate":
             lad.remember(escalation_reason=why)
@@ -436,6 +457,8 @@ class Ladder:
         assert self.lock is not None
         conn = self.ctx.conn
         lad = self._run_view(0)
+        if outcome == "healthy" and self._gentle and lad.scratch.get("tried"):
+            outcome = "prevented"  # a warning's ladder healed the host before it went critical
         next_state = incidents.state_after(outcome, global_dry_run=self.ctx.dry_run)
         ended = incidents.end_ladder(
             conn,
@@ -476,7 +499,7 @@ class Ladder:
         if conn.hlen(keys.SILENCES) and (client := self.ctx.clients.silences()) is not None:
             silences.expire(conn, client, ladder_id=self.ladder_id)
         log.info("ladder %s: %s (incident %s: %s)", outcome, detail, ended.incident, ended.state)
-        if outcome == "healthy" and not lad.dry_run:
+        if outcome in ("healthy", "prevented") and not lad.dry_run:
             fleet.host_recovered(self.ctx, self.host_id)
         if ended.state == incidents.IncidentState.RESOLVED and ended.incident:
             queue_cleanup(conn, self.ctx.settings.queue, ended.incident)

@@ -34,6 +34,17 @@ def plan_for(facts: dict[str, Any]) -> list[list[str]]:
     return rungs
 
 
+GENTLE_STEPS = frozenset({"force_sync", "restart_agent"})  # what a prevention ladder may run at most
+
+
+def gentle(plan: list[list[str]], rules: Any) -> list[list[str]]:
+    """A prevention ladder's plan: only force_sync, and restart_agent where the rules allow it; never
+    recovery, unretire, retire, waiting for a host, or escalation (a page)."""
+    allowed = set(GENTLE_STEPS) if rules.prevention.restart_agent else {"force_sync"}
+    rungs = [[step for step in rung if step in allowed] for rung in plan]
+    return [rung for i, rung in enumerate(rungs) if rung and rung not in rungs[:i]]
+
+
 def signature(step: str, facts: dict[str, Any]) -> dict[str, Any]:
     """The facts a step was tried under (its declared PRECONDITIONS)."""
     return {name: facts.get(name) for name in STEPS[step].PRECONDITIONS}

@@ -24,6 +24,8 @@ LADDER_OUTCOMES: tuple[str, ...] = (
     "retired",
     "stopped",
     "failed",
+    "prevented",
+    "prevention-failed",
     "none",
 )
 

@@ -34,6 +34,7 @@ from remediator.rules.types import (
     Not,
     PageAction,
     PagingPolicy,
+    PreventionPolicy,
     RetirementPolicy,
     Rule,
     SilencePolicy,
@@ -91,9 +92,11 @@ class _Builder:
     def ruleset(self) -> RuleSet:
         data = self.document.data
         alerts = data["alerts"]
-        for name in sorted(
-            set(alerts.get("hold", ())) & (set(alerts["start_ladder"]) | set(alerts["fleet_only"]))
-        ):
+        acted_on = set(alerts["start_ladder"]) | set(alerts["fleet_only"])
+        for name in sorted(set(alerts.get("prevent", ())) & (acted_on | set(alerts.get("hold", ())))):
+            index = alerts["prevent"].index(name)
+            self.fail(("alerts", "prevent", index), f"{name!r} is also in another alert list: list it once")
+        for name in sorted(set(alerts.get("hold", ())) & acted_on):
             index = alerts["hold"].index(name)
             self.fail(
                 ("alerts", "hold", index), f"{name!r} is also in start_ladder or fleet_only; list it once"
@@ -115,6 +118,10 @@ class _Builder:
             incident=_incident_policy(data.get("incident") or {}),
             paging=_paging_policy(data.get("paging") or {}),
             hold_alerts=frozenset(alerts.get("hold", ())),
+            prevent_alerts=frozenset(alerts.get("prevent", ())),
+            prevention=PreventionPolicy(
+                restart_agent=bool((data.get("prevention") or {}).get("restart_agent", True))
+            ),
             budget=self.budget(data.get("budget") or {"limits": []}),
             approval=_approval_policy(data.get("approval") or {}),
             silences=SilencePolicy(

@@ -15,6 +15,7 @@ from remediator.rules.types import (
     LadderPolicy,
     PageAction,
     PagingPolicy,
+    PreventionPolicy,
     RetirementPolicy,
     Rule,
     SilencePolicy,
@@ -48,6 +49,8 @@ class RuleSet:
     incident: IncidentPolicy = field(default_factory=IncidentPolicy)
     paging: PagingPolicy = field(default_factory=PagingPolicy)
     hold_alerts: frozenset[str] = frozenset()
+    prevent_alerts: frozenset[str] = frozenset()
+    prevention: PreventionPolicy = field(default_factory=PreventionPolicy)
     budget: tuple[BudgetLimit, ...] = ()
     approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     silences: SilencePolicy = field(default_factory=SilencePolicy)
@@ -59,6 +62,10 @@ class RuleSet:
     def feeds_fleet(self, alertname: str) -> bool:
         """Whether this alertname only feeds the fleet view (``alerts.fleet_only``): it starts no ladder."""
         return alertname in self.fleet_only
+
+    def prevents(self, alertname: str) -> bool:
+        """Whether this alertname is a warning that starts a gentle ladder (``alerts.prevent``)."""
+        return alertname in self.prevent_alerts
 
     def holds(self, alertname: str) -> bool:
         """Whether this alertname holds mutating steps while it fires (``alerts.hold``: maintenance)."""

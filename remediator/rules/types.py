@@ -164,6 +164,13 @@ class ApprovalPolicy:
 
 
 @dataclass(frozen=True)
+class PreventionPolicy:
+    """What a gentle ladder (started by a warning of ``alerts.prevent``) may do besides force_sync."""
+
+    restart_agent: bool = True
+
+
+@dataclass(frozen=True)
 class SilencePolicy:
     """Alertmanager silences of a host's other alerts while its ladder acts (opt-in)."""
 
