@@ -714,6 +714,7 @@ def test_prometheus_rule_carries_the_prevention_and_self_alerts(
         "RemediatorQueueBacklog": "remediator_queue_depth",
         "RemediatorWebhookErrors": 'code=~"5.."',
         "RemediatorNoWorker": "remediator_workers",
+        "RemediatorFrozen": 'remediator_automation_frozen{namespace="',
     }
     assert set(alerts) == set(expected_metric)
     for name, metric in expected_metric.items():
@@ -725,6 +726,7 @@ def test_prometheus_rule_carries_the_prevention_and_self_alerts(
     assert alerts["SyncLagWarning"]["labels"]["severity"] == "warning"
     assert "critical" not in alerts["SyncLagWarning"]["expr"]
     assert 'outcome=~"failed|escalated"' in alerts["HighRecoveryFailureRate"]["expr"]
+    assert alerts["RemediatorFrozen"]["for"] == "4h" and 'host_id=""' in alerts["RemediatorFrozen"]["expr"]
 
 
 def test_alertmanager_config_routes_critical_sync_hosts_with_the_bearer_token(

@@ -261,7 +261,12 @@ def test_resolved_alert_stops_the_ladder_at_the_next_boundary(stack: Stack):
     state = stack.wait_finished(H, timeout=30)
     assert state["outcome"] == "stopped"
     # The ladder stopped for the resolved alert, and its end closed the host's incident.
-    assert [(e["step"], e["outcome"], e.get("detail")) for e in stack.audit(H)[-2:]] == [
+    ends = [
+        (e["step"], e["outcome"], e.get("detail"))
+        for e in stack.audit(H)
+        if e["step"] in ("ladder", "incident")
+    ]
+    assert ends[:2] == [
         ("ladder", "stopped", "alert resolved"),
         ("incident", "resolved", "the alert resolved; the ladder stopped"),
     ]

@@ -73,6 +73,8 @@ class RuleSet:
 
     def needs_approval(self, step: str, facts: Mapping[str, Any]) -> bool:
         """Whether ``step`` waits for a human yes, for a host with these facts."""
+        if step == "retire" and not self.retirement.automatic:
+            return False  # the step only documents and declines: nothing irreversible to approve
         if step in self.approval.steps:
             return True
         limit = self.approval.recover_data_over_bytes
