@@ -113,9 +113,11 @@ def test_an_approval_is_asked_once_per_ladder_step_and_answered_once(redis_conn)
 def test_the_rules_take_a_budget_approval_silences_and_hold_alerts():
     rules = parse_rules(DEFAULT)
     assert rules.holds("RingRiftMaintenance") and rules.approval.steps == {"retire"}
-    assert rules.needs_approval("retire", {}) and not rules.needs_approval(
-        "recover_data", {"unsynced_bytes": 10**12}
-    )
+    assert not rules.needs_approval("recover_data", {"unsynced_bytes": 10**12})
+    # retire is gated only where it could retire: with automatic retirement off it only documents and
+    # declines, and waiting for a yes would only delay the page.
+    assert not rules.needs_approval("retire", {})
+    assert parse_rules(DEFAULT.replace("automatic: false", "automatic: true")).needs_approval("retire", {})
     assert {limit.name for limit in rules.budget} == {"restarts", "retires", "recoveries-at-once"}
     over = parse_rules(DEFAULT.replace("recover_data_over_bytes: null", "recover_data_over_bytes: 1000"))
     assert over.needs_approval("recover_data", {"unsynced_bytes": 1001})
