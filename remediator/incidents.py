@@ -229,6 +229,9 @@ _CLOSE = """
 local function close_incident(inc, ikey, hkey, okey, ckey, akey, host, now, by, why, ttl, entry, audit_max)
   redis.call('HSET', ikey, 'state', 'resolved', 'closed_at', now, 'closed_by', by, 'close_reason', why,
     'cleanup', 'pending')
+  -- The host leaves the fleet window with its incident: a closed problem must not keep (or start) a
+  -- storm while the recovery bookkeeping runs.
+  redis.call('ZREM', KEYS[#KEYS], host)
   redis.call('EXPIRE', ikey, ttl)
   if redis.call('GET', hkey) == inc then redis.call('DEL', hkey) end
   if redis.call('HGET', okey, host) == inc then redis.call('HDEL', okey, host) end
@@ -238,7 +241,8 @@ local function close_incident(inc, ikey, hkey, okey, ckey, akey, host, now, by, 
 end
 """
 
-# A resolved alert. KEYS: host_incident, open index, cleanup, audit, active, cancel, host state.
+# A resolved alert. KEYS: host_incident, open index, cleanup, audit, active, cancel, host state, and
+# (last, for every script using _CLOSE) the fleet window.
 # ARGV: host, now, prefix of incident keys, ttl, audit_max, closed entry, cancel entry, cancel reason,
 # active ttl, '1' when the alert is a warning (rules alerts.prevent). Returns {0} nothing open (nothing
 # is written), {1, ladder} cancel requested, {2, incident} closed now.
@@ -290,7 +294,8 @@ return {2, inc, active}
 
 # A ladder ends. Only the ladder that owns the host, under the lock it still holds, may end it; a
 # "stopped" end also needs its cancel still pending (a firing alert may have withdrawn it).
-# KEYS: active, cancel, lock, host state, host_incident, open index, cleanup, audit, worker metrics.
+# KEYS: active, cancel, lock, host state, host_incident, open index, cleanup, audit, worker metrics,
+# fleet window.
 # ARGV: ladder, lock token, outcome, now, prefix, ttl, audit_max, closed entry, detail, nfields,
 # host state field, value, ..., the incident's next state, the ladder's end audit entry, its metric field.
 # Returns {1, incident or '', new state} ended; {0} superseded or lock lost; {-1} cancel withdrawn.
@@ -357,6 +362,7 @@ def _host_keys(host_id: str) -> list[str]:
         keys.ACTIVE.format(host_id),
         keys.CANCEL.format(host_id),
         keys.HOST.format(host_id),
+        keys.FLEET_CRITICAL,
     ]
 
 
@@ -479,6 +485,7 @@ def end_ladder(
             keys.CLEANUP,
             keys.AUDIT.format(host_id),
             metrics.COUNTS,
+            keys.FLEET_CRITICAL,
         ],
         args=[
             ladder_id,

@@ -209,3 +209,12 @@ def test_a_retry_skips_the_steps_that_failed_in_the_incident_under_the_same_fact
     assert without(plan, ["restart_agent", "recover_data"]) == [["force_sync"], ["escalate"], ["escalate"]]
     # New games on the host since: recovering them is worth another try.
     assert unchanged_steps(plan, {**facts, "unsynced_games": 9}, tried) == ["restart_agent"]
+
+
+def test_a_closed_incident_takes_its_host_out_of_the_fleet_window_at_once(redis_conn):
+    # Its cleanup runs later: until then a resolved host must not keep (or start) a storm.
+    start_ladders(redis_conn, Q, [LadderRequest("h1", "alert")], sightings={"h1": time.time()})
+    end(redis_conn, "h1", "escalated")
+    assert redis_conn.zscore(keys.FLEET_CRITICAL, "h1") is not None
+    resolve_host(redis_conn, Q, "h1")
+    assert redis_conn.zscore(keys.FLEET_CRITICAL, "h1") is None
