@@ -111,6 +111,7 @@ def test_an_eight_host_storm_re_sent_for_ten_rounds_is_one_page_one_import_each_
         assert stack.conn.scard(keys.PAUSED) == 0 and incidents.open_incidents(stack.conn) == {}
 
 
+@pytest.mark.timeout(RESEND_SECONDS + 300)
 def test_an_escalated_host_re_sent_for_a_long_time_is_one_ladder_one_page_one_import_and_no_ssh(
     sim_cluster, redis_url, tmp_path, monkeypatch, pagerduty
 ):
