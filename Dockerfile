@@ -1,8 +1,8 @@
 # ringrift-remediator image: `remediator serve` (the receiver) and `remediator worker` (the ladder).
 # `make image` builds it and `make test` (CI) runs it as the Helm chart does: docs/deploy.md.
 #
-#   docker build -t ringrift-remediator:0.1.0 .
-#   docker run --rm ringrift-remediator:0.1.0 --help
+#   docker build -t ringrift-remediator:0.2.0 .
+#   docker run --rm ringrift-remediator:0.2.0 --help
 
 # --- build: a wheel from the source tree ------------------------------------------------------
 FROM python:3.11-slim-bookworm AS build

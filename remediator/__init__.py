@@ -3,4 +3,4 @@
 from remediator.app import create_app
 
 __all__ = ["create_app"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (setup.cfg reads it)
