@@ -120,11 +120,18 @@ def dev(bind: str, rq_workers: int) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         py = sys.executable
+        # Sessions of their own: Ctrl-C reaches this process only, which stops the children in order.
         procs.append(
-            subprocess.Popen([py, "-m", "remediator", "serve", "--bind", bind, "--workers", "2"], env=env)
+            subprocess.Popen(
+                [py, "-m", "remediator", "serve", "--bind", bind, "--workers", "2"],
+                env=env,
+                start_new_session=True,
+            )
         )
         for _ in range(rq_workers):
-            procs.append(subprocess.Popen([py, "-m", "remediator", "worker"], env=env))
+            procs.append(
+                subprocess.Popen([py, "-m", "remediator", "worker"], env=env, start_new_session=True)
+            )
         click.echo(f"receiver on http://{bind}  (Ctrl-C stops everything)")
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -133,6 +140,9 @@ def dev(bind: str, rq_workers: int) -> None:
     except KeyboardInterrupt:
         click.echo("stopping")
     finally:
+        # The receiver and the workers (with their schedulers) first, Redis last: stopped the other
+        # way round, every one of them printed a traceback on its way out.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
         _terminate(procs)
         if embedded:
             embedded.stop()

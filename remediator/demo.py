@@ -15,14 +15,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
-from werkzeug.serving import make_server
 
 from remediator import store
 from remediator.defaults import LADDER_STEPS
@@ -99,22 +97,67 @@ def _progress(conn: redis.Redis, hosts: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+# Short names, so that the table fits an 80-column terminal without cutting the steps taken.
+SHORT_STEP = {
+    "diagnose": "diag",
+    "wait_reachable": "wait",
+    "force_sync": "sync",
+    "restart_agent": "restart",
+    "recover_data": "recover",
+    "unretire": "unretire",
+    "retire": "retire",
+    "escalate": "escalate",
+}
+SHORT_OUTCOME = {
+    "done": "ok",
+    "verify-ok": "ok",
+    "verify-failed": "FAIL",
+    "failed": "FAIL",
+    "declined": "no",
+    "awaiting-approval": "ask",
+    "frozen": "hold",
+    "held": "hold",
+}
+STEPS_SHOWN = 5  # the newest steps in the live table (the summary lists them all)
+
+
+def _short(step_outcome: str) -> str:
+    step, _, outcome = step_outcome.partition(":")
+    return f"{SHORT_STEP.get(step, step)}:{SHORT_OUTCOME.get(outcome, outcome)}"
+
+
 def _table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    table = Table(title="ringrift-remediator demo")
-    for col in ("host", "scenario", "step", "outcome", "steps taken"):
-        table.add_column(col)
+    table = Table(title="ringrift-remediator demo", width=80)
+    table.add_column("host", no_wrap=True, width=12)
+    table.add_column("outcome", no_wrap=True, width=9)
+    table.add_column("steps taken (newest last)", overflow="fold")
     for r in rows:
-        table.add_row(r["host_id"], r["scenario"], r["step"], r["outcome"], " > ".join(r["steps_taken"][-4:]))
+        steps = [_short(s) for s in r["steps_taken"]]
+        shown = ("… " if len(steps) > STEPS_SHOWN else "") + " ".join(steps[-STEPS_SHOWN:])
+        table.add_row(r["host_id"], r["outcome"], shown)
     return table
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the receiver exited on start (exit {proc.returncode})")
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)  # startup only
+    raise RuntimeError(f"the receiver did not answer {url} within {timeout:g}s")
 
 
 def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from remediator import create_app
     from remediator.sim import SimCluster
 
     console = Console(stderr=as_json)
@@ -123,7 +166,7 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
     token = secrets.token_urlsafe(16)
     workers: list[subprocess.Popen[bytes]] = []
     am = None
-    server = None
+    server: subprocess.Popen[bytes] | None = None
     with EmbeddedRedis(workdir / "redis") as r, SimCluster(host_ids=hosts, root=workdir / "sim") as sim:
         env = {
             **os.environ,
@@ -142,8 +185,24 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
         )
         try:
             port = free_port()
-            server = make_server("127.0.0.1", port, create_app(), threaded=True)
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            # The receiver as `remediator serve` runs it (gunicorn), its log in the work dir.
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "remediator",
+                    "serve",
+                    "--bind",
+                    f"127.0.0.1:{port}",
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                stdout=(workdir / "receiver.log").open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            _wait_healthy(f"http://127.0.0.1:{port}/healthz", server)
             for i in range(2):
                 log = (workdir / f"worker{i}.log").open("wb")
                 workers.append(
@@ -158,6 +217,8 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
             console.print(
                 f"simulated cluster: {len(hosts)} hosts under {workdir}; receiver on 127.0.0.1:{port}"
             )
+            for h, scenario in SCENARIOS.items():
+                console.print(f"  {h:<13} {scenario}")
             sim.kill_agent("agent-dead")
             sim.wedge_agent("agent-wedged")
             sim.retired_host_back_online("retired-back")
@@ -180,8 +241,13 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
         finally:
             if am is not None:
                 am.stop()
-            if server is not None:
-                server.shutdown()
+            if server is not None and server.poll() is None:
+                os.killpg(server.pid, signal.SIGTERM)
+                try:
+                    server.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(server.pid, signal.SIGKILL)
+                    server.wait()
             for proc in workers:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGTERM)
@@ -202,7 +268,6 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
                 extra = f", {row['games_recovered']} unsynced games recovered"
             if row["games_lost"] is not None:
                 extra += f", {row['games_lost']} games lost (documented)"
-            console.print(
-                f"  {row['host_id']:<13} {row['outcome']:<10} {' > '.join(row['steps_taken'])}{extra}"
-            )
+            steps = " ".join(_short(step) for step in row["steps_taken"])
+            console.print(f"  {row['host_id']:<13} {row['outcome']:<10} {steps}{extra}")
     return 0 if finished else 1

@@ -83,7 +83,11 @@ class EmbeddedRedis:
             "--logfile",
             str(self.workdir / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C in the terminal (SIGINT to the foreground group) must not stop
+        # Redis before the workers and the receiver that use it have stopped (remediator dev, demo).
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:

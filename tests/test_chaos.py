@@ -77,10 +77,11 @@ def claimed_attempts(stack: Stack, host_id: str, steps: set[str]) -> dict[tuple[
 
 
 def intent_markers(stack: Stack, host_id: str, steps: set[str]) -> set[tuple[str, str, int]]:
-    """The (ladder, step, attempt) intent markers claimed in Redis (SET NX before a step acts)."""
+    """The (ladder, step, attempt) intent markers claimed in Redis (SET NX before a step acts); a
+    marker is named ladder:rung:step:attempt."""
     found = set()
     for key in stack.conn.scan_iter(keys.DONE.format(host_id, "*")):
-        ladder_id, step, attempt = key.decode().rsplit(":", 3)[1:]
+        ladder_id, _rung, step, attempt = key.decode().rsplit(":", 4)[1:]
         if step in steps:
             found.add((ladder_id, step, int(attempt)))
     return found

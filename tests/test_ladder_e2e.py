@@ -383,3 +383,19 @@ def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_onc
         assert recovered and all(on_host.get(name) == digest for name, digest in recovered.items())
     finally:
         stack.stop()
+
+
+def test_a_step_the_plan_holds_twice_runs_again_in_its_second_rung(stack: Stack):
+    # force_sync alone fails (the agent is wedged until a restart); then restart_agent + force_sync: the
+    # second rung's force_sync requests a sync of its own, not "resumed" from the first rung's marker.
+    sim = stack.sim
+    sim.wedge_agent(H, until_restart=True)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H, timeout=120)
+    assert state["outcome"] == "healthy", stack.steps(H)
+    steps = stack.steps(H)
+    assert ("force_sync", "resumed") not in steps
+    after_restart = steps[steps.index(("restart_agent", "ran")) :]
+    assert ("force_sync", "ran") in after_restart
+    assert sim.counts(H)["force_syncs"] >= 3  # two attempts in the first rung, one in the second

@@ -119,9 +119,8 @@ def budget(lad: LadderRun, step: str, attempt: int) -> Decision:
     if not limits:
         return None
     conn = lad.ctx.conn
-    tripped = controls.spend(
-        conn, limits, step=step, host_id=lad.host_id, member=f"{lad.ladder_id}:{step}:{attempt}"
-    )
+    member = f"{lad.ladder_id}:{lad.state.get('rung') or 0}:{step}:{attempt}"
+    tripped = controls.spend(conn, limits, step=step, host_id=lad.host_id, member=member)
     if tripped is None:
         return None
     item = controls.frozen(conn)

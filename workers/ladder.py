@@ -249,7 +249,10 @@ class Ladder:
             if gated is not None or self.state.get("step") != step:
                 return gated  # waiting, or the ladder moved on (refused, escalating)
             self._silence()
-        intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{step}:{attempt}")
+        # The rung is part of the attempt's name: a step the plan holds twice (force_sync alone, then
+        # again after restart_agent) is a new action in its second rung, not a resumed first one.
+        rung = int(self.state.get("rung") or 0)
+        intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{rung}:{step}:{attempt}")
         self.lock.check()
         if not self.ctx.conn.set(intent, lad.fence, nx=True, ex=7 * 86400):
             lad.audit(
@@ -276,7 +279,7 @@ class Ladder:
                     self.ctx.conn,
                     self.ctx.rules.budget,
                     step=step,
-                    member=f"{self.ladder_id}:{step}:{attempt}",
+                    member=f"{self.ladder_id}:{self.state.get('rung') or 0}:{step}:{attempt}",
                 )
         if lad.scratch.get("coordinator_down_since"):
             lad.remember(coordinator_down_since=None)
