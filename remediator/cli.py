@@ -118,6 +118,7 @@ def dev(bind: str, rq_workers: int) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C, even if started with it ignored
     try:
         py = sys.executable
         # Sessions of their own: Ctrl-C reaches this process only, which stops the children in order.

@@ -99,6 +99,7 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a group of its own, as a terminal's foreground job is
     )
     out_lines: list[str] = []
     try:
@@ -119,11 +120,16 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
             what="the RQ worker to register",
         )
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground group
+        rest, _ = proc.communicate(timeout=60)
     for pid in [redis_pid, *children]:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     assert not port_open("127.0.0.1", port)
+    # Stopped in order: the worker, its scheduler and the receiver before Redis, so none of them met
+    # a Redis that was gone (each printed a traceback when Redis went first), and dev exits 0.
+    assert proc.returncode == 0, rest[-2000:]
+    assert "Traceback" not in rest and "ConnectionError" not in rest and "Connection refused" not in rest
+    assert "has stopped" in rest and "Shutting down: Master" in rest
 
 
 @pytest.mark.parametrize("command", ["dev", "demo"])
