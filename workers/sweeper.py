@@ -2,7 +2,9 @@
 nor running nor due soon gets a fresh job. A job RQ still calls "started" counts as dead once it has
 run longer than the lock TTL without its host lock: a live worker holds and renews the lock for the
 whole of an advance, and RQ itself would only notice the dead worker after the job timeout.
-Runs as a thread in every ``remediator worker`` process; one sweep at a time across the fleet (SET NX).
+Runs as a thread in every ``remediator worker`` command (once per command, whatever its --processes);
+one sweep at a time across the fleet (SET NX). A Redis failure (an outage, a failover) fails one pass;
+the next pass, an interval later, tries again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ MAX_RESUMES = 6  # resumes of a ladder without a job of it finishing before it i
 MAX_BACKOFF = 300.0  # seconds between two resumes of a ladder whose jobs keep dying
 HOSTS_KEEP = 30 * 86400  # seconds a host stays in the hosts index after its last update
 SILENCE_SWEEP_INTERVAL = 60  # seconds between two looks at Alertmanager for silences left behind
+STOP_TIMEOUT = 10.0  # seconds a stopping worker waits for the sweep in hand
 
 
 def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
@@ -184,5 +187,8 @@ class Sweeper(threading.Thread):
                 # A bug in one pass (or a broken rules file) must not end the thread for good.
                 log.exception("sweep failed")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop after the pass in hand, if any (waiting for it at most ``timeout`` seconds)."""
         self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
