@@ -33,6 +33,11 @@ log = logging.getLogger("remediator.worker")
 
 REDIS_WAIT_INITIAL = 0.2  # seconds before the first retry after a Redis failure
 REDIS_WAIT_MAX = 5.0  # seconds between two retries at most (rq's own default is 60)
+# Seconds an idle worker blocks on the queue before it looks around (heartbeat, maintenance, the
+# scheduler). rq's is its TTL less 15 s (405 s): a worker that started while another's scheduler held
+# the queue's lock (a rolling upgrade) took that long to take the scheduler over once it was freed.
+DEQUEUE_TIMEOUT = 5
+SCHEDULER_TAKEOVER_INTERVAL = 5.0  # seconds between two tries to take a freed scheduler lock
 
 
 class RemediatorScheduler(RQScheduler):
@@ -82,7 +87,13 @@ class RemediatorWorker(Worker):
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self.stop_signalled = False
+        self._takes_over_scheduler = False
+        self._next_takeover = 0.0
         super().__init__(*args, **kwargs)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_TIMEOUT
 
     # -- stopping ------------------------------------------------------------------------------------
     def request_stop(self, signum: int, frame: Any) -> None:
@@ -107,6 +118,18 @@ class RemediatorWorker(Worker):
         if pipeline is not None:
             return super().heartbeat(timeout, pipeline)
         self._ride_out("send its heartbeat", super().heartbeat, timeout)
+        self._ride_out("take the scheduler over", self._take_over_scheduler)
+
+    def _take_over_scheduler(self) -> None:
+        """Start this worker's scheduler once no other holds the queue's lock (rq tries only in its
+        maintenance pass), so that scheduled ladder checks keep their time across a rolling upgrade."""
+        if self.is_horse or not self._takes_over_scheduler or self.scheduler is None or self._stop_requested:
+            return
+        process = self.scheduler._process
+        if (process is not None and process.is_alive()) or time.monotonic() < self._next_takeover:
+            return
+        self._next_takeover = time.monotonic() + SCHEDULER_TAKEOVER_INTERVAL
+        self.scheduler.acquire_locks(auto_start=True)
 
     def maintain_heartbeats(self, job: Job) -> None:
         self._ride_out(f"send job {job.id}'s heartbeat", super().maintain_heartbeats, job)
@@ -156,9 +179,10 @@ class RemediatorWorker(Worker):
             log_format=log_format or DEFAULT_LOGGING_FORMAT,
             serializer=self.serializer,
         )
+        self._takes_over_scheduler = not burst
         self.scheduler.acquire_locks()
         if not self.scheduler.acquired_locks:
-            return  # another worker's scheduler has the queue; maintenance tries again
+            return  # another worker's scheduler has the queue; heartbeats try again
         if burst:
             try:
                 self.scheduler.register_birth()
