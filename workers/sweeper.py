@@ -1,7 +1,8 @@
 """Resumes ladders whose worker died: a ladder not finished, not locked, whose job is neither queued
-nor running nor due soon gets a fresh job. A job RQ still calls "started" counts as dead once it has
-run longer than the lock TTL without its host lock: a live worker holds and renews the lock for the
-whole of an advance, and RQ itself would only notice the dead worker after the job timeout.
+(in the queue) nor running nor due soon gets a fresh job. A job RQ still calls "started" counts as
+dead once it has run longer than the lock TTL without its host lock: a live worker holds and renews
+the lock for the whole of an advance, and RQ itself would only notice the dead worker after the job
+timeout.
 Runs as a thread in every ``remediator worker`` command (once per command, whatever its --processes);
 one sweep at a time across the fleet (SET NX). A Redis failure (an outage, a failover) fails one pass;
 the next pass, an interval later, tries again.
@@ -46,6 +47,12 @@ def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
     return now - started.timestamp() > lock_ttl
 
 
+def _lost(status: JobStatus | None) -> str:
+    if status is None:
+        return "lost"
+    return "popped but never started" if status == JobStatus.QUEUED else status.value
+
+
 def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
     """One pass; returns the hosts whose ladders were re-enqueued."""
     if not conn.set(keys.SWEEP_LOCK, "1", nx=True, ex=int(SWEEP_INTERVAL)):
@@ -66,8 +73,10 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         job_id = state.get("job_id")
         job = fetch_job(conn, job_id)
         status = job.get_status() if job else None
-        if status == JobStatus.QUEUED:
+        if status == JobStatus.QUEUED and conn.lpos(queue.key, job_id) is not None:
             continue
+        # A queued job that is not in the queue was popped by a worker that never started it (Redis
+        # failed in between): lost. If that worker is only slow, its job finds itself stale.
         if status == JobStatus.STARTED and not _abandoned(job, settings.lock_ttl, now):
             continue
         if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
@@ -101,7 +110,7 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
                     host,
                     "sweeper",
                     "resumed",
-                    f"job {job_id} was {status or 'lost'}: resuming the ladder",
+                    f"job {job_id} was {_lost(status)}: resuming the ladder",
                     job_id=new_id,
                     ladder_id=ladder_id,
                 )
