@@ -20,7 +20,7 @@ import socket
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -109,6 +109,9 @@ def _sentinel_master(settings: Settings, common: dict[str, Any]) -> redis.Redis:
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
         "socket_connect_timeout": CONNECT_TIMEOUT,
+        # One try per sentinel and question: a sentinel that is down (or refuses the password) is
+        # skipped for the next one at once, instead of being retried with backoff (redis-py's default).
+        "retry": Retry(NoBackoff(), 0),
         "password": settings.redis_sentinel_password,
         # Sentinels listen with TLS when the master does (the usual set-up): same CA and options.
         **tls,
