@@ -118,9 +118,11 @@ def test_rq_scheduler_builds_its_connection_through_the_factory(ha_settings: Set
     assert scheduler.connection is not conn  # its own, as rq's is (built again after its fork)
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 def test_jobs_and_their_context_run_on_the_sentinel_backed_connection(
-    sentinels: SentinelCluster, ha_settings: Settings, tmp_path: Path
+    sentinels: SentinelCluster, ha_settings: Settings, tmp_path: Path, processes: str
 ) -> None:
+    """In a single worker and in each work process of a pool (which builds its own connection)."""
     conn = redis_from_settings(ha_settings)
     assert conn is not None
     job = Queue("remediator", connection=conn).enqueue("ha_jobs.connection_kinds")
@@ -128,7 +130,7 @@ def test_jobs_and_their_context_run_on_the_sentinel_backed_connection(
     env.update(sentinels.env(db=3))
     env.update(PYTHONPATH=str(Path(__file__).parent), PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", "remediator", "worker", "--burst"],
+        [sys.executable, "-m", "remediator", "worker", "--burst", "--processes", processes],
         env=env,
         capture_output=True,
         text=True,
