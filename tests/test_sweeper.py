@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from helpers import make_settings
 from ops_helpers import QUEUE, start_ladder
 from rq import Queue
@@ -9,7 +11,7 @@ from rq import Queue
 from remediator import keys, store
 from workers.context import Context
 from workers.ladder import Ladder
-from workers.sweeper import sweep
+from workers.sweeper import LATE_GRACE, sweep
 
 
 def test_a_ladder_whose_job_waits_in_the_queue_is_left_alone(redis_url, redis_conn):
@@ -27,6 +29,11 @@ def test_a_job_popped_by_a_worker_that_never_started_it_is_resumed_once_and_the_
     queue = Queue(QUEUE, connection=redis_conn)
     assert redis_conn.lmove(queue.key, queue.intermediate_queue_key) == ladder_id.encode()
     settings = make_settings(redis_url)
+    # Not at first sight: a worker marks the job it popped started a few milliseconds later.
+    assert sweep(redis_conn, settings) == []
+    first_seen = queue.intermediate_queue.get_first_seen_key(ladder_id)
+    redis_conn.set(first_seen, time.time() - LATE_GRACE - 1)  # ... but it has been stuck a while
+    redis_conn.delete(keys.SWEEP_LOCK)
     assert sweep(redis_conn, settings) == ["h1"]
     (resumed,) = queue.job_ids
     assert resumed != ladder_id and store.get_host(redis_conn, "h1")["job_id"] == resumed

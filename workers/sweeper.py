@@ -47,6 +47,19 @@ def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
     return now - started.timestamp() > lock_ttl
 
 
+def _popped_and_stuck(conn: redis.Redis, queue: Queue, job_id: str, now: float) -> bool:
+    """Whether a job RQ calls queued was popped by a worker that never started it (Redis failed in
+    between: it stays queued, in no queue) and has been so for LATE_GRACE. A worker moves a job out
+    of the queue, then marks it started, a few milliseconds later; the first sighting out of the
+    queue is kept where RQ's own cleanup of its intermediate list keeps it."""
+    if conn.lpos(queue.key, job_id) is not None:
+        return False
+    popped = queue.intermediate_queue
+    popped.set_first_seen(job_id)
+    first_seen = popped.get_first_seen(job_id)
+    return first_seen is not None and now - first_seen.timestamp() > LATE_GRACE
+
+
 def _lost(status: JobStatus | None) -> str:
     if status is None:
         return "lost"
@@ -73,10 +86,8 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         job_id = state.get("job_id")
         job = fetch_job(conn, job_id)
         status = job.get_status() if job else None
-        if status == JobStatus.QUEUED and conn.lpos(queue.key, job_id) is not None:
+        if status == JobStatus.QUEUED and not _popped_and_stuck(conn, queue, job_id, now):
             continue
-        # A queued job that is not in the queue was popped by a worker that never started it (Redis
-        # failed in between): lost. If that worker is only slow, its job finds itself stale.
         if status == JobStatus.STARTED and not _abandoned(job, settings.lock_ttl, now):
             continue
         if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
