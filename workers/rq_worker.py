@@ -70,13 +70,13 @@ class RemediatorScheduler(RQScheduler):
                 self.enqueue_scheduled_jobs()
                 pause, delay = self.interval, REDIS_WAIT_INITIAL
             except redis.RedisError as exc:
-                self.log.warning("scheduler: Redis unavailable (%s); retrying in %.1fs", _what(exc), delay)
+                self.log.warning("scheduler: Redis unavailable (%s); retrying in %.1fs", describe(exc), delay)
                 pause, delay = delay, min(delay * 2, REDIS_WAIT_MAX)
             time.sleep(pause)  # the scheduler's own process, as rq's loop does: no job waits on it
         try:
             self.stop()
         except redis.RedisError as exc:
-            self.log.warning("scheduler: could not release its locks (%s); they expire", _what(exc))
+            self.log.warning("scheduler: could not release its locks (%s); they expire", describe(exc))
 
 
 class RemediatorWorker(Worker):
@@ -149,7 +149,9 @@ class RemediatorWorker(Worker):
                 self.wait_for_horse()  # never start another job while this one's horse runs
                 self._horse_pid = 0
             log.warning(
-                "job %s: Redis failed around it (%s); the sweeper resumes its ladder", job.id, _what(exc)
+                "job %s: Redis failed around it (%s); the sweeper resumes its ladder",
+                job.id,
+                describe(exc),
             )
 
     # -- Redis failures between jobs -----------------------------------------------------------------
@@ -197,10 +199,10 @@ class RemediatorWorker(Worker):
         try:
             return call(*args)
         except redis.RedisError as exc:
-            log.warning("worker %s could not %s: Redis unavailable (%s)", self.name, what, _what(exc))
+            log.warning("worker %s could not %s: Redis unavailable (%s)", self.name, what, describe(exc))
             return None
 
 
-def _what(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     """An exception as a log line shows it: its type, and its message when it has one."""
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

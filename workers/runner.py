@@ -24,7 +24,7 @@ from remediator.config import Settings
 from remediator.connections import redis_from_settings
 from remediator.exceptions import ConfigError
 from remediator.logs import configure_logging
-from workers.rq_worker import REDIS_WAIT_MAX, RemediatorWorker, _what
+from workers.rq_worker import REDIS_WAIT_MAX, RemediatorWorker, describe
 
 log = logging.getLogger("remediator.worker")
 REDIS_WAIT_MAX_BACKOFF = REDIS_WAIT_MAX  # seconds between two tries to reach Redis
@@ -53,7 +53,7 @@ def wait_for_redis(conn: redis.Redis, stopping: Callable[[], bool] = lambda: Fal
             conn.ping()
             return True
         except redis.RedisError as exc:
-            log.warning("Redis unavailable (%s); retrying in %.1fs", _what(exc), delay)
+            log.warning("Redis unavailable (%s); retrying in %.1fs", describe(exc), delay)
             time.sleep(delay)  # no job is held while waiting
             delay = min(delay * 2, REDIS_WAIT_MAX_BACKOFF)
     return False
@@ -97,14 +97,14 @@ def work_until_stopped(
                 maintenance_interval=defaults.WORKER_MAINTENANCE_INTERVAL,
             )
         except redis.RedisError as exc:
-            log.warning("could not register the worker (%s); trying again", _what(exc))
+            log.warning("could not register the worker (%s); trying again", describe(exc))
             continue
         if stop["signalled"]:
             return worked
         try:
             worked = worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level) or worked
         except redis.RedisError as exc:
-            log.warning("worker %s: Redis failed (%s)", worker.name, _what(exc))
+            log.warning("worker %s: Redis failed (%s)", worker.name, describe(exc))
         if burst or worker.stop_signalled:
             return worked
         log.warning("worker %s: its work loop ended on a Redis failure; starting it again", worker.name)
