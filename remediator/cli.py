@@ -67,12 +67,24 @@ def serve(bind: str, workers: int | None, threads: int, timeout: int) -> None:
 
 @main.command()
 @click.option("--burst", is_flag=True, help="run the jobs there are, then exit")
-@click.option("--name", default=None, help="worker name (default: rq's)")
-def worker(burst: bool, name: str | None) -> None:
-    """Run an RQ worker on the remediator's queue, with the scheduler and the ladder sweeper."""
+@click.option("--name", default=None, help="worker name (default: rq's; a prefix with --processes)")
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="work processes under this one command (one scheduler, one sweeper)",
+)
+def worker(burst: bool, name: str | None, processes: int) -> None:
+    """Run RQ workers on the remediator's queue, with the scheduler and the ladder sweeper.
+
+    SIGTERM or SIGINT: each worker finishes the job in hand, then exits (a second one cuts it off)."""
     from workers.runner import run_worker
 
-    run_worker(_settings(), burst=burst, name=name)
+    try:
+        run_worker(_settings(), burst=burst, name=name, processes=processes)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _terminate(procs: list[subprocess.Popen[Any]]) -> None:
@@ -92,12 +104,13 @@ def _terminate(procs: list[subprocess.Popen[Any]]) -> None:
 @click.option("--bind", default=DEV_BIND, show_default=True)
 @click.option("--workers", "rq_workers", type=int, default=1, show_default=True, help="RQ workers")
 def dev(bind: str, rq_workers: int) -> None:
-    """Receiver + worker in one command; starts an embedded Redis when REDIS_URL is unset."""
+    """Receiver + worker in one command; starts an embedded Redis when REDIS_URL (and REDIS_SENTINELS)
+    is unset."""
     from remediator.embedded_redis import EmbeddedRedis
 
     env = dict(os.environ)
     embedded = None
-    binary = None if env.get("REDIS_URL") else _redis_server_binary()
+    binary = None if env.get("REDIS_URL") or env.get("REDIS_SENTINELS") else _redis_server_binary()
     workdir = tempfile.mkdtemp(prefix="remediator-dev-")
     if binary:
         embedded = EmbeddedRedis(os.path.join(workdir, "redis"), binary=binary).start()

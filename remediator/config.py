@@ -20,6 +20,9 @@ from remediator.exceptions import ConfigError
 # sets nothing outside this table, so the two cannot drift.
 ENV_VARS: dict[str, str] = {
     "REDIS_URL": "Redis for queues, locks, state, audit",
+    "REDIS_SENTINELS": "Sentinels (host:port,...) that say where the Redis master is",
+    "REDIS_SENTINEL_MASTER": "the master's name at the sentinels",
+    "REDIS_SENTINEL_PASSWORD": "password of the sentinels (the master's is in REDIS_URL)",
     "REMEDIATOR_WEBHOOK_TOKEN": "bearer token (or basic-auth password) Alertmanager must send",
     "REMEDIATOR_ADMIN_TOKEN": "bearer token for the /api/v1 write endpoints",
     "REMEDIATOR_READ_TOKEN": "bearer token for the full state and evidence on /api/v1 reads and /ui",
@@ -61,6 +64,7 @@ ENV_VARS: dict[str, str] = {
 # Variables that may instead be given as <NAME>_FILE.
 SECRET_VARS: frozenset[str] = frozenset(
     {
+        "REDIS_SENTINEL_PASSWORD",
         "REMEDIATOR_WEBHOOK_TOKEN",
         "REMEDIATOR_ADMIN_TOKEN",
         "REMEDIATOR_READ_TOKEN",
@@ -157,11 +161,35 @@ def _refuse_shared_tokens(settings: Settings) -> None:
         seen[value] = name
 
 
+SENTINEL_PORT = 26379  # a sentinel's port when REDIS_SENTINELS gives none
+
+
+def _sentinels(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """REDIS_SENTINELS as (host, port) pairs: ``host:port,host:port``; ``[v6]:port`` for IPv6."""
+    raw = env.get("REDIS_SENTINELS", "")
+    found = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?|([^:\s\[\]]+)(?::(\d+))?", item)
+        if not match:
+            raise ConfigError(f"REDIS_SENTINELS: {item!r} is not host:port (IPv6: [address]:port)")
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4) or SENTINEL_PORT)
+        if not 0 < port < 65536:
+            raise ConfigError(f"REDIS_SENTINELS: {item!r} has no valid port")
+        found.append((host, port))
+    return tuple(found)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the remediator is configured with. Secrets are marked ``repr=False``."""
 
     redis_url: str | None = None
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    redis_sentinel_password: str | None = field(default=None, repr=False)
     webhook_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
     read_token: str | None = field(default=None, repr=False)
@@ -208,8 +236,17 @@ class Settings:
         env = os.environ if env is None else env
         recovery_dir = env.get("REMEDIATOR_RECOVERY_DIR") or defaults.RECOVERY_DIR
         probes = tuple(p.strip() for p in env.get("REMEDIATOR_NETWORK_PROBES", "").split(",") if p.strip())
+        sentinels = _sentinels(env)
+        sentinel_master = env.get("REDIS_SENTINEL_MASTER") or None
+        if sentinels and not sentinel_master:
+            raise ConfigError("REDIS_SENTINELS is set but REDIS_SENTINEL_MASTER is not: name the master")
+        if sentinel_master and not sentinels:
+            raise ConfigError("REDIS_SENTINEL_MASTER is set but REDIS_SENTINELS is not: list the sentinels")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
+            redis_sentinels=sentinels,
+            redis_sentinel_master=sentinel_master,
+            redis_sentinel_password=_secret(env, "REDIS_SENTINEL_PASSWORD"),
             webhook_token=_secret(env, "REMEDIATOR_WEBHOOK_TOKEN"),
             admin_token=_secret(env, "REMEDIATOR_ADMIN_TOKEN"),
             read_token=_secret(env, "REMEDIATOR_READ_TOKEN"),
@@ -251,6 +288,11 @@ class Settings:
             lambda_status_url=env.get("REMEDIATOR_LAMBDA_STATUS_URL") or None,
             allowed_hosts=_allowed_hosts(env),
         )
+
+    @property
+    def redis_configured(self) -> bool:
+        """Whether a Redis is configured: REDIS_URL, or Sentinel (which may do without REDIS_URL)."""
+        return bool(self.redis_url or self.redis_sentinels)
 
     def secrets(self) -> list[str]:
         """The secret values set, so that logs and answers can be scrubbed of them."""

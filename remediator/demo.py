@@ -23,6 +23,8 @@ import redis
 import requests
 
 from remediator import store
+from remediator.config import Settings
+from remediator.connections import redis_from_settings
 from remediator.defaults import LADDER_STEPS
 from remediator.embedded_redis import EmbeddedRedis, free_port
 
@@ -169,7 +171,8 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
     server: subprocess.Popen[bytes] | None = None
     with EmbeddedRedis(workdir / "redis") as r, SimCluster(host_ids=hosts, root=workdir / "sim") as sim:
         env = {
-            **os.environ,
+            # The demo's Redis is its own: a Sentinel set-up in the caller's environment is not it.
+            **{k: v for k, v in os.environ.items() if not k.startswith("REDIS_SENTINEL")},
             **sim.env(),
             "REDIS_URL": r.url,
             "REMEDIATOR_WEBHOOK_TOKEN": token,
@@ -228,7 +231,8 @@ def run_demo(*, as_json: bool = False, timeout: float = 240.0) -> int:
                 sim.make_critical(h)
             how, am = _fire(token, f"http://127.0.0.1:{port}/webhook/alertmanager", workdir, hosts)
             console.print(f"CriticalSyncHosts fired for {', '.join(hosts)}: {how}")
-            conn = redis.Redis.from_url(r.url)
+            conn = redis_from_settings(Settings(redis_url=r.url))
+            assert conn is not None
             deadline = time.monotonic() + timeout
             with Live(_table(_progress(conn, hosts)), console=console, refresh_per_second=4) as live:
                 while time.monotonic() < deadline:

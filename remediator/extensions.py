@@ -8,20 +8,7 @@ import redis
 from flask import Flask, current_app
 
 from remediator.config import Settings
-
-REDIS_SOCKET_TIMEOUT = 5.0  # seconds; a hung Redis must turn into a 503, not a hung request
-REDIS_CONNECT_TIMEOUT = 2.0  # seconds
-
-
-def redis_from_settings(settings: Settings) -> redis.Redis | None:
-    if not settings.redis_url:
-        return None
-    return redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-        health_check_interval=30,
-    )
+from remediator.connections import redis_from_settings
 
 
 def rules_source(settings: Settings) -> Any:
@@ -45,7 +32,7 @@ def get_settings() -> Settings:
 def get_redis() -> redis.Redis:
     conn = current_app.extensions.get("redis")
     if conn is None:
-        raise redis.ConnectionError("REDIS_URL is not set")
+        raise redis.ConnectionError("neither REDIS_URL nor REDIS_SENTINELS is set")
     return conn
 
 

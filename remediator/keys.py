@@ -49,8 +49,10 @@ SILENCES = PREFIX + ":silences"  # hash: Alertmanager silence id -> the host and
 HOLDS = PREFIX + ":holds"  # hash: "<alertname>|<host id or *>" -> when a hold alert was seen firing
 SILENCE_SWEEP_LOCK = PREFIX + ":silences:lock"  # string: held between two sweeps of Alertmanager's silences
 MONITOR_LOCK = PREFIX + ":monitor:lock"  # string: held for one interval by the incident monitor's pass
+REPLICATION_PROBE = PREFIX + ":replication:probe"  # integer: written before WAIT (connections.py)
 
 PER_HOST = (LOCK, FENCE, HOST, AUDIT, ACTIVE, CANCEL, DONE, LADDER_STARTS, INVENTORY, SCRATCH)
 PER_HOST += (IMPORTED, APPROVAL, HOST_INCIDENT, HOST_INCIDENTS)
 GLOBAL = (HOSTS, OPEN_INCIDENTS, CLEANUP, FLEET_CRITICAL, FLEET, PAUSED, PAGES, PAGE_TRIGGERS)
 GLOBAL += (FREEZES, HOLDS, SILENCES, FLEET_LOCK, SWEEP_LOCK, SILENCE_SWEEP_LOCK, MONITOR_LOCK)
+GLOBAL += (REPLICATION_PROBE,)

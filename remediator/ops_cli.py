@@ -23,9 +23,9 @@ from rich.text import Text
 
 from remediator import disclosure, ops
 from remediator.config import Settings
+from remediator.connections import redis_from_settings
 from remediator.defaults import AUDIT_MAX_ENTRIES
 from remediator.exceptions import ConfigError, RulesError
-from remediator.extensions import redis_from_settings
 from remediator.hosts import is_valid_host_id
 from remediator.requeue import Requeued, requeue_failed, requeue_job
 
@@ -41,9 +41,15 @@ def _settings() -> Settings:
 
 
 def _connect(settings: Settings) -> redis.Redis:
-    conn = redis_from_settings(settings)
+    try:
+        conn = redis_from_settings(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     if conn is None:
-        raise click.ClickException("REDIS_URL is not set: point it at the remediator's Redis")
+        raise click.ClickException(
+            "REDIS_URL is not set: point it (or REDIS_SENTINELS and REDIS_SENTINEL_MASTER) at the "
+            "remediator's Redis"
+        )
     return conn
 
 
@@ -61,7 +67,9 @@ def _redis_errors() -> Iterator[None]:
     try:
         yield
     except redis.RedisError as exc:
-        raise click.ClickException(f"Redis is unavailable ({type(exc).__name__}): check REDIS_URL") from exc
+        raise click.ClickException(
+            f"Redis is unavailable ({type(exc).__name__}): check REDIS_URL (and REDIS_SENTINELS)"
+        ) from exc
 
 
 def _who() -> str:

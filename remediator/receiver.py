@@ -13,6 +13,7 @@ from flask import Blueprint, make_response, request
 
 from remediator import controls, keys, metrics
 from remediator.auth import check_authorization
+from remediator.connections import confirm_replicated
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.intake import LadderRequest, resolve_host, start_ladders
 from remediator.ops import ladder_limit, retry_after
@@ -212,6 +213,9 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
     )
     for item in result.accepted + result.skipped:
         item["status"] = "firing"  # only firing alerts ask for a ladder
+    if settings.redis_sentinels:
+        # Under Sentinel, "stored" means on a replica too: a failover must not lose an accepted alert.
+        confirm_replicated(conn)
     return {
         "status": "accepted",
         "accepted": result.accepted,

@@ -17,6 +17,8 @@ import redis
 from helpers import WEBHOOK_TOKEN, bearer, payload, wait_for
 
 from remediator import create_app, keys, store
+from remediator.config import Settings
+from remediator.connections import redis_from_settings
 from remediator.sim import SimCluster, procs
 
 FAST_RULES = Path(__file__).parent / "rules" / "fast.yaml"
@@ -31,10 +33,11 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     app: Any = None
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        """``remediator worker`` with ``args`` (``--processes 3``, say), its output in workerN.log."""
         log = (self.tmp / f"worker{len(self.workers)}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "remediator", "worker"],
+            [sys.executable, "-m", "remediator", "worker", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -82,7 +85,7 @@ class Stack:
 
 
 def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **extra_env: str) -> Stack:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REMEDIATOR_", "REDIS_"))}
     env.update(sim.env())
     env.update(
         {
@@ -99,10 +102,16 @@ def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **e
     (tmp / "prom").mkdir(exist_ok=True)
     # The in-process receiver gets the remediator's settings; PROMETHEUS_MULTIPROC_DIR stays with the
     # worker processes: in this process prometheus_client would bind its metrics to it for good.
+    for key in list(os.environ):
+        if key.startswith(("REMEDIATOR_", "REDIS_")) and key not in env:
+            monkeypatch.delenv(key)
     for key, value in env.items():
-        if key.startswith(("REMEDIATOR_", "REDIS_URL")):
+        if key.startswith(("REMEDIATOR_", "REDIS_")):
             monkeypatch.setenv(key, value)
-    stack = Stack(sim=sim, conn=redis.Redis.from_url(redis_url), env=env, tmp=tmp)
+    # The test's own client is built like the remediator's (Sentinel-aware when extra_env says so).
+    conn = redis_from_settings(Settings.from_env(env))
+    assert conn is not None
+    stack = Stack(sim=sim, conn=conn, env=env, tmp=tmp)
     stack.app = create_app()
     return stack
 

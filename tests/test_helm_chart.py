@@ -20,7 +20,7 @@ import yaml
 from helm_crd_schemas import CRD_SCHEMAS
 from kubernetes_validate import utils as kv_utils
 
-from remediator import create_app
+from remediator import create_app, defaults
 from remediator.config import ENV_VARS, SECRET_VARS, Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,8 +32,10 @@ NAMESPACE = "remediation"
 # A recent Kubernetes, and the oldest one the chart declares (Chart.yaml kubeVersion).
 RECENT_KUBE = "1.35.0"
 OLDEST_KUBE = "1.27.0"
+HA_KUBE = "1.31.0"  # the release the HA objects (HPA autoscaling/v2, rollout strategy) were checked on
 REQUIRED_CI_FILES = {
     "bundled-redis-values.yaml",
+    "ha-values.yaml",
     "external-redis-values.yaml",
     "everything-on-values.yaml",
     "existing-secrets-values.yaml",
@@ -194,7 +196,7 @@ def _object_meta_validator(version: str) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-@pytest.mark.parametrize("kube_version", [RECENT_KUBE, OLDEST_KUBE])
+@pytest.mark.parametrize("kube_version", [RECENT_KUBE, HA_KUBE, OLDEST_KUBE])
 def test_every_manifest_validates_against_kubernetes_schemas(
     rendered: dict[str, list[dict[str, Any]]], kube_version: str
 ) -> None:
@@ -783,3 +785,143 @@ def test_chart_app_version_tracks_the_package_version(chart: helm.Chart) -> None
 def test_oldest_validated_kubernetes_is_the_charts_minimum(chart: helm.Chart) -> None:
     assert chart.metadata["kubeVersion"] == f">={OLDEST_KUBE}-0"
     assert RECENT_KUBE in kv_utils.all_versions()
+
+
+# --- high availability: Sentinel, rollouts, autoscaling ------------------------------------------
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_sentinel_settings_reach_the_application(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    values = CASES["ha-values.yaml"]
+    assert values is not None
+    sentinel = values["redis"]["external"]["sentinel"]
+    for component, container, spec in remediator_containers(rendered["ha-values.yaml"]):
+        env = _env(container)
+        plain = {k: e["value"] for k, e in env.items() if "value" in e and k not in SECRET_FILE_VARS}
+        settings = Settings.from_env(plain)
+        assert [f"{h}:{p}" for h, p in settings.redis_sentinels] == sentinel["sentinels"], component
+        assert settings.redis_sentinel_master == sentinel["masterName"], component
+        # The URL (db, the master's password) from its Secret; the sentinels' password from a file.
+        assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "ringrift-redis-url", "key": "url"}
+        assert (
+            env["REDIS_SENTINEL_PASSWORD_FILE"]["value"] == "/etc/remediator/secrets/redis-sentinel-password"
+        )
+        items = next(v for v in spec["volumes"] if v["name"] == "secrets")["secret"]["items"]
+        assert {"key": "redis-sentinel-password", "path": "redis-sentinel-password"} in items, component
+    policy = only(rendered["ha-values.yaml"], "NetworkPolicy", f"{RELEASE}-ringrift-remediator-worker")
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {6379, 26379} <= ports
+
+
+def test_sentinel_needs_a_master_name(chart: helm.Chart) -> None:
+    values = {"redis": {"enabled": False, "external": {"sentinel": {"sentinels": ["s-0.redis:26379"]}}}}
+    with pytest.raises(helm.HelmError, match="masterName"):
+        render(chart, values)
+
+
+def test_receiver_rolls_out_without_ever_having_fewer_ready_pods(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for case, objects in rendered.items():
+        receiver = only(objects, "Deployment", f"{RELEASE}-ringrift-remediator-receiver")
+        strategy = receiver["spec"]["strategy"]
+        assert strategy["type"] == "RollingUpdate", case
+        assert strategy["rollingUpdate"]["maxUnavailable"] == 0, case
+        spec = receiver["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep[0] == "sleep" and int(sleep[1]) > 0, case
+        # The grace period covers the preStop pause and gunicorn's own graceful stop.
+        from remediator.server import gunicorn_options
+
+        graceful = gunicorn_options(bind="x", workers=1, threads=1, timeout=1)["graceful_timeout"]
+        assert spec["terminationGracePeriodSeconds"] >= int(sleep[1]) + graceful, case
+
+
+def test_worker_grace_period_lets_the_longest_job_finish(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """SIGTERM is rq's warm shutdown: the worker finishes its job in hand, which may be recover_data."""
+    text = (CHART / "values.yaml").read_text(encoding="utf-8")
+    assert "JOB_TIMEOUT" in text  # the default says where it comes from
+    for case, objects in rendered.items():
+        worker = only(objects, "Deployment", f"{RELEASE}-ringrift-remediator-worker")
+        spec = worker["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] > defaults.JOB_TIMEOUT, case
+        (container,) = spec["containers"]
+        assert "lifecycle" not in container, case  # nothing to drain: SIGTERM itself is the drain
+        args = container["args"]
+        values = CASES[case] or {}
+        processes = (values.get("worker") or {}).get("processes", 1)
+        assert args == ["worker", "--processes", str(processes)], case
+
+
+def test_autoscalers_are_off_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["default"]
+    assert find(objects, "HorizontalPodAutoscaler") == [] and find(objects, "ScaledObject") == []
+    for component in ("receiver", "worker"):
+        assert "replicas" in only(objects, "Deployment", f"{RELEASE}-ringrift-remediator-{component}")["spec"]
+
+
+def test_hpa_scales_the_receiver_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["ha-values.yaml"]
+    receiver = only(objects, "Deployment", f"{RELEASE}-ringrift-remediator-receiver")
+    hpa = only(objects, "HorizontalPodAutoscaler", f"{RELEASE}-ringrift-remediator-receiver")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", receiver["metadata"]["name"])
+    assert "replicas" not in receiver["spec"]  # the HPA owns it: a helm upgrade must not reset it
+    (container,) = receiver["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["cpu"]  # a CPU target needs a request
+
+
+def _scaled_object(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    worker = only(objects, "Deployment", f"{RELEASE}-ringrift-remediator-worker")
+    scaled = only(objects, "ScaledObject", f"{RELEASE}-ringrift-remediator-worker")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    assert "replicas" not in worker["spec"]
+    (trigger,) = scaled["spec"]["triggers"]
+    auth = only(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    return worker, trigger, {r["parameter"]: r for r in auth["spec"]["secretTargetRef"]}
+
+
+def test_keda_scales_workers_on_the_rq_queue_through_the_sentinels(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    from rq import Queue
+
+    values = CASES["ha-values.yaml"]
+    assert values is not None
+    objects = rendered["ha-values.yaml"]
+    _, trigger, refs = _scaled_object(objects)
+    meta = trigger["metadata"]
+    assert trigger["type"] == "redis-sentinel"
+    assert meta["addresses"].split(",") == values["redis"]["external"]["sentinel"]["sentinels"]
+    assert meta["sentinelMaster"] == values["redis"]["external"]["sentinel"]["masterName"]
+    # The very list the workers pop from: rq's key of the queue the application is configured with.
+    assert meta["listName"] == Queue(values["config"]["queue"], connection=object()).key  # type: ignore[arg-type]
+    assert meta["databaseIndex"] == "2"
+    assert refs["password"]["name"] == "ringrift-redis-url"
+    secret = only(objects, "Secret", refs["sentinelPassword"]["name"])
+    password = base64.b64decode(secret["data"][refs["sentinelPassword"]["key"]]).decode()
+    assert password == values["secrets"]["redisSentinelPassword"]
+
+
+def test_keda_reads_the_bundled_redis_through_its_network_policy(chart: helm.Chart) -> None:
+    from rq import Queue
+
+    objects = manifests(chart, {"worker": {"keda": {"enabled": True}}})
+    _, trigger, refs = _scaled_object(objects)
+    service = only(objects, "Service", f"{RELEASE}-ringrift-remediator-redis")
+    port = service["spec"]["ports"][0]["port"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"]["address"] == f"{service['metadata']['name']}.{NAMESPACE}.svc:{port}"
+    assert trigger["metadata"]["listName"] == Queue("remediator", connection=object()).key  # type: ignore[arg-type]
+    secret = only(objects, "Secret", refs["password"]["name"])
+    assert refs["password"]["key"] in secret["data"]
+    policy = only(objects, "NetworkPolicy", f"{RELEASE}-ringrift-remediator-redis")
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert {"app.kubernetes.io/name": "keda-operator"} in [
+        p.get("podSelector", {}).get("matchLabels") for p in peers
+    ]

@@ -11,6 +11,7 @@ from rq import Queue, get_current_job
 
 from remediator.clients import Clients, clients_for
 from remediator.config import Settings
+from remediator.connections import redis_from_settings
 from remediator.coordinator import Coordinator
 
 _rules_sources: dict[str | None, Any] = {}
@@ -34,13 +35,16 @@ class Context:
 
     @classmethod
     def current(cls) -> Context:
+        """The running job's context: its connection is the worker's, built by
+        ``remediator.connections`` (so Sentinel-backed under Sentinel), or a new one outside a job."""
         job = get_current_job()
         settings = Settings.from_env()
         if job is not None:
             return cls(settings, job.connection, job.id)
-        if not settings.redis_url:
-            raise RuntimeError("no current RQ job and REDIS_URL is not set")
-        return cls(settings, redis.Redis.from_url(settings.redis_url))
+        conn = redis_from_settings(settings)
+        if conn is None:
+            raise RuntimeError("no current RQ job and neither REDIS_URL nor REDIS_SENTINELS is set")
+        return cls(settings, conn)
 
     @cached_property
     def clients(self) -> Clients:

@@ -1,8 +1,11 @@
 """Resumes ladders whose worker died: a ladder not finished, not locked, whose job is neither queued
-nor running nor due soon gets a fresh job. A job RQ still calls "started" counts as dead once it has
-run longer than the lock TTL without its host lock: a live worker holds and renews the lock for the
-whole of an advance, and RQ itself would only notice the dead worker after the job timeout.
-Runs as a thread in every ``remediator worker`` process; one sweep at a time across the fleet (SET NX).
+(in the queue) nor running nor due soon gets a fresh job. A job RQ still calls "started" counts as
+dead once it has run longer than the lock TTL without its host lock: a live worker holds and renews
+the lock for the whole of an advance, and RQ itself would only notice the dead worker after the job
+timeout.
+Runs as a thread in every ``remediator worker`` command (once per command, whatever its --processes);
+one sweep at a time across the fleet (SET NX). A Redis failure (an outage, a failover) fails one pass;
+the next pass, an interval later, tries again.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ MAX_RESUMES = 6  # resumes of a ladder without a job of it finishing before it i
 MAX_BACKOFF = 300.0  # seconds between two resumes of a ladder whose jobs keep dying
 HOSTS_KEEP = 30 * 86400  # seconds a host stays in the hosts index after its last update
 SILENCE_SWEEP_INTERVAL = 60  # seconds between two looks at Alertmanager for silences left behind
+STOP_TIMEOUT = 10.0  # seconds a stopping worker waits for the sweep in hand
 
 
 def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
@@ -41,6 +45,25 @@ def _abandoned(job: Job, lock_ttl: float, now: float) -> bool:
     if started.tzinfo is None:
         started = started.replace(tzinfo=UTC)
     return now - started.timestamp() > lock_ttl
+
+
+def _popped_and_stuck(conn: redis.Redis, queue: Queue, job_id: str, now: float) -> bool:
+    """Whether a job RQ calls queued was popped by a worker that never started it (Redis failed in
+    between: it stays queued, in no queue) and has been so for LATE_GRACE. A worker moves a job out
+    of the queue, then marks it started, a few milliseconds later; the first sighting out of the
+    queue is kept where RQ's own cleanup of its intermediate list keeps it."""
+    if conn.lpos(queue.key, job_id) is not None:
+        return False
+    popped = queue.intermediate_queue
+    popped.set_first_seen(job_id)
+    first_seen = popped.get_first_seen(job_id)
+    return first_seen is not None and now - first_seen.timestamp() > LATE_GRACE
+
+
+def _lost(status: JobStatus | None) -> str:
+    if status is None:
+        return "lost"
+    return "popped but never started" if status == JobStatus.QUEUED else status.value
 
 
 def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
@@ -63,7 +86,7 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
         job_id = state.get("job_id")
         job = fetch_job(conn, job_id)
         status = job.get_status() if job else None
-        if status == JobStatus.QUEUED:
+        if status == JobStatus.QUEUED and not _popped_and_stuck(conn, queue, job_id, now):
             continue
         if status == JobStatus.STARTED and not _abandoned(job, settings.lock_ttl, now):
             continue
@@ -98,7 +121,7 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
                     host,
                     "sweeper",
                     "resumed",
-                    f"job {job_id} was {status or 'lost'}: resuming the ladder",
+                    f"job {job_id} was {_lost(status)}: resuming the ladder",
                     job_id=new_id,
                     ladder_id=ladder_id,
                 )
@@ -184,5 +207,8 @@ class Sweeper(threading.Thread):
                 # A bug in one pass (or a broken rules file) must not end the thread for good.
                 log.exception("sweep failed")
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop after the pass in hand, if any (waiting for it at most ``timeout`` seconds)."""
         self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)

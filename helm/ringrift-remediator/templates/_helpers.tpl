@@ -127,6 +127,7 @@ Secret key -> the secrets.* value that fills it when the chart creates the Secre
 webhook-token: webhookToken
 admin-token: adminToken
 read-token: readToken
+redis-sentinel-password: redisSentinelPassword
 coordinator-admin-key: coordinatorAdminKey
 pagerduty-routing-key: pagerdutyRoutingKey
 vast-api-key: vastApiKey
@@ -143,6 +144,7 @@ Secret key -> the variable naming the mounted file. Only names the application r
 webhook-token: REMEDIATOR_WEBHOOK_TOKEN_FILE
 admin-token: REMEDIATOR_ADMIN_TOKEN_FILE
 read-token: REMEDIATOR_READ_TOKEN_FILE
+redis-sentinel-password: REDIS_SENTINEL_PASSWORD_FILE
 coordinator-admin-key: REMEDIATOR_COORDINATOR_ADMIN_KEY_FILE
 pagerduty-routing-key: REMEDIATOR_PAGERDUTY_ROUTING_KEY_FILE
 vast-api-key: REMEDIATOR_VAST_API_KEY_FILE
@@ -210,10 +212,39 @@ the one the chart makes.
 {{- end }}
 
 {{/*
-The REDIS_URL env entry. A URL that carries a password comes from a Secret (secretKeyRef), never
-as a literal; the application has no REDIS_URL_FILE form.
+Whether the remediator finds an external Redis through Sentinel (redis.external.sentinel.sentinels).
+*/}}
+{{- define "ringrift-remediator.sentinel" -}}
+{{- if and (not .Values.redis.enabled) .Values.redis.external.sentinel.sentinels }}true{{- end }}
+{{- end }}
+
+{{/*
+The Redis env entries: REDIS_URL, and under Sentinel REDIS_SENTINELS and REDIS_SENTINEL_MASTER (the
+sentinels' password is a file from the application Secret, REDIS_SENTINEL_PASSWORD_FILE). A URL
+that carries a password comes from a Secret (secretKeyRef), never as a literal; the application has
+no REDIS_URL_FILE form. Under Sentinel the URL may be left out (db 0, no password).
 */}}
 {{- define "ringrift-remediator.redisUrlEnv" -}}
+{{- if include "ringrift-remediator.sentinel" . }}
+{{- if not .Values.redis.external.sentinel.masterName }}
+{{- fail "redis.external.sentinel.sentinels is set: set redis.external.sentinel.masterName too" }}
+{{- end }}
+- name: REDIS_SENTINELS
+  value: {{ join "," .Values.redis.external.sentinel.sentinels | quote }}
+- name: REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.external.sentinel.masterName | quote }}
+{{- if or .Values.redis.external.existingSecret .Values.redis.external.url }}
+{{ include "ringrift-remediator.redisUrlValue" . }}
+{{- end }}
+{{- else }}
+{{ include "ringrift-remediator.redisUrlValue" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The REDIS_URL env entry alone (see redisUrlEnv).
+*/}}
+{{- define "ringrift-remediator.redisUrlValue" -}}
 - name: REDIS_URL
 {{- if .Values.redis.enabled }}
 {{- if .Values.redis.auth.enabled }}
@@ -294,6 +325,10 @@ APIs (pagers, cloud providers, Alertmanager). SSH to hosts is added for the work
 - ports:
     - port: {{ $np.externalRedis.port }}
       protocol: TCP
+    {{- if include "ringrift-remediator.sentinel" . }}
+    - port: {{ $np.externalRedis.sentinelPort }}
+      protocol: TCP
+    {{- end }}
   {{- with $np.externalRedis.to }}
   to:
     {{- toYaml . | nindent 4 }}
@@ -338,6 +373,7 @@ ConfigMap, and the writable emptyDirs a read-only root filesystem needs. Takes
 - ssh: mount the SSH private key and known_hosts (the worker's job, not the receiver's).
 - recovery: mount the recovered-data volume at REMEDIATOR_RECOVERY_DIR.
 - http: expose the HTTP port and probe /healthz and /readyz.
+- preStopSleep: seconds the container sleeps in a preStop hook before it is told to stop (0: none).
 */}}
 {{- define "ringrift-remediator.podTemplate" -}}
 {{- $root := .root }}
@@ -418,6 +454,12 @@ spec:
           value: {{ $value | toString | quote }}
         {{- end }}
         {{- end }}
+      {{- if .preStopSleep }}
+      lifecycle:
+        preStop:
+          exec:
+            command: ["sleep", {{ .preStopSleep | toString | quote }}]
+      {{- end }}
       {{- if .http }}
       ports:
         - name: http

@@ -1,0 +1,208 @@
+"""rq's Worker and scheduler, made to ride out a Redis outage or a Sentinel failover.
+
+rq's own worker retries only its blocking dequeue: a Redis error anywhere else (a heartbeat while a
+job runs, the maintenance pass, the suspension check) ends its work loop, and its scheduler process
+dies at the first error and is restarted only at the next maintenance pass. Here:
+
+- while a job runs, a failed heartbeat is logged and tried again at the next one: the work horse
+  goes on with its job (the ladder holds its own host lock and fails its job when it cannot write);
+- a failure to record a finished job's end is logged: the ladder's state is in its host's hash, and
+  the sweeper resumes a ladder whose job was left "started";
+- the scheduler waits and tries again instead of dying, and builds its connection from the settings
+  (``remediator.connections``), so it follows the Sentinel master like everything else.
+
+What still ends the work loop (a dequeue timeout, a failure while registering) is taken up by
+``workers.runner.work_until_stopped``, which waits for Redis and starts the loop again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.scheduler import RQScheduler
+
+from remediator.config import Settings
+from remediator.connections import redis_from_settings
+
+log = logging.getLogger("remediator.worker")
+
+REDIS_WAIT_INITIAL = 0.2  # seconds before the first retry after a Redis failure
+REDIS_WAIT_MAX = 5.0  # seconds between two retries at most (rq's own default is 60)
+# Seconds an idle worker blocks on the queue before it looks around (heartbeat, maintenance, the
+# scheduler). rq's is its TTL less 15 s (405 s): a worker that started while another's scheduler held
+# the queue's lock (a rolling upgrade) took that long to take the scheduler over once it was freed.
+DEQUEUE_TIMEOUT = 5
+SCHEDULER_TAKEOVER_INTERVAL = 5.0  # seconds between two tries to take a freed scheduler lock
+
+
+class RemediatorScheduler(RQScheduler):
+    """rq's scheduler (one per queue across the fleet, by lock), waiting out Redis failures."""
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(*args, **kwargs)
+
+    @property
+    def connection(self) -> redis.Redis:
+        # rq rebuilds the connection from a copy of the worker's pool settings; this builds it the
+        # way every other client is built (after the fork, in the scheduler's own process).
+        if self._connection is None:
+            self._connection = redis_from_settings(self.settings)
+        return self._connection
+
+    def work(self) -> None:
+        self._install_signal_handlers()
+        born = False
+        delay = REDIS_WAIT_INITIAL
+        while not self._stop_requested:
+            try:
+                if not born:
+                    self.register_birth()
+                    born = True
+                if self.should_reacquire_locks:
+                    self.acquire_locks()
+                self.heartbeat()
+                self.enqueue_scheduled_jobs()
+                pause, delay = self.interval, REDIS_WAIT_INITIAL
+            except redis.RedisError as exc:
+                self.log.warning("scheduler: Redis unavailable (%s); retrying in %.1fs", describe(exc), delay)
+                pause, delay = delay, min(delay * 2, REDIS_WAIT_MAX)
+            time.sleep(pause)  # the scheduler's own process, as rq's loop does: no job waits on it
+        try:
+            self.stop()
+        except redis.RedisError as exc:
+            self.log.warning("scheduler: could not release its locks (%s); they expire", describe(exc))
+
+
+class RemediatorWorker(Worker):
+    """rq's forking Worker that keeps its job and its loop through Redis failures."""
+
+    max_connection_wait_time = REDIS_WAIT_MAX
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        self.stop_signalled = False
+        self._takes_over_scheduler = False
+        self._next_takeover = 0.0
+        super().__init__(*args, **kwargs)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return DEQUEUE_TIMEOUT
+
+    # -- stopping ------------------------------------------------------------------------------------
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """Warm shutdown (rq's): the job in hand finishes, then the worker exits."""
+        self.stop_signalled = True
+        super().request_stop(signum, frame)
+
+    def set_shutdown_requested_date(self) -> None:
+        # Runs in the signal handler: a Redis error here must not land in the middle of a job's wait.
+        self._ride_out("record the shutdown request", super().set_shutdown_requested_date)
+
+    def teardown(self) -> None:
+        if self.is_horse:
+            return super().teardown()
+        if self.scheduler:
+            self.stop_scheduler()
+        self._ride_out("register its death", self.register_death)
+        self._ride_out("unsubscribe", self.unsubscribe)
+
+    # -- Redis failures while a job runs --------------------------------------------------------------
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline)
+        self._ride_out("send its heartbeat", super().heartbeat, timeout)
+        self._ride_out("take the scheduler over", self._take_over_scheduler)
+
+    def _take_over_scheduler(self) -> None:
+        """Start this worker's scheduler once no other holds the queue's lock (rq tries only in its
+        maintenance pass), so that scheduled ladder checks keep their time across a rolling upgrade."""
+        if self.is_horse or not self._takes_over_scheduler or self.scheduler is None or self._stop_requested:
+            return
+        process = self.scheduler._process
+        if (process is not None and process.is_alive()) or time.monotonic() < self._next_takeover:
+            return
+        self._next_takeover = time.monotonic() + SCHEDULER_TAKEOVER_INTERVAL
+        self.scheduler.acquire_locks(auto_start=True)
+
+    def maintain_heartbeats(self, job: Job) -> None:
+        self._ride_out(f"send job {job.id}'s heartbeat", super().maintain_heartbeats, job)
+
+    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().set_current_job_working_time(current_job_working_time, pipeline)
+        self._ride_out(
+            "record the job's working time", super().set_current_job_working_time, current_job_working_time
+        )
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        except redis.RedisError as exc:
+            if self.horse_pid:
+                self.wait_for_horse()  # never start another job while this one's horse runs
+                self._horse_pid = 0
+            log.warning(
+                "job %s: Redis failed around it (%s); the sweeper resumes its ladder",
+                job.id,
+                describe(exc),
+            )
+
+    # -- Redis failures between jobs -----------------------------------------------------------------
+    def check_for_suspension(self, burst: bool) -> None:
+        # A failure here is met again by the dequeue, which waits and retries.
+        self._ride_out("check for suspension", super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._ride_out("run its maintenance", super().run_maintenance_tasks)
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = "",
+        log_format: str = "",
+    ) -> None:
+        """rq's ``_start_scheduler`` with this module's scheduler."""
+        from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+
+        self.scheduler = RemediatorScheduler(
+            self.queues,
+            connection=self.connection,
+            settings=self.settings,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format or DEFAULT_LOGGING_DATE_FORMAT,
+            log_format=log_format or DEFAULT_LOGGING_FORMAT,
+            serializer=self.serializer,
+        )
+        self._takes_over_scheduler = not burst
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return  # another worker's scheduler has the queue; heartbeats try again
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
+
+    def _ride_out(self, what: str, call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except redis.RedisError as exc:
+            log.warning("worker %s could not %s: Redis unavailable (%s)", self.name, what, describe(exc))
+            return None
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as a log line shows it: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
