@@ -88,6 +88,8 @@ def worker(burst: bool, name: str | None, processes: int) -> None:
 
 
 def _terminate(procs: list[subprocess.Popen[Any]]) -> None:
+    """SIGTERM each child (a warm shutdown), SIGKILL after the grace; then whatever is left in a child's
+    process group (a worker's scheduler process that outlived it) goes too, as a supervisor's would."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -98,6 +100,13 @@ def _terminate(procs: list[subprocess.Popen[Any]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for proc in procs:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)  # each child leads a session (and group) of its own
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.5)  # shutdown only: a moment for the group to go before it is killed
 
 
 @main.command()
