@@ -21,6 +21,10 @@ class LockLost(RemediatorError):
     """The host's lock expired or was taken over while a step ran; the step must not commit."""
 
 
+class Frozen(RemediatorError):
+    """The automation is frozen (remediator freeze): the mutation waits until it is unfrozen."""
+
+
 class CoordinatorError(RemediatorError):
     """The coordinator answered with an error or could not be reached."""
 

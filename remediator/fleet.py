@@ -17,14 +17,15 @@ from typing import Any
 
 import redis
 
-from remediator import incidents, keys, store
-from remediator.exceptions import CoordinatorError
+from remediator import controls, incidents, keys, store
+from remediator.exceptions import CoordinatorError, Frozen
 from remediator.paging import PageKind, PageResult, page, resolve
 
 log = logging.getLogger("remediator.fleet")
 
 FLEET = "_fleet"  # audit trail name of fleet events; not a valid host id, so never a host's
-FLEET_LOCK_TTL = 30  # seconds one fleet evaluation may hold the fleet lock (and others wait for it)
+FLEET_LOCK_TTL = 60  # seconds one fleet evaluation may hold the fleet lock (probes and pages included)
+FLEET_LOCK_WAIT = 5.0  # seconds a ladder waits for another's evaluation before leaving it to that one
 PROVIDER_CHECK_MAX_AGE = 10.0  # seconds a failed provider status reading is reused before a re-check
 NETWORK_CHECK_MAX_AGE = 10.0  # seconds a failed network check is reused before a re-check
 VERDICTS = (
@@ -141,10 +142,13 @@ def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any], *, dry_run: b
 def resume_host(ctx: Any, host_id: str, why: str) -> bool:
     """Resume selfplay on a host the remediator paused; True when nothing is left paused by us.
 
-    Raises CoordinatorError when the coordinator did not take the resume (the caller retries)."""
+    Raises CoordinatorError when the coordinator did not take the resume, Frozen while the fleet is
+    frozen (the caller retries either way)."""
     conn = ctx.conn
     if not conn.sismember(keys.PAUSED, host_id):
         return True
+    if controls.frozen(conn) is not None:
+        raise Frozen("the fleet is frozen: selfplay resumes once it is unfrozen")
     ctx.coordinator.resume_selfplay([host_id], f"remediator: {why}")
     conn.srem(keys.PAUSED, host_id)
     store.append_audit(conn, FLEET, "resume-selfplay", "done", why, hosts=[host_id])
@@ -160,7 +164,7 @@ def host_recovered(ctx: Any, host_id: str) -> None:
     if paused and ctx.rules.decide(facts).resume_selfplay:
         try:
             resume_host(ctx, host_id, "host recovered")
-        except CoordinatorError as exc:
+        except (CoordinatorError, Frozen) as exc:
             log.error("could not resume selfplay on %s: %s", host_id, exc)
     evaluate(ctx)
 
@@ -173,15 +177,17 @@ def host_closed(ctx: Any, host_id: str) -> None:
     resume_host(ctx, host_id, "incident closed")
 
 
-def evaluate(ctx: Any, *, dry_run: bool = False) -> dict[str, Any]:
-    """One fleet evaluation at a time. Waiting for the lock (never skipping) matters: the evaluation
-    that sees the last host recover is the one that ends the storm and resolves its page.
+def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) -> dict[str, Any]:
+    """One fleet evaluation at a time; a caller that finds one under way waits up to ``wait`` seconds,
+    then leaves the fleet to it and to the incident monitor, which evaluates on every pass (so the
+    evaluation that ends a storm never depends on one ladder's timing, and a worker killed holding the
+    lock holds every ladder back for at most a few seconds, not the lock's whole TTL).
 
     ``dry_run``: the storm is still tracked (the remediator's own view), but nothing is paged, paused or
     resolved."""
-    lock = ctx.conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=FLEET_LOCK_TTL)
+    lock = ctx.conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=wait)
     if not lock.acquire():
-        log.error("fleet lock held for over %ss; fleet evaluation skipped", FLEET_LOCK_TTL)
+        log.info("a fleet evaluation is under way; this one is left to it and to the monitor")
         return {"skipped": "fleet lock not acquired"}
     try:
         return _evaluate(ctx, dry_run=dry_run or ctx.dry_run)
@@ -212,7 +218,7 @@ def _evaluate(ctx: Any, *, dry_run: bool) -> dict[str, Any]:
         decision = rules.decide(facts)
         if not dry_run:
             done.update(_storm_page(ctx, decision, facts, storm_id, affected))
-            if decision.pause_selfplay:
+            if decision.pause_selfplay and controls.frozen(conn) is None:  # frozen: no coordinator writes
                 done.update(_pause(ctx, storm_id, affected))
     if not storm and facts["storm_active"] and not conn.scard(keys.PAUSED) and not dry_run:
         done.update(_end_storm(ctx, storm_id))

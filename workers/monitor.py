@@ -17,14 +17,14 @@ from typing import Any
 
 import redis
 
-from remediator import incidents, keys, paging
+from remediator import fleet, incidents, keys, paging
 from remediator.clients import clients_for
 from remediator.config import Settings
 from remediator.exceptions import CoordinatorError
 from remediator.incidents import IncidentState
 from remediator.intake import LadderRequest, queue_cleanup, start_ladders
 from remediator.ops import ladder_limit
-from workers.context import rules_for
+from workers.context import Context, rules_for
 
 log = logging.getLogger("remediator.monitor")
 
@@ -42,6 +42,9 @@ def monitor(conn: redis.Redis, settings: Settings) -> dict[str, Any]:
     done: dict[str, Any] = {"updates": paging.flush_updates(conn, settings, rules)}
     if not due(conn, rules):
         return done
+    # The fleet is evaluated on every pass too: a storm ends (and its page resolves) even when the
+    # evaluation of the ladder or cleanup that saw the last host recover was skipped.
+    done["fleet"] = fleet.evaluate(Context(settings, conn), wait=0)
     open_ = incidents.open_incidents(conn)
     waiting = {h: i for h, i in open_.items() if not conn.exists(keys.ACTIVE.format(h))}
     if not waiting:
