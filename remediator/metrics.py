@@ -107,6 +107,9 @@ class RedisStateCollector:
             value=self.conn.scard(keys.PAUSED),
         )
         yield from redis_metric_families(self.conn)
+        from remediator import probe
+
+        yield from probe.metric_families(self.conn)
 
     def _frozen(self) -> Metric:
         """1 while the automation is frozen: fleet-wide (host_id ""), and per host frozen on its own."""
