@@ -37,6 +37,16 @@ REDIS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "counter",
     ),
     "remediator_lock_contention": ("Times a worker found a host already locked by another.", (), "counter"),
+    "remediator_rung_outcomes": (
+        "Finished ladders by failure signature and rung (its lead step): whether that rung healed the host.",
+        ("signature", "step", "result"),
+        "counter",
+    ),
+    "remediator_time_to_healthy_seconds": (
+        "From a rung's first step to its host healthy, by failure signature and the rung's lead step.",
+        ("signature", "step"),
+        "histogram",
+    ),
 }
 
 
