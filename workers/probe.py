@@ -155,7 +155,7 @@ def start_prevention(conn: redis.Redis, settings: Settings, rules: Any, found: P
 
 def claim(conn: redis.Redis, settings: Settings, policy: Any) -> str | None:
     """The lock token when a pass is due and this worker got it, else None."""
-    last = conn.hget(keys.PROBE, "started_at")
+    last = conn.hget(keys.PROBE, "claimed_at")
     if last is not None and time.time() - float(last) < policy.interval_seconds:
         return None
     token = secrets.token_hex(16)
@@ -163,11 +163,13 @@ def claim(conn: redis.Redis, settings: Settings, policy: Any) -> str | None:
     if not conn.set(keys.PROBE_LOCK, token, nx=True, ex=ttl):
         return None
     # Another worker may have finished a pass between the look and the lock: look again, under it.
-    last = conn.hget(keys.PROBE, "started_at")
+    last = conn.hget(keys.PROBE, "claimed_at")
     if last is not None and time.time() - float(last) < policy.interval_seconds:
         conn.eval(_RELEASE, 1, keys.PROBE_LOCK, token)
         return None
-    conn.hset(keys.PROBE, "started_at", f"{time.time():.3f}")  # the next pass is due an interval on
+    # The next pass is due an interval on. Not started_at: that, with finished_at and the findings,
+    # describes the last pass that finished, and is written with them.
+    conn.hset(keys.PROBE, "claimed_at", f"{time.time():.3f}")
     return token
 
 
