@@ -5,10 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # podman, runc and mmdebstrap build and run the image (tests/image/): runc because crun refuses
-# hybrid cgroups, mmdebstrap for the stand-in base where no registry is reachable.
-SYSTEM_BINARIES := redis-server sshd ssh rsync prometheus-alertmanager chromium podman runc mmdebstrap
+# hybrid cgroups, mmdebstrap for the stand-in base where no registry is reachable. promtool (Debian's
+# prometheus package) checks and unit-tests the chart's alerts (tests/test_prometheus_rules.py).
+SYSTEM_BINARIES := redis-server sshd ssh rsync prometheus-alertmanager chromium podman runc mmdebstrap \
+	promtool
 SYSTEM_PACKAGES := redis-server openssh-server openssh-client rsync prometheus-alertmanager chromium \
-	podman runc mmdebstrap
+	podman runc mmdebstrap prometheus
 PYTEST_ARGS ?=
 IMAGE_TEST := RUN_IMAGE=1 $(PY) -m pytest tests/image $(PYTEST_ARGS)
 

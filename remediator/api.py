@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from flask import Blueprint, Response, request
 
-from remediator import disclosure, metrics, ops
+from remediator import disclosure, metrics, ops, outcomes
 from remediator.auth import check_any, check_authorization
 from remediator.defaults import AUDIT_MAX_ENTRIES, AUDIT_PAGE_ENTRIES
 from remediator.extensions import get_redis, get_rules, get_settings
@@ -154,6 +154,21 @@ def fleet() -> Any:
     rules = get_rules()
     summary = ops.fleet_summary(get_redis(), rules.fleet.window_minutes, rules.fleet.storm_threshold)
     return {**summary, "view": view} if view == disclosure.DETAIL else disclosure.summary_fleet(summary)
+
+
+@bp.get("/stats")
+def stats() -> Any:
+    """Per failure signature, how often each rung healed the host and how fast (remediator.outcomes)."""
+    view = read_view()
+    if view is None:
+        return read_error()
+    policy = get_rules().learning
+    rows = outcomes.as_rows(outcomes.table(get_redis()))
+    return {
+        "view": view,
+        "learning": {"enabled": policy.enabled, "min_samples": policy.min_samples},
+        "steps": rows,
+    }
 
 
 @bp.post("/hosts/<host_id>/remediate")

@@ -34,7 +34,8 @@ STATE_FIELDS = (
     "dry_run",
 )
 AUDIT_FIELDS = ("ts", "step", "outcome")  # of each audit entry
-DETAIL_FIELDS = ("host_id", "progress", "audit_total", "audit_offset", "audit_limit")  # of a host detail
+# Of a host detail; ``advice`` is the closed set of texts of remediator/advice.py.
+DETAIL_FIELDS = ("host_id", "progress", "audit_total", "audit_offset", "audit_limit", "advice")
 # Of an open page in the fleet view: not its summary, which carries the ladder's escalation reason (what
 # a step reported, text from outside).
 PAGE_FIELDS = (

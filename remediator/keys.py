@@ -32,6 +32,7 @@ BUDGET = PREFIX + ":budget:{0}"  # sorted set: what budget limit {0} counted in 
 BUDGET_ACK = (
     PREFIX + ":budget-ack:{0}"
 )  # string: a human unfroze limit {0}'s trip; not enforced till it expires
+LEARNING_TIMES = PREFIX + ":learning:times:{0}"  # list: seconds to healthy of "<signature>|<step>" {0}
 
 # -- global ------------------------------------------------------------------------------------------------
 HOSTS = PREFIX + ":hosts"  # sorted set: host ids by last update time (unix seconds)
@@ -50,9 +51,14 @@ HOLDS = PREFIX + ":holds"  # hash: "<alertname>|<host id or *>" -> when a hold a
 SILENCE_SWEEP_LOCK = PREFIX + ":silences:lock"  # string: held between two sweeps of Alertmanager's silences
 MONITOR_LOCK = PREFIX + ":monitor:lock"  # string: held for one interval by the incident monitor's pass
 REPLICATION_PROBE = PREFIX + ":replication:probe"  # integer: written before WAIT (connections.py)
+PROBE = PREFIX + ":probe"  # hash: the fleet probe's last pass (started_at, finished_at, hosts, ...)
+PROBE_HOSTS = PREFIX + ":probe:hosts"  # hash: host id -> JSON of what the last probe pass found
+PROBE_LOCK = PREFIX + ":probe:lock"  # string: the token of the worker running a fleet probe pass
+LEARNING = PREFIX + ":learning"  # hash: "<signature>|<lead step>|tried|healed" -> ladders counted
 
 PER_HOST = (LOCK, FENCE, HOST, AUDIT, ACTIVE, CANCEL, DONE, LADDER_STARTS, INVENTORY, SCRATCH)
 PER_HOST += (IMPORTED, APPROVAL, HOST_INCIDENT, HOST_INCIDENTS)
 GLOBAL = (HOSTS, OPEN_INCIDENTS, CLEANUP, FLEET_CRITICAL, FLEET, PAUSED, PAGES, PAGE_TRIGGERS)
 GLOBAL += (FREEZES, HOLDS, SILENCES, FLEET_LOCK, SWEEP_LOCK, SILENCE_SWEEP_LOCK, MONITOR_LOCK)
 GLOBAL += (REPLICATION_PROBE,)
+GLOBAL += (PROBE, PROBE_HOSTS, PROBE_LOCK, LEARNING)

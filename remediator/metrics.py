@@ -37,6 +37,16 @@ REDIS_METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
         "counter",
     ),
     "remediator_lock_contention": ("Times a worker found a host already locked by another.", (), "counter"),
+    "remediator_rung_outcomes": (
+        "Finished ladders by failure signature and rung (its lead step): whether that rung healed the host.",
+        ("signature", "step", "result"),
+        "counter",
+    ),
+    "remediator_time_to_healthy_seconds": (
+        "From a rung's first step to its host healthy, by failure signature and the rung's lead step.",
+        ("signature", "step"),
+        "histogram",
+    ),
 }
 
 
@@ -107,6 +117,9 @@ class RedisStateCollector:
             value=self.conn.scard(keys.PAUSED),
         )
         yield from redis_metric_families(self.conn)
+        from remediator import probe
+
+        yield from probe.metric_families(self.conn)
 
     def _frozen(self) -> Metric:
         """1 while the automation is frozen: fleet-wide (host_id ""), and per host frozen on its own."""

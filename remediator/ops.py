@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from remediator import controls, incidents, keys, paging, store
+from remediator import advice, controls, incidents, keys, paging, store
 from remediator.defaults import LADDER_STEPS
 from remediator.intake import LadderLimit, LadderRequest, queue_cleanup, start_ladders
 
@@ -160,6 +160,7 @@ def host_detail(
         "incidents": [i.as_dict() for i in incidents.history(conn, host_id)],
         "audit": audit,
         "audit_total": total,
+        "advice": advice.for_host(typed),
     }
 
 

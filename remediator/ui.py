@@ -23,7 +23,7 @@ from flask import Blueprint, Response, render_template, request, url_for
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from remediator import disclosure, keys, ops
+from remediator import disclosure, keys, ops, outcomes
 from remediator.api import JOB_ID
 from remediator.auth import check_any, check_authorization
 from remediator.defaults import AUDIT_MAX_ENTRIES, AUDIT_PAGE_ENTRIES
@@ -118,7 +118,16 @@ def index() -> Response:
     fleet = disclosure.summary_fleet(
         ops.fleet_summary(conn, rules.fleet.window_minutes, rules.fleet.storm_threshold)
     )
-    return _page("index.html", hosts=hosts, fleet=fleet, failed=_failed_jobs(conn), refresh=REFRESH)
+    learned = outcomes.as_rows(outcomes.table(conn))  # our own vocabulary and counts: every reader
+    return _page(
+        "index.html",
+        hosts=hosts,
+        fleet=fleet,
+        failed=_failed_jobs(conn),
+        learned=learned,
+        learning=rules.learning,
+        refresh=REFRESH,
+    )
 
 
 def _invalid_host() -> Response:

@@ -51,3 +51,32 @@ def test_coordinator_log_lines_of_the_host_come_from_the_log_s_tail(tmp_path, mo
     ctx = SimpleNamespace(settings=SimpleNamespace(coordinator_log=str(log)))
     # Only the tail is searched (the old lines are not), whole words only (not h10), cut line dropped.
     assert diagnose_module._coordinator_log(ctx, "h1") == ["sync h1 failed: timeout", "héllo h1 again"]
+
+
+def test_diagnosis_reads_the_agent_s_restart_policy_and_says_when_nothing_restarts_it(
+    sim_cluster, redis_url, redis_conn, monkeypatch
+):
+    plain, supervised, container = sim_cluster.host_ids
+    sim_cluster.set_restart_policy(supervised, "on-failure")
+    sim_cluster.without_systemd(container)
+    ctx = _context(sim_cluster, redis_url, redis_conn, monkeypatch)
+    found = {h: diagnose(ctx, h) for h in sim_cluster.host_ids}
+    # systemd's own default for a unit without Restart= is "no": nothing restarts a dead agent.
+    assert found[plain].agent_restart_policy == "no" and found[plain].facts()["agent_auto_restart"] is False
+    assert found[supervised].agent_restart_policy == "on-failure"
+    assert found[supervised].facts()["agent_auto_restart"] is True
+    # systemctl without a running systemd (a container): no supervisor at all.
+    assert found[container].agent_restart_policy == "none"
+    assert found[container].facts()["agent_auto_restart"] is False
+    assert "systemctl show -p Restart" in found[plain].sources["supervisor"]
+
+
+def test_an_unreadable_restart_policy_is_unknown_and_no_fact():
+    from workers.diagnose import Diagnosis, restart_policy
+
+    assert restart_policy(0, "Restart=always\n") == "always"
+    assert restart_policy(0, "no systemctl\n") == "none"
+    assert restart_policy(1, "") == "none"  # "System has not been booted with systemd"
+    assert restart_policy(0, "Restart=$(reboot)\n") == "unknown"  # not a systemd value: not believed
+    assert restart_policy(255, "") == "unknown"
+    assert "agent_auto_restart" not in Diagnosis("h1", 0.0).facts()

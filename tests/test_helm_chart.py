@@ -717,6 +717,9 @@ def test_prometheus_rule_carries_the_prevention_and_self_alerts(
         "RemediatorWebhookErrors": 'code=~"5.."',
         "RemediatorNoWorker": "remediator_workers",
         "RemediatorFrozen": 'remediator_automation_frozen{namespace="',
+        "RingRiftHostUnreachable": "remediator_host_reachable",
+        "RingRiftSyncAgentDown": "remediator_host_agent_running",
+        "RemediatorProbeStale": "remediator_probe_last_run_timestamp_seconds",
     }
     assert set(alerts) == set(expected_metric)
     for name, metric in expected_metric.items():

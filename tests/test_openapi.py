@@ -197,6 +197,13 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
     check.call("get", "/api/v1/fleet", 200)
     check.call("get", "/api/v1/fleet", 200, headers=reader())
     check.call("get", "/api/v1/fleet", 401, headers=bearer(WEBHOOK_TOKEN))
+    from remediator import outcomes
+
+    outcomes.add(redis_conn, "agent-wedged", "restart_agent", True, 12.5)
+    outcomes.add(redis_conn, "agent-wedged", "force_sync", False)
+    check.call("get", "/api/v1/stats", 200)
+    check.call("get", "/api/v1/stats", 200, headers=reader())
+    check.call("get", "/api/v1/stats", 401, headers=bearer(WEBHOOK_TOKEN))
     # writes
     check.call("post", "/api/v1/hosts/h9/remediate", 202, json={"dry_run": True}, headers=admin())
     check.call("post", "/api/v1/hosts/h9/remediate", 409, headers=admin())
@@ -320,6 +327,7 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
         ("get", "/api/v1/hosts"),
         ("get", "/api/v1/hosts/h1"),
         ("get", "/api/v1/fleet"),
+        ("get", "/api/v1/stats"),
         ("post", "/api/v1/hosts/h1/remediate"),
         ("post", "/api/v1/hosts/h1/incident/close"),
         ("post", "/api/v1/jobs/j/requeue"),
@@ -350,6 +358,7 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
         ("get", "/api/v1/hosts"),
         ("get", "/api/v1/hosts/h1"),
         ("get", "/api/v1/fleet"),
+        ("get", "/api/v1/stats"),
         ("post", "/api/v1/hosts/h1/remediate"),
         ("post", "/api/v1/hosts/h1/incident/close"),
         ("post", "/api/v1/jobs/j/requeue"),

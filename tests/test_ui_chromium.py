@@ -23,7 +23,7 @@ from ops_helpers import PRIVATE, QUEUE, run_jobs_failing, seed_evidence, seed_ho
 from rq import Queue
 from werkzeug.serving import make_server
 
-from remediator import keys, store
+from remediator import keys, outcomes, store
 
 CHROMIUM_TIMEOUT = 90  # seconds one headless Chromium run may take
 DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "status-page.png"
@@ -93,6 +93,10 @@ def seed_fleet(conn: redis.Redis) -> None:
         ("ladder", "healthy"),
     ):
         store.append_audit(conn, "vast-31", step, outcome, "", ladder_id="lv31")
+    for i in range(20):  # what healed what: the learning table
+        outcomes.add(conn, "agent-wedged", "force_sync", i < 3, 4.0)
+        outcomes.add(conn, "agent-wedged", "restart_agent", i < 19, 9.0 + i % 3)
+        outcomes.add(conn, "agent-dead", "restart_agent", True, 6.0)
     store.update_host(
         conn,
         "lambda-12",
@@ -178,6 +182,7 @@ def test_status_page_in_chromium_shows_the_seeded_hosts_current_step_and_the_fle
     assert "remediator/storm/3f9c2a1b7d4e" in dom  # the open page (its text needs the read token)
     assert 'type="password"' not in dom  # the forms live on /ui/admin, which does not refresh
     assert 'href="/ui/admin"' in dom
+    assert 'data-signature="agent-wedged" data-step="restart_agent"' in dom and "19 / 20" in dom  # learned
 
 
 def test_admin_page_in_chromium_has_token_forms_and_does_not_refresh(served, redis_conn, tmp_path):

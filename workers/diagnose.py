@@ -23,6 +23,15 @@ LOG_TAIL_LINES = 50
 COORDINATOR_LOG_TAIL_BYTES = 8 << 20  # bytes at the end of the coordinator log searched for a host
 INVENTORY_SOURCE = (Path(__file__).parent / "host_inventory.py").read_text(encoding="utf-8")
 INVENTORY_TTL = 30 * 86400  # seconds
+AGENT_UNIT = "ringrift-sync-agent"  # the runbook's systemd unit of the sync agent
+# Runbook Prevention 4: is the agent under a supervisor that restarts it? systemd's Restart= when the
+# host has systemctl; "no systemctl" otherwise (a container: no systemd to supervise anything).
+RESTART_POLICY_COMMAND = (
+    "if command -v systemctl >/dev/null 2>&1; then "
+    f"systemctl show -p Restart {AGENT_UNIT}; else echo 'no systemctl'; fi"
+)
+SYSTEMD_RESTART = ("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always")
+RESTARTS_A_DEAD_AGENT = frozenset({"always", "on-failure", "on-abnormal", "on-abort"})
 
 
 @dataclass
@@ -36,6 +45,8 @@ class Diagnosis:
     ssh_reachable: bool = False
     ssh_error: str | None = None
     agent_running: bool | None = None
+    # systemd's Restart= of the agent's unit; "none" without systemd, "unknown" when it could not be read
+    agent_restart_policy: str = "unknown"
     inventory: dict[str, Any] | None = None
     inventory_at: float | None = None
     cloud_state: str = "not_asked"
@@ -63,6 +74,8 @@ class Diagnosis:
         }
         if self.agent_running is not None:
             facts["agent_running"] = self.agent_running
+        if self.agent_restart_policy != "unknown":
+            facts["agent_auto_restart"] = self.agent_restart_policy in RESTARTS_A_DEAD_AGENT
         if self.inventory is not None:
             facts["unsynced_games"] = int(inv.get("unsynced_games", 0))
             facts["unsynced_bytes"] = int(inv.get("unsynced_bytes", 0))
@@ -177,12 +190,33 @@ def _inspect(ctx: Context, diag: Diagnosis, record: HostRecord, session: Session
         diag.sources["agent"] = f"{ctx.settings.agent_check_command} -> exit {agent.exit_status}"
     except SSHError as exc:
         diag.sources["agent"] = f"failed: {exc}"  # agent_running stays unknown
+    try:
+        supervisor = session.run(RESTART_POLICY_COMMAND, timeout=30)
+        diag.agent_restart_policy = restart_policy(supervisor.exit_status, supervisor.stdout)
+        diag.sources["supervisor"] = f"systemctl show -p Restart {AGENT_UNIT} -> {diag.agent_restart_policy}"
+    except SSHError as exc:
+        diag.sources["supervisor"] = f"failed: {exc}"  # agent_restart_policy stays unknown
     log_path = record.sync_log or ctx.settings.host_sync_log
     try:
         tail = session.run(f"tail -n {LOG_TAIL_LINES} {shlex.quote(log_path)}", timeout=30)
         diag.host_log_tail = tail.stdout.splitlines()[-LOG_TAIL_LINES:] if tail.ok else []
     except SSHError as exc:
         diag.sources["host_log"] = f"failed: {exc}"
+
+
+def restart_policy(exit_status: int | None, stdout: str) -> str:
+    """The agent unit's Restart= from RESTART_POLICY_COMMAND's answer, in systemd's own words; "none"
+    when the host has no systemd (no systemctl, or systemctl without a running systemd); "unknown"."""
+    lines = stdout.strip().splitlines()
+    if lines == ["no systemctl"]:
+        return "none"
+    if exit_status != 0:
+        return "none" if exit_status == 1 else "unknown"  # "System has not been booted with systemd"
+    for line in lines:
+        name, _, value = line.strip().partition("=")
+        if name == "Restart" and value in SYSTEMD_RESTART:
+            return value
+    return "unknown"
 
 
 def _coordinator_log(ctx: Context, host_id: str) -> list[str]:

@@ -19,7 +19,7 @@ from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, Lock
 from remediator.intake import queue_cleanup, queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
-from workers import gates
+from workers import gates, learning
 from workers.context import Context
 from workers.diagnose import diagnose
 from workers.plan import gentle, plan_for, signature, unchanged_steps, without
@@ -168,6 +168,7 @@ class Ladder:
         plan = plan_for(facts)
         if self._gentle:
             plan = gentle(plan, self.ctx.rules)
+        plan = learning.order(lad, plan, facts)  # the rules' learning: observed success first, if enabled
         skipped = self._unchanged(plan, facts)
         plan = without(plan, skipped)
         self._commit(facts=facts, plan=plan, rung=0, pos=0, attempt=1)
@@ -497,6 +498,7 @@ class Ladder:
         if not ended.ok:
             # Another worker owns the host now (or this one lost its lock): it is not ours to end.
             raise LockLost(f"lost the lock on host {self.host_id} before ending its ladder")
+        learning.record(conn, self.host_id, self.ladder_id, self.state, outcome)
         self.state.update(status="finished", outcome=outcome, phase="done")
         controls.forget_approval(conn, self.host_id, self.ladder_id)
         if conn.hlen(keys.SILENCES) and (client := self.ctx.clients.silences()) is not None:

@@ -14,6 +14,10 @@ from workers.steps import STEPS
 def plan_for(facts: dict[str, Any]) -> list[list[str]]:
     """The rungs of the ladder for what diagnosis found, cheapest first; each rung is tried in turn."""
     if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
+        if facts.get("ssh_reachable") and facts.get("agent_running") is False:
+            # Healthy for now, but nothing syncs: restart the agent before the host goes critical
+            # (runbook Prevention 3 and 4; the fleet probe finds such hosts).
+            return [["restart_agent", "force_sync"]]
         return []
     if facts.get("coordinator_state") == "unknown":
         # The coordinator did not answer: the host's state is unknown, not "unreachable". Wait for the

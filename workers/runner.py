@@ -124,13 +124,16 @@ def run_worker(
     preload_job_code()
     conn = worker_connection(settings)
     wait_for_redis(conn)
-    sweeper = None
+    sweeper = prober = None
     if not burst:
+        from workers.probe import Prober
         from workers.sweeper import Sweeper
 
         # A client of its own, with the usual read timeout (the workers' has none of its own: rq's).
         sweeper = Sweeper(redis_from_settings(settings), settings)
         sweeper.start()
+        prober = Prober(redis_from_settings(settings), settings)  # the fleet probe, if the rules enable it
+        prober.start()
     try:
         if processes == 1:
             return work_until_stopped(settings, conn, burst=burst, name=name)
@@ -142,3 +145,5 @@ def run_worker(
     finally:
         if sweeper is not None:
             sweeper.stop()
+        if prober is not None:
+            prober.stop()

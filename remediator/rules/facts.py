@@ -55,6 +55,9 @@ FACTS: dict[str, FactSpec] = {
     "host_retired": FactSpec(bool, "host", "the coordinator has the host retired"),
     "ssh_reachable": FactSpec(bool, "host", "an SSH connection succeeded within the connect timeout"),
     "agent_running": FactSpec(bool, "host", "the sync agent process runs on the host"),
+    "agent_auto_restart": FactSpec(
+        bool, "host", "a supervisor (systemd Restart=always/on-failure/...) restarts the agent when it dies"
+    ),
     "unsynced_games": FactSpec(int, "host", "games in /data/selfplay not yet synced", nonnegative=True),
     "unsynced_bytes": FactSpec(int, "host", "bytes in /data/selfplay not yet synced", nonnegative=True),
     "cloud_state": FactSpec(

@@ -31,10 +31,12 @@ from remediator.rules.types import (
     IncidentPolicy,
     LadderLimit,
     LadderPolicy,
+    LearningPolicy,
     Not,
     PageAction,
     PagingPolicy,
     PreventionPolicy,
+    ProbePolicy,
     RetirementPolicy,
     Rule,
     SilencePolicy,
@@ -128,6 +130,8 @@ class _Builder:
                 enabled=bool((data.get("silences") or {}).get("enabled", False)),
                 duration_minutes=float((data.get("silences") or {}).get("duration_minutes", 60)),
             ),
+            probe=_probe_policy(data.get("probe") or {}),
+            learning=_learning_policy(data.get("learning") or {}),
         )
 
     def ladder(self, raw: Mapping[str, Any]) -> LadderPolicy:
@@ -350,6 +354,25 @@ def _approval_policy(raw: Mapping[str, Any]) -> ApprovalPolicy:
         steps=frozenset(raw.get("steps", default.steps)),
         recover_data_over_bytes=None if over is None else int(over),
         timeout_minutes=float(raw.get("timeout_minutes", default.timeout_minutes)),
+    )
+
+
+def _probe_policy(raw: Mapping[str, Any]) -> ProbePolicy:
+    default = ProbePolicy()
+    return ProbePolicy(
+        enabled=bool(raw.get("enabled", default.enabled)),
+        interval_seconds=float(raw.get("interval_seconds", default.interval_seconds)),
+        concurrency=int(raw.get("concurrency", default.concurrency)),
+        command_timeout_seconds=float(raw.get("command_timeout_seconds", default.command_timeout_seconds)),
+        start_prevention=bool(raw.get("start_prevention", default.start_prevention)),
+    )
+
+
+def _learning_policy(raw: Mapping[str, Any]) -> LearningPolicy:
+    default = LearningPolicy()
+    return LearningPolicy(
+        enabled=bool(raw.get("enabled", default.enabled)),
+        min_samples=int(raw.get("min_samples", default.min_samples)),
     )
 
 

@@ -13,9 +13,11 @@ from remediator.rules.types import (
     FleetPolicy,
     IncidentPolicy,
     LadderPolicy,
+    LearningPolicy,
     PageAction,
     PagingPolicy,
     PreventionPolicy,
+    ProbePolicy,
     RetirementPolicy,
     Rule,
     SilencePolicy,
@@ -54,6 +56,8 @@ class RuleSet:
     budget: tuple[BudgetLimit, ...] = ()
     approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     silences: SilencePolicy = field(default_factory=SilencePolicy)
+    probe: ProbePolicy = field(default_factory=ProbePolicy)
+    learning: LearningPolicy = field(default_factory=LearningPolicy)
 
     def starts_ladder(self, alertname: str) -> bool:
         """Whether this alertname starts a per-host ladder."""

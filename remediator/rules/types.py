@@ -176,3 +176,24 @@ class SilencePolicy:
 
     enabled: bool = False
     duration_minutes: float = 60.0
+
+
+@dataclass(frozen=True)
+class ProbePolicy:
+    """The fleet probe (runbook Prevention 3): how often, how many SSH sessions at once, and whether an
+    agent found down starts a gentle ladder."""
+
+    enabled: bool = False
+    interval_seconds: float = 60.0
+    concurrency: int = 8
+    command_timeout_seconds: float = 10.0
+    start_prevention: bool = False
+
+
+@dataclass(frozen=True)
+class LearningPolicy:
+    """Whether the plan may order its leading non-destructive rungs by observed success, and how many
+    ladders of a signature must have tried each of them first."""
+
+    enabled: bool = False
+    min_samples: int = 10

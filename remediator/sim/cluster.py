@@ -39,7 +39,7 @@ from remediator.sim import provider as prov
 from remediator.sim.errors import SimError
 from remediator.sim.faults import apply_fault
 from remediator.sim.hang import HangingListener
-from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths
+from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, NO_SYSTEMD, HostPaths
 from remediator.sim.selfplay import Selfplay
 from remediator.sim.server import BackgroundServer
 from remediator.sim.sshd import SSHServer, binary, keygen
@@ -600,6 +600,16 @@ class SimCluster:
         self._flag(host.paths.fault(DIES_AFTER_RESTART), enabled)
         if enabled:
             self.kill_agent(host_id)
+
+    def set_restart_policy(self, host_id: str, policy: str = "on-failure") -> None:
+        """systemd's ``Restart=`` of the host's agent unit, as ``systemctl show -p Restart`` answers it
+        (``"no"`` until set, as systemd's own default). The sim only reports it: a dead agent stays dead."""
+        self.host(host_id).paths.restart_policy.write_text(policy + "\n")
+
+    def without_systemd(self, host_id: str, enabled: bool = True) -> None:
+        """systemctl is there but systemd does not run (a container): every systemctl call fails, so only
+        the fallback (``start_sync.sh``) restarts the agent, and nothing supervises it."""
+        self._flag(self.host(host_id).paths.fault(NO_SYSTEMD), enabled)
 
     def disk_full(self, host_id: str, enabled: bool = True) -> None:
         """The host's disk is full: the agent's syncs fail with ENOSPC and self-play stops."""

@@ -31,6 +31,7 @@ class HostPaths:
         self.force_sync = self.run / "force_sync"  # exists while a force sync is requested
         self.wedged = self.run / "agent_wedged"  # made by a wedged agent once it has stopped syncing
         self.selfplay_lock = self.run / "selfplay.lock"
+        self.restart_policy = self.run / "restart_policy"  # systemd's Restart= of the agent unit ("no")
         self.sshd_pid = self.run / "sshd.pid"
         self.faults = self.run / "faults"  # one empty file per persistent fault
         self.counters = self.run / "counters"  # one file per counter, one byte per bump
@@ -50,3 +51,4 @@ class HostPaths:
 # Persistent faults, as file names under run/faults/ (a wedge is in-process: a restart clears it).
 DISK_FULL = "disk_full"
 DIES_AFTER_RESTART = "dies_after_restart"
+NO_SYSTEMD = "no_systemd"  # systemctl is there but systemd is not running (a container)

@@ -18,10 +18,10 @@ import sys
 
 try:
     from remediator.sim import agentctl
-    from remediator.sim.layout import HostPaths
+    from remediator.sim.layout import NO_SYSTEMD, HostPaths
 except ImportError:  # run by file without the package on sys.path (the normal case)
     import agentctl  # type: ignore[no-redef]
-    from layout import HostPaths  # type: ignore[no-redef]
+    from layout import NO_SYSTEMD, HostPaths  # type: ignore[no-redef]
 
 UNIT = "ringrift-sync-agent"
 REAL_PGREP = "/usr/bin/pgrep"
@@ -42,7 +42,25 @@ def _pattern(args: list[str]) -> str | None:
     return rest[-1] if rest else None
 
 
+NOT_BOOTED = "System has not been booted with systemd as init system (PID 1). Can't operate."
+
+
+def show(paths: HostPaths, args: list[str]) -> int:
+    """``systemctl show -p Restart UNIT``: the unit's restart policy (``sim.set_restart_policy``)."""
+    wanted = [a.split("=", 1)[1] for a in args if a.startswith("--property=")]
+    wanted += [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-p", "--property")]
+    policy = paths.restart_policy.read_text().strip() if paths.restart_policy.exists() else "no"
+    if "Restart" in wanted or not wanted:
+        print(f"Restart={policy}")
+    return 0
+
+
 def systemctl(paths: HostPaths, args: list[str]) -> int:
+    if paths.has_fault(NO_SYSTEMD):
+        print(NOT_BOOTED, file=sys.stderr)
+        return 1
+    if args and args[0] == "show":
+        return show(paths, args[1:])
     verbs = [a for a in args if not a.startswith("-")]
     if len(verbs) < 2:
         print("systemctl (sim): usage: systemctl restart|start|stop|status|is-active UNIT", file=sys.stderr)
