@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -275,17 +274,10 @@ def _reason(body: dict[str, Any], default: str | None = None) -> str | None:
 
 
 def _instant(value: Any) -> float | None:
-    """Unix seconds, or an RFC 3339 time ('2026-12-01T02:00:00Z'); None when it is neither."""
-    if isinstance(value, bool):
+    """Unix seconds (the CLI turns RFC 3339 times into them); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
+    return float(value)
 
 
 @bp.get("/freeze")
@@ -316,13 +308,14 @@ def freeze() -> Any:
         return error(422, HOST_ID_RULE, field="host_id")
     window: dict[str, float | None] = {}
     for name in ("starts_at", "ends_at"):
-        if body.get(name) is not None:
+        if name in body:
             window[name] = _instant(body[name])
             if window[name] is None:
-                return error(400, f"{name} must be unix seconds or an RFC 3339 time", field=name)
+                return error(400, f"{name} must be a number of unix seconds", field=name)
     duration = body.get("duration_seconds")
-    if duration is not None and (
-        isinstance(duration, bool)
+    if "duration_seconds" in body and (
+        duration is None
+        or isinstance(duration, bool)
         or not isinstance(duration, int | float)
         or not 0 < duration <= ops.MAX_FREEZE_SECONDS
     ):
@@ -331,11 +324,15 @@ def freeze() -> Any:
             f"duration_seconds must be a number in (0, {ops.MAX_FREEZE_SECONDS}]",
             field="duration_seconds",
         )
-    if duration is not None and window.get("ends_at") is not None:
+    if "duration_seconds" in body and "ends_at" in body:
         return error(400, "give duration_seconds or ends_at, not both", field="duration_seconds")
     starts, ends = window.get("starts_at"), window.get("ends_at")
     if ends is not None and (ends <= time.time() or (starts is not None and ends <= starts)):
-        return error(400, "ends_at must be in the future and after starts_at", field="ends_at")
+        return error(
+            409,
+            "the window is over before it starts: ends_at must be in the future and after starts_at",
+            field="ends_at",
+        )
     item = ops.set_freeze(
         get_redis(),
         reason=reason,

@@ -141,15 +141,16 @@ local function open_incident(w, state)
 end
 for _, w in ipairs(attach) do
   if w.kind == 'h' then
-    if w.inc then
+    if w.inc and not w.force and not w.relapse then
+      -- An alert attaches (counted); a human's refused request or a relapse check writes nothing.
       local ikey = prefix .. w.inc
-      if not w.force and not w.relapse then redis.call('HINCRBY', ikey, 'alerts', 1) end
+      redis.call('HINCRBY', ikey, 'alerts', 1)
       redis.call('HSET', ikey, 'last_alert_at', ARGV[1])
       redis.call('EXPIRE', ikey, inc_ttl)
       redis.call('EXPIRE', KEYS[w.k + 7], inc_ttl)
       if w.withdraw then redis.call('HDEL', ikey, 'resolve_requested_at') end
       if not w.gentle then redis.call('HSET', ikey, 'critical', '1') end
-    elseif w.limited then
+    elseif w.limited and not w.inc then
       -- The backstop refused a ladder: the problem is still recorded, held for a human.
       local id = open_incident(w, 'held')
       redis.call('HSET', prefix .. id, 'held_since', ARGV[1], 'held_reason', 'ladder limit reached')

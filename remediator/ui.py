@@ -322,18 +322,15 @@ def freeze() -> Response:
     reason = request.form.get("reason", "").strip()
     if not reason or len(reason) > ops.MAX_REASON:
         return _message(422, "Invalid reason", f"Give a reason of 1 to {ops.MAX_REASON} characters.")
-    host_id = request.form.get("host_id", "").strip() or None
+    host_id = request.form.get("host_id", "") or None
     if host_id is not None and not is_valid_host_id(host_id):
         return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
-    hours = request.form.get("hours", "").strip()
+    hours = request.form.get("hours", "")
     duration = None
     if hours:
-        try:
-            duration = float(hours) * 3600
-        except ValueError:
-            duration = -1.0
-        if not 0 < duration <= ops.MAX_FREEZE_SECONDS:
-            return _message(422, "Invalid duration", "Hours must be a positive number, at most 720.")
+        if not hours.isdigit() or not 1 <= int(hours) <= ops.MAX_FREEZE_SECONDS // 3600:
+            return _message(422, "Invalid duration", "Hours must be a whole number from 1 to 720.")
+        duration = int(hours) * 3600.0
     item = ops.set_freeze(
         get_redis(), reason=reason, who=_ui_who(), host_id=host_id, duration_seconds=duration
     )
@@ -348,7 +345,7 @@ def freeze() -> Response:
 def unfreeze() -> Response:
     if not _authorized():
         return _denied()
-    host_id = request.form.get("host_id", "").strip() or None
+    host_id = request.form.get("host_id", "") or None
     if host_id is not None and not is_valid_host_id(host_id):
         return _message(422, "Invalid host id", "A host id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$.")
     item = ops.lift_freeze(get_redis(), get_settings(), who=_ui_who(), host_id=host_id)

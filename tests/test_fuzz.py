@@ -95,6 +95,7 @@ SECRETS = (WEBHOOK_TOKEN, ADMIN_TOKEN)
 
 # Every key the receiver and the API may write; a "host" or "job" group must hold a valid id.
 KEY_SHAPES = [
+    re.compile(r"remediator:audit:_controls"),  # freezes set and lifted through the API (controls.py)
     re.compile(
         r"remediator:(?:host|audit|active|cancel|ladder-starts|lock|fence|host-incident|host-incidents|approval)"
         r":(?P<host>.*)"
@@ -102,7 +103,6 @@ KEY_SHAPES = [
     re.compile(
         r"remediator:(?:hosts|fleet|fleet:critical|paused|incidents:open|incidents:cleanup|freezes|holds)"
     ),
-    re.compile(r"remediator:audit:_controls"),  # freezes set and lifted through the API (controls.py)
     re.compile(r"remediator:incident:inc-[0-9a-f]{12}"),  # incidents.new_incident_id()
     re.compile(r"rq:job:(?P<job>.*)"),
     re.compile(r"rq:(?:queue|queues|scheduled|deferred|started|finished|failed|canceled)(?::.*)?"),
@@ -593,7 +593,7 @@ def test_api_and_status_page_never_crash_refuse_bad_ids_and_write_only_with_the_
     if takes == "query":
         assert code == 200
         if not HOST_ID.fullmatch(seen):  # an invalid host id is not prefilled into the forms
-            assert resp.get_data(as_text=True).count('name="host_id" value=""') == 2
+            assert resp.get_data(as_text=True).count('name="host_id" value=""') == 3
         if "<" in seen:
             assert seen not in resp.get_data(as_text=True), "query value reflected unescaped"
     if code >= 400 or not writes or code == 200:
@@ -674,7 +674,7 @@ def test_hostile_path_host_ids_are_refused_on_every_entry_point_that_takes_a_hos
         resp = fuzz_client.get(f"/ui/admin?host_id={quoted}")
         # An invalid host id is not prefilled into the admin forms (so never reflected into the page).
         assert resp.status_code == 200, segment
-        assert resp.get_data(as_text=True).count('name="host_id" value=""') == 2, segment
+        assert resp.get_data(as_text=True).count('name="host_id" value=""') == 3, segment
         assert redis_conn.dbsize() == 0, segment
 
 

@@ -228,6 +228,7 @@ def test_real_answers_of_every_endpoint_validate_against_the_spec(
     )
     check.call("get", "/api/v1/freeze", 200, headers=admin())
     check.call("post", "/api/v1/freeze", 400, json={"reason": ""}, headers=admin())
+    check.call("post", "/api/v1/freeze", 409, json={"reason": "late", "ends_at": 1}, headers=admin())
     check.call("post", "/api/v1/freeze", 422, json={"reason": "x", "host_id": "a;b"}, headers=admin())
     check.call("post", "/api/v1/freeze", 401, json={"reason": "x"})
     check.call("delete", "/api/v1/freeze", 200, headers=admin())
