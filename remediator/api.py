@@ -208,7 +208,7 @@ def close_incident(host_id: str) -> Any:
             400, 'body must be a JSON object such as {"reason": "fixed by hand"}, or empty', field="(body)"
         )
     reason = body.get("reason", "closed by a human")
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+    if not ops.valid_reason(reason):
         return error(400, "reason must be a non-empty string of at most 500 characters", field="reason")
     result = ops.close_incident(get_redis(), get_settings().queue, host_id, who=_who(), reason=reason)
     if result is None:
@@ -268,9 +268,7 @@ def requeue_all_failed() -> Any:
 
 def _reason(body: dict[str, Any], default: str | None = None) -> str | None:
     reason = body.get("reason", default)
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > ops.MAX_REASON:
-        return None
-    return reason.strip()
+    return reason if ops.valid_reason(reason) else None
 
 
 def _instant(value: Any) -> float | None:

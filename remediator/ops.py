@@ -333,6 +333,16 @@ def close_incident(
 # -- operator controls: freeze, approval ------------------------------------------------------------------
 
 MAX_REASON = 500  # characters of a reason given with a freeze, an unfreeze or an approval
+
+
+def valid_reason(reason: object) -> bool:
+    """A reason a person gave: 1 to MAX_REASON characters, not only blanks (space, tab, newline) —
+    exactly the API's documented pattern, so the spec and the check never disagree."""
+    return (
+        isinstance(reason, str) and 0 < len(reason) <= MAX_REASON and any(c not in " \t\r\n" for c in reason)
+    )
+
+
 MAX_FREEZE_SECONDS = 30 * 86400  # the longest freeze or maintenance window one command sets
 
 

@@ -319,8 +319,8 @@ def requeue() -> Response:
 def freeze() -> Response:
     if not _authorized():
         return _denied()
-    reason = request.form.get("reason", "").strip()
-    if not reason or len(reason) > ops.MAX_REASON:
+    reason = request.form.get("reason", "")
+    if not ops.valid_reason(reason):
         return _message(422, "Invalid reason", f"Give a reason of 1 to {ops.MAX_REASON} characters.")
     host_id = request.form.get("host_id", "") or None
     if host_id is not None and not is_valid_host_id(host_id):
@@ -364,8 +364,8 @@ def approve() -> Response:
     answer = request.form.get("answer", "")
     if answer not in ("approve", "deny"):
         return _message(422, "Invalid answer", 'The answer must be "approve" or "deny".')
-    reason = request.form.get("reason", "").strip()
-    if not reason or len(reason) > ops.MAX_REASON:
+    reason = request.form.get("reason", "")
+    if not ops.valid_reason(reason):
         return _message(422, "Invalid reason", f"Give a reason of 1 to {ops.MAX_REASON} characters.")
     answered = ops.approve(get_redis(), host_id, approve=answer == "approve", who=_ui_who(), reason=reason)
     back = url_for("ui.host", host_id=host_id)
