@@ -128,7 +128,13 @@ def test_dev_starts_an_embedded_redis_without_a_system_one_and_stops_everything(
     # Stopped in order: the worker, its scheduler and the receiver before Redis, so none of them met
     # a Redis that was gone (each printed a traceback when Redis went first), and dev exits 0.
     assert proc.returncode == 0, rest[-2000:]
-    assert "Traceback" not in rest and "ConnectionError" not in rest and "Connection refused" not in rest
+    # (The fleet probe may fail to reach the coordinator, which this test does not run: that is its
+    # own warning, not a Redis one.)
+    assert "Traceback" not in rest, rest[rest.find("Traceback") - 500 :][:3000]
+    redis_errors = [
+        ln for ln in rest.splitlines() if "Error 111" in ln or ("redis" in ln.lower() and "Error" in ln)
+    ]
+    assert redis_errors == [], redis_errors
     assert "has stopped" in rest and "Shutting down: Master" in rest
 
 

@@ -24,6 +24,7 @@ from remediator.config import Settings
 from remediator.connections import redis_from_settings
 from remediator.exceptions import ConfigError
 from remediator.logs import configure_logging
+from workers import background
 from workers.rq_worker import REDIS_WAIT_MAX, RemediatorWorker, describe
 
 log = logging.getLogger("remediator.worker")
@@ -124,16 +125,9 @@ def run_worker(
     preload_job_code()
     conn = worker_connection(settings)
     wait_for_redis(conn)
-    sweeper = prober = None
-    if not burst:
-        from workers.probe import Prober
-        from workers.sweeper import Sweeper
-
-        # A client of its own, with the usual read timeout (the workers' has none of its own: rq's).
-        sweeper = Sweeper(redis_from_settings(settings), settings)
-        sweeper.start()
-        prober = Prober(redis_from_settings(settings), settings)  # the fleet probe, if the rules enable it
-        prober.start()
+    # The sweeper, the incident monitor and the fleet probe run in a process of their own, so that
+    # this one (which rq forks for every job) has no thread of ours to leave a lock held in a child.
+    loops = None if burst else background.start(settings)
     try:
         if processes == 1:
             return work_until_stopped(settings, conn, burst=burst, name=name)
@@ -143,7 +137,4 @@ def run_worker(
         pool.start(burst=burst, logging_level=settings.log_level)
         return True
     finally:
-        if sweeper is not None:
-            sweeper.stop()
-        if prober is not None:
-            prober.stop()
+        background.stop(loops)
