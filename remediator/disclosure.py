@@ -50,6 +50,37 @@ PAGE_FIELDS = (
     "delivered_at",
 )
 INCIDENT_FIELDS = ("host_id", "incident_id", "state", "opened_at")  # of an open incident in the fleet view
+# Of a host's incident: its states and times, the kinds and outcomes of its ladders, its pages' keys and
+# delivery; not who opened or closed it (an operator's address), nor a ladder's reason or detail text.
+HOST_INCIDENT_FIELDS = (
+    "id",
+    "host_id",
+    "state",
+    "opened_at",
+    "alerts",
+    "last_alert_at",
+    "held_since",
+    "healthy_since",
+    "closed_at",
+    "cleanup",
+    "page",
+    "pages",
+    "paged",
+)
+LADDER_REF_FIELDS = ("ladder_id", "kind", "started_at", "outcome", "finished_at")
+PAGE_RECORD_FIELDS = ("dedup_key", "kind", "state", "paged", "delivered_at", "resolved_at")
+
+
+def summary_incident(incident: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A host incident (``ops.incident_detail``) cut to what a reader without the read token may see."""
+    if incident is None:
+        return None
+    out = {name: incident[name] for name in HOST_INCIDENT_FIELDS if name in incident}
+    out["ladders"] = [{k: r[k] for k in LADDER_REF_FIELDS if k in r} for r in incident.get("ladders", [])]
+    out["page_records"] = [
+        {k: p[k] for k in PAGE_RECORD_FIELDS if k in p} for p in incident.get("page_records", [])
+    ]
+    return out
 
 
 def summary_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +96,9 @@ def summary_detail(detail: dict[str, Any]) -> dict[str, Any]:
     out = {name: detail[name] for name in DETAIL_FIELDS if name in detail}
     out["state"] = summary_state(detail["state"])
     out["audit"] = [{k: e[k] for k in AUDIT_FIELDS if k in e} for e in detail["audit"]]
+    if "incident" in detail:
+        out["incident"] = summary_incident(detail["incident"])
+        out["incidents"] = [summary_incident(i) for i in detail.get("incidents", [])]
     out["view"] = SUMMARY
     return out
 

@@ -450,3 +450,17 @@ def test_redis_unavailable_is_503(method, url):
     client = create_app({"SETTINGS": make_settings(closed_port_url())}).test_client()
     resp = getattr(client, method)(url, headers=admin())
     assert resp.status_code == 503 and resp.get_json()["retry"] is True
+
+
+def test_unauthenticated_host_detail_shows_the_incident_s_states_not_who_or_why(client, redis_conn):
+    from remediator import incidents
+    from remediator.intake import LadderRequest, start_ladders
+
+    start_ladders(redis_conn, QUEUE, [LadderRequest("h1", "manual remediate by api (10.9.8.7)", force=True)])
+    incidents.close(redis_conn, "h1", by="api (10.9.8.7)", reason="fixed the disk at 10.9.8.7")
+    summary = client.get("/api/v1/hosts/h1").get_json()
+    incident = summary["incident"]
+    assert incident["state"] == "resolved" and [r["kind"] for r in incident["ladders"]] == ["manual"]
+    assert "10.9.8.7" not in json.dumps(summary)
+    detail = client.get("/api/v1/hosts/h1", headers={"Authorization": f"Bearer {READ_TOKEN}"}).get_json()
+    assert detail["incident"]["closed_by"] == "api (10.9.8.7)"
