@@ -13,8 +13,8 @@ set is respected), so nothing under /etc changes:
 
 from __future__ import annotations
 
-import configparser
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -35,10 +35,16 @@ class EngineError(RuntimeError):
 
 
 def package_version() -> str:
-    """The package version in setup.cfg: the image tag, as the chart's appVersion is."""
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read(ROOT / "setup.cfg")
-    return cfg["metadata"]["version"]
+    """The package version, the image tag (as the chart's appVersion is).
+
+    Read from ``remediator/__init__.py`` as text, not imported: ``make image`` runs under the system
+    python, which need not have the project's dependencies (setup.cfg only says ``attr:``).
+    """
+    text = (ROOT / "remediator" / "__init__.py").read_text(encoding="utf-8")
+    found = re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE)
+    if found is None:
+        raise EngineError("remediator/__init__.py does not set __version__")
+    return found.group(1)
 
 
 def image_ref() -> str:
