@@ -703,6 +703,18 @@ class SimCluster:
                 raise ValueError(f"provider must be 'vast' or 'lambda', not {name!r}")
             self.provider.outage[name] = enabled
 
+    def provider_answer(self, answer: str = "ok", provider: str | None = None) -> None:
+        """The provider API (both, or "vast"/"lambda") answers 200 with ``answer`` (``provider.ANSWERS``):
+        "error" (Vast.ai's {"success": false}), "malformed" (no instance list), "not_json", or "ok"
+        again. Its status page still says all is well: the API misbehaves, nothing announced an outage."""
+        assert self.provider is not None
+        if answer not in prov.ANSWERS:
+            raise ValueError(f"answer must be one of {', '.join(prov.ANSWERS)}, not {answer!r}")
+        for name in (provider,) if provider else ("vast", "lambda"):
+            if name not in self.provider.answer:
+                raise ValueError(f"provider must be 'vast' or 'lambda', not {name!r}")
+            self.provider.answer[name] = answer
+
     def coordinator_fault(self, status: int | None = None, delay: float | None = None) -> None:
         """Every coordinator call answers status (e.g. 503) and/or waits delay seconds; None clears."""
         assert self.coordinator is not None

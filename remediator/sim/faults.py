@@ -27,6 +27,7 @@ FAULTS = frozenset(
         "stop_instance",
         "start_instance",
         "provider_outage",
+        "provider_answer",
         "coordinator_fault",
         "network_down",
         "make_critical",
