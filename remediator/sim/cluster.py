@@ -39,7 +39,14 @@ from remediator.sim import provider as prov
 from remediator.sim.errors import SimError
 from remediator.sim.faults import apply_fault
 from remediator.sim.hang import HangingListener
-from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, NO_SYSTEMD, HostPaths
+from remediator.sim.layout import (
+    DIES_AFTER_RESTART,
+    DISK_FULL,
+    HOST_ROOT_ENV,
+    NO_SYSTEMCTL,
+    NO_SYSTEMD,
+    HostPaths,
+)
 from remediator.sim.selfplay import Selfplay
 from remediator.sim.server import BackgroundServer
 from remediator.sim.sshd import SSHServer, binary, keygen
@@ -101,6 +108,16 @@ class SimHost:
         return agentctl.agent_pid(self.paths)
 
     @property
+    def agent_pids(self) -> list[int]:
+        """Every live sync agent process of this host, however it was started (a leftover one too)."""
+        marker = f"--host-root {self.root} "
+        return [
+            pid
+            for pid in procs.with_env(HOST_ROOT_ENV, str(self.root))
+            if "sync_agent" in (line := procs.cmdline(pid)) and marker in line
+        ]
+
+    @property
     def sshd_pid(self) -> int | None:
         return self.sshd.pid if self.sshd else None
 
@@ -157,6 +174,9 @@ class SimCluster:
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="ringrift-sim-"))
         self.root = self.root.resolve()
+        if "sync_agent" in str(self.root):
+            # A host's `pkill -f sync_agent` would match every process whose command line names the root.
+            raise ValueError(f"the sim root {self.root} must not contain 'sync_agent'")
         self.providers = tuple(providers)
         self.lagging_after, self.critical_after = lagging_after, critical_after
         self.sync_interval, self.game_interval, self.games_per_file = (
@@ -295,8 +315,10 @@ class SimCluster:
                 host.hang.stop()
                 host.hang = None
         self._parallel(lambda h: h.sshd and h.sshd.stop(defaults.STOP_TIMEOUT), self._hosts.values())
-        # Agents started over SSH are nobody's children here: find them (and anything else) by path.
-        self._kill_all(procs.matching(f"{self.root}/"), signal.SIGTERM)
+        # Agents started over SSH are nobody's children here: find them (and anything else) by path,
+        # and whatever a session left running in the background by its host's mark.
+        marked = [p for h in self._hosts.values() for p in procs.with_env(HOST_ROOT_ENV, str(h.root))]
+        self._kill_all(sorted({*procs.matching(f"{self.root}/"), *marked} - {os.getpid()}), signal.SIGTERM)
         for server in (self._coordinator_server, self._provider_server):
             if server is not None:
                 server.stop()
@@ -344,6 +366,7 @@ class SimCluster:
         host.paths.agent_config.write_text(json.dumps({"argv": argv}, indent=1) + "\n")
 
     def _write_shims(self, host: SimHost) -> None:
+        """The command shims on the session's PATH, and ``start_sync.sh`` in the login directory."""
         for name in ("systemctl", "pgrep", "pkill", "start_sync.sh"):
             run = [
                 sys.executable,
@@ -355,7 +378,7 @@ class SimCluster:
                 str(host.root),
                 name,
             ]
-            shim = host.paths.bin / name
+            shim = (host.paths.home if name == "start_sync.sh" else host.paths.bin) / name
             shim.write_text(f'#!/bin/sh\nexec {shlex.join(run)} "$@"\n')
             shim.chmod(0o755)
 
@@ -420,7 +443,6 @@ class SimCluster:
             "REMEDIATOR_IMPORT_COMMAND": shlex.join(importer)
             + " --data-dir {data_dir} --trigger-sync --coordinator "
             + shlex.quote(self.coordinator_url),
-            "REMEDIATOR_AGENT_FALLBACK_COMMAND": "pkill -f sync_agent; start_sync.sh",
             "REMEDIATOR_RECOVERY_DIR": str(self.recovery_dir),
         }
 
@@ -610,6 +632,11 @@ class SimCluster:
         """systemctl is there but systemd does not run (a container): every systemctl call fails, so only
         the fallback (``start_sync.sh``) restarts the agent, and nothing supervises it."""
         self._flag(self.host(host_id).paths.fault(NO_SYSTEMD), enabled)
+
+    def systemctl_missing(self, host_id: str, enabled: bool = True) -> None:
+        """The host has no systemctl at all (an agent run from screen/tmux): "command not found", exit
+        127. (``without_systemd``: systemctl is there, systemd is not.)"""
+        self._flag(self.host(host_id).paths.fault(NO_SYSTEMCTL), enabled)
 
     def disk_full(self, host_id: str, enabled: bool = True) -> None:
         """The host's disk is full: the agent's syncs fail with ENOSPC and self-play stops."""

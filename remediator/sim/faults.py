@@ -23,6 +23,7 @@ FAULTS = frozenset(
         "retire",
         "retired_host_back_online",
         "disk_full",
+        "systemctl_missing",
         "terminate_instance",
         "stop_instance",
         "start_instance",

@@ -3,12 +3,16 @@
 It runs as the current user with its own ed25519 host key, accepts only the sim's client key, and
 sets the session's ``PATH`` (the host's ``bin/`` of command shims first) and ``RINGRIFT_HOST_ROOT`` with
 ``SetEnv``, which sshd applies after its own defaults, so the remediator's default commands find this
-host's shims.
+host's shims. Every command runs in the host's login directory (``home/``, where ``./start_sync.sh``
+is): a ``ForceCommand`` changes there, then execs the user's shell with the command as sshd would have
+run it (``$SHELL -c COMMAND``), so the process that runs a command has the command line it has on a
+real host.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -68,6 +72,7 @@ class SSHServer:
         """Make the host key and write the config."""
         keygen(self.paths.host_key, f"sim-host-key@{self.paths.root.name}")
         session_path = SESSION_PATH.format(bin=self.paths.bin)
+        login = shlex.quote(str(self.paths.home))
         lines = [
             f"ListenAddress {self.address}:{self.port}",
             f"HostKey {_quote(str(self.paths.host_key))}",
@@ -88,6 +93,7 @@ class SSHServer:
             "MaxSessions 64",
             "LoginGraceTime 30",
             f"SetEnv {_quote('PATH=' + session_path)} {_quote('RINGRIFT_HOST_ROOT=' + str(self.paths.root))}",
+            f'ForceCommand cd {login} && exec "$SHELL" -c "$SSH_ORIGINAL_COMMAND"',
             "Subsystem sftp internal-sftp",
         ]
         self.paths.sshd_config.write_text("\n".join(lines) + "\n")
