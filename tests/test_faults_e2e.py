@@ -81,3 +81,45 @@ def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires
         assert "provider answer unusable" in escalated["cloud_detail"]
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def stack(sim_cluster, redis_url, tmp_path, monkeypatch):
+    s = make_stack(sim_cluster, redis_url, tmp_path, monkeypatch)
+    assert "REMEDIATOR_AGENT_FALLBACK_COMMAND" not in s.env  # the shipped default runs on the hosts
+    s.start_worker()
+    yield s
+    s.stop()
+
+
+def test_host_without_systemctl_gets_its_dead_agent_back_from_the_default_fallback(stack):
+    sim = stack.sim
+    sim.systemctl_missing(H)
+    sim.kill_agent(H)
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H)
+
+    assert state["outcome"] == "healthy", stack.steps(H)
+    ran = next(e for e in stack.audit(H) if e["step"] == "restart_agent" and e["outcome"] == "ran")
+    assert ran["exit_status"] == 127 and ran["fallback_exit_status"] == 0, ran
+    assert len(sim.host(H).agent_pids) == 1  # exactly one agent, and it syncs:
+    assert sim.state(H) == "healthy" and sim.counts(H)["agent_restarts"] == 1
+
+
+def test_host_without_systemctl_gets_its_wedged_agent_replaced_by_the_default_fallback(stack):
+    sim = stack.sim
+    sim.systemctl_missing(H)
+    wedged = sim.wedge_agent(H, until_restart=True)  # alive, never syncs again: force_sync cannot help
+    sim.make_critical(H)
+    stack.post([alert(H)])
+    state = stack.wait_finished(H, timeout=120)
+
+    assert state["outcome"] == "healthy", stack.steps(H)
+    steps = stack.steps(H)
+    assert ("force_sync", "verify-failed") in steps and ("restart_agent", "ran") in steps
+    ran = next(e for e in stack.audit(H) if e["step"] == "restart_agent" and e["outcome"] == "ran")
+    assert ran["exit_status"] == 127 and ran["fallback_exit_status"] == 0, ran
+    assert wedged not in sim.host(H).agent_pids
+    assert len(sim.host(H).agent_pids) == 1
+    assert sim.state(H) == "healthy"

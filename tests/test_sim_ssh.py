@@ -88,6 +88,43 @@ def test_default_check_command_tells_whether_this_host_agent_runs(sim_cluster: S
     assert sim.ssh_run("host-02", defaults.AGENT_CHECK_COMMAND).returncode == 0
 
 
+def test_default_fallback_command_replaces_the_running_agent_with_exactly_one(
+    sim_cluster: SimCluster,
+) -> None:
+    sim = sim_cluster
+    old = sim.host("host-03").agent_pid
+    result = sim.ssh_run("host-03", defaults.AGENT_FALLBACK_COMMAND)
+    assert result.returncode == 0, result.stderr
+    assert "sync agent started" in result.stdout
+    assert not procs.alive(old)
+    assert sim.host("host-03").agent_pids == [sim.host("host-03").agent_pid] != [old]
+    counts = sim.counts("host-03")
+    assert (counts["agent_kills"], counts["agent_restarts"]) == (1, 1)
+    assert sim.counts("host-01")["agent_kills"] == 0 and sim.host("host-01").agent_pid is not None
+
+
+def test_default_fallback_command_starts_the_agent_when_none_runs(sim_cluster: SimCluster) -> None:
+    sim = sim_cluster
+    sim.kill_agent("host-01")  # pkill finds nothing (exit 1): start_sync.sh must still run
+    result = sim.ssh_run("host-01", defaults.AGENT_FALLBACK_COMMAND)
+    assert result.returncode == 0, result.stderr
+    assert len(sim.host("host-01").agent_pids) == 1 and sim.host("host-01").agent_pid is not None
+    syncs = sim.counts("host-01")["syncs"]
+    sim.wait_for(lambda: sim.counts("host-01")["syncs"] > syncs, what="the new agent syncs")
+
+
+def test_default_fallback_command_stops_every_leftover_agent(sim_cluster: SimCluster) -> None:
+    sim = sim_cluster
+    host = sim.host("host-02")
+    first = host.agent_pid
+    host.paths.agent_pid.unlink()  # the pid file forgot it: start_sync.sh starts a second agent
+    assert sim.ssh_run("host-02", "./start_sync.sh").returncode == 0
+    assert len(host.agent_pids) == 2
+    result = sim.ssh_run("host-02", defaults.AGENT_FALLBACK_COMMAND)
+    assert result.returncode == 0, result.stderr
+    assert len(host.agent_pids) == 1 and first not in host.agent_pids
+
+
 def test_runbook_pkill_kills_its_own_shell_so_start_sync_never_runs_as_with_procps(
     sim_cluster: SimCluster,
 ) -> None:
