@@ -79,6 +79,8 @@ class Diagnosis:
         if self.inventory is not None:
             facts["unsynced_games"] = int(inv.get("unsynced_games", 0))
             facts["unsynced_bytes"] = int(inv.get("unsynced_bytes", 0))
+            if "unparseable_file_count" in inv:  # absent from an inventory cached by an older version
+                facts["unparseable_files"] = int(inv["unparseable_file_count"])
         if self.last_sync is not None and self.coordinator_state == "critical":
             facts["minutes_critical"] = round(max(0.0, (self.at - self.last_sync) / 60), 2)
         return facts
