@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextvars
+import html
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any
+
+import markupsafe
 
 REDACTED = "[REDACTED]"
 
@@ -25,12 +28,29 @@ def bind(**fields: Any) -> contextvars.Token:
     return log_context.set({**(log_context.get() or {}), **{k: v for k, v in fields.items() if v}})
 
 
+def encoded_forms(secret: str) -> set[str]:
+    """The secret as written, and as JSON and HTML write it inside a string.
+
+    Redaction runs on text already serialized (a JSON log line, an answer's body, a page), where a
+    secret holding ``"``, ``\\``, a control or a non-ASCII character no longer appears as written:
+    JSON escapes it (``ensure_ascii`` or not, and a JSON text inside a JSON string escapes it twice),
+    HTML escapes ``"``, ``'``, ``&``, ``<`` and ``>`` (as Jinja/markupsafe and as ``html.escape`` do)."""
+    forms = {secret}
+    for _ in range(2):
+        forms |= {
+            json.dumps(form, ensure_ascii=ascii_only)[1:-1] for form in forms for ascii_only in (True, False)
+        }
+    forms |= {escaped for form in forms for escaped in (html.escape(form), str(markupsafe.escape(form)))}
+    return forms
+
+
 class Redactor:
-    """Replaces every configured secret value in a string."""
+    """Replaces every configured secret value in a string, in each of its ``encoded_forms``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is replaced whole.
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        values = {s for s in secrets if s and len(s) >= 4}
+        # Longest first, so a secret containing another (or a form of it) is replaced whole.
+        self.secrets = sorted({form for s in values for form in encoded_forms(s)}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

@@ -62,7 +62,8 @@ class Answers:
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         resp = self.session.request(method, self.base + path, timeout=30, **kwargs)
-        self.seen.append(f"{method} {path} -> {resp.status_code}\n{dict(resp.headers)}\n{resp.text}")
+        # The answer only: the path is what the test sent (it may hold a secret on purpose).
+        self.seen.append(f"{method} -> {resp.status_code}\n{dict(resp.headers)}\n{resp.text}")
         return resp
 
     def webhook(self, body: Any, **headers: str) -> requests.Response:
@@ -219,6 +220,9 @@ def test_no_secret_appears_in_logs_answers_jobs_redis_or_metrics(deployed, serve
     for host in sim.host_ids:
         assert api.call("GET", f"/api/v1/hosts/{host}").status_code == 200
         assert api.call("GET", f"/ui/hosts/{host}").status_code == 200
+    # A secret pasted into a URL: the answer and gunicorn's access log line must not carry it either.
+    assert api.call("GET", f"/api/v1/hosts/{WEBHOOK_TOKEN}").status_code == 404
+    assert api.call("GET", f"/ui/hosts/{ADMIN_TOKEN}").status_code == 404
     metrics = api.call("GET", "/metrics").text
 
     # Each secret was in use: the calls that need it succeeded.
