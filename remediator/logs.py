@@ -10,10 +10,12 @@ import sys
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import markupsafe
 
 REDACTED = "[REDACTED]"
+URL_PATH_MIN_CHARS = 8  # a secret URL's path is redacted on its own only from this length up
 
 # Context carried into every log line of the current job or request (host_id, job_id, step, ...).
 log_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -44,11 +46,23 @@ def encoded_forms(secret: str) -> set[str]:
     return forms
 
 
+def url_parts(secret: str) -> set[str]:
+    """The secret parts of a URL that is itself a secret (a Slack-style webhook): its path (with the
+    query), which HTTP client logs write apart from the host (urllib3: ``"POST /services/T0/B0/xyz"``).
+    Empty for anything else, and for a path too short to be the secret part."""
+    parts = urlsplit(secret)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return set()
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return {p for p in (path, parts.path) if len(p) >= URL_PATH_MIN_CHARS}
+
+
 class Redactor:
     """Replaces every configured secret value in a string, in each of its ``encoded_forms``."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         values = {s for s in secrets if s and len(s) >= 4}
+        values |= {part for s in values for part in url_parts(s)}
         # Longest first, so a secret containing another (or a form of it) is replaced whole.
         self.secrets = sorted({form for s in values for form in encoded_forms(s)}, key=len, reverse=True)
 

@@ -27,6 +27,8 @@ WEBHOOK_TOKEN = "whk-LEAKCHECK-5e1f0c9a77d34b21"
 ADMIN_TOKEN = "adm-LEAKCHECK-b84f2d6c19e07a53"
 COORDINATOR_KEY = "coord-LEAKCHECK-3a9d7e2f60c1b845"
 PAGERDUTY_KEY = "pdrk-LEAKCHECK-c07e4b1d92f86a3e"
+PAGE_HOOK_TOKEN = "hook-LEAKCHECK-9d2c41e7a0b3f586"  # a Slack-style webhook URL embeds its token
+PAGE_HOOK_PATH = f"/services/T0LEAK/B0LEAK/{PAGE_HOOK_TOKEN}"
 
 DEAD, DYING, RETIRED = "host-01", "host-02", "host-03"
 
@@ -34,6 +36,7 @@ DEAD, DYING, RETIRED = "host-01", "host-02", "host-03"
 @pytest.fixture
 def deployed(make_sim_cluster, redis_url, tmp_path, monkeypatch, server) -> Iterator[tuple[Stack, Receiver]]:
     server.expect_request("/v2/enqueue", method="POST").respond_with_json({"status": "success"}, status=202)
+    server.expect_request(PAGE_HOOK_PATH, method="POST").respond_with_data("ok")
     sim = make_sim_cluster(hosts=3, admin_key=COORDINATOR_KEY)
     admin_file = tmp_path / "admin-token"
     admin_file.write_text(ADMIN_TOKEN + "\n")  # the _FILE form, as a Kubernetes Secret mounts it
@@ -47,6 +50,7 @@ def deployed(make_sim_cluster, redis_url, tmp_path, monkeypatch, server) -> Iter
         REMEDIATOR_ADMIN_TOKEN_FILE=str(admin_file),
         REMEDIATOR_PAGERDUTY_ROUTING_KEY=PAGERDUTY_KEY,
         REMEDIATOR_PAGERDUTY_URL=server.url_for("/v2/enqueue"),
+        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for(PAGE_HOOK_PATH),
         REMEDIATOR_LOG_LEVEL="DEBUG",  # the most the logs will ever say
     ) as stack_and_receiver:
         yield stack_and_receiver
@@ -148,6 +152,8 @@ def test_no_secret_appears_in_logs_answers_jobs_redis_or_metrics(deployed, serve
         "PagerDuty routing key": PAGERDUTY_KEY,
         "Vast.ai API key": sim.vast_api_key,
         "Lambda API key": sim.lambda_api_key,
+        "page webhook URL": stack.env["REMEDIATOR_PAGE_WEBHOOK_URL"],
+        "page webhook URL's token": PAGE_HOOK_TOKEN,
     }
     api = Answers(receiver.url)
 
@@ -229,6 +235,7 @@ def test_no_secret_appears_in_logs_answers_jobs_redis_or_metrics(deployed, serve
     pages = [json.loads(req.get_data()) for req, _ in server.log if req.path == "/v2/enqueue"]
     assert pages and all(p["routing_key"] == PAGERDUTY_KEY for p in pages)
     assert any(DYING in json.dumps(p) for p in pages)
+    assert [req for req, _ in server.log if req.path == PAGE_HOOK_PATH]  # the webhook pager got pages too
     assert sim.counts(RETIRED)["unretires"] == 1  # an admin call: X-Admin-Key was accepted
     clouds = {
         sim.host(h).provider: next(e for e in stack.audit(h) if e["step"] == "diagnose")["facts"][
