@@ -742,13 +742,19 @@ class SimCluster:
                 raise ValueError(f"provider must be 'vast' or 'lambda', not {name!r}")
             self.provider.answer[name] = answer
 
-    def coordinator_fault(self, status: int | None = None, delay: float | None = None) -> None:
-        """Every coordinator call answers status (e.g. 503) and/or waits delay seconds; None clears."""
+    def coordinator_fault(
+        self, status: int | None = None, delay: float | None = None, applied: bool = False
+    ) -> None:
+        """Every coordinator call answers status (e.g. 503) and/or waits delay seconds; None clears.
+
+        ``applied``: each call is carried out first and only its answer is replaced by status (the
+        coordinator did the work, then the answer was lost), e.g. a data-loss record that is stored."""
         assert self.coordinator is not None
         if status is not None and not 400 <= int(status) <= 599:
             raise ValueError("status must be an HTTP error status (400-599) or None")
         self.coordinator.fault_status = int(status) if status is not None else None
         self.coordinator.fault_delay = float(delay or 0.0)
+        self.coordinator.fault_applied = bool(applied) and status is not None
 
     def _reconcile_ssh(self, host: SimHost) -> None:
         """Make the host's port match its faults: sshd, a hanging listener, or nothing."""
