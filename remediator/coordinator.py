@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import posixpath
 import re
 import time
 from collections.abc import Mapping
@@ -27,6 +28,33 @@ IN_PROCESS_MODULE = "app.coordination.sync_coordinator"
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/-]{0,1023}$")
+# A host's data dir is read whole (inventory) and copied whole (rsync) to the recovery dir: never one
+# of the system's own trees, nor anything in them -- a record saying /etc would copy the host's
+# secrets here, one saying / the whole disk.
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+    "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var",
+)  # fmt: skip
+# Top-level directories too broad to be a data dir themselves (a directory below one may be).
+BROAD_DIRS = frozenset({"/", "/data", "/home", "/media", "/mnt", "/opt", "/srv", "/tmp"})  # noqa: S108
+# A sync log is only tailed (its last lines go into the audit): it may be under /var/log, but not in
+# a tree that holds secrets or devices.
+SECRET_TREES = ("/boot", "/dev", "/etc", "/proc", "/root", "/sys")
+
+
+def _within(path: str, trees: tuple[str, ...]) -> bool:
+    return any(path == tree or path.startswith(tree + "/") for tree in trees)
+
+
+def unsafe_data_dir(path: str) -> str | None:
+    """Why a data dir from the coordinator must not be used (None when it may)."""
+    if path != posixpath.normpath(path) or "//" in path:
+        return "not a normal absolute path ('.', '..' or '//' in it)"
+    if path in BROAD_DIRS:
+        return "a whole top-level directory, not a data dir"
+    if _within(path, SYSTEM_TREES):
+        return "inside a system directory"
+    return None
 
 
 @dataclass(frozen=True)
@@ -71,9 +99,27 @@ class HostRecord:
             ssh_port=port,
             provider=str(raw["provider"]) if raw.get("provider") else None,
             instance_id=str(instance) if instance not in (None, "") else None,
-            data_dir=checked("data_dir", _PATH, "/data/selfplay") or "/data/selfplay",
-            sync_log=checked("sync_log", _PATH),
+            data_dir=_data_dir(host_id, checked("data_dir", _PATH, "/data/selfplay") or "/data/selfplay"),
+            sync_log=_sync_log(host_id, checked("sync_log", _PATH)),
         )
+
+
+def _data_dir(host_id: str, value: str) -> str:
+    """The data dir without a trailing slash; CoordinatorError (the record is unsafe) when it is one
+    the remediator must not read or copy."""
+    path = value.rstrip("/") or "/"
+    problem = unsafe_data_dir(path)
+    if problem:
+        raise CoordinatorError(
+            f"coordinator gave host {host_id} an unsafe data_dir: {value[:60]!r} ({problem})"
+        )
+    return path
+
+
+def _sync_log(host_id: str, value: str | None) -> str | None:
+    if value is not None and (value != posixpath.normpath(value) or _within(value, SECRET_TREES)):
+        raise CoordinatorError(f"coordinator gave host {host_id} an unsafe sync_log: {value[:60]!r}")
+    return value
 
 
 def _timestamp(value: Any) -> float | None:
