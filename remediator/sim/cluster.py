@@ -20,7 +20,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
+from remediator import ports
 from remediator.sim import agentctl, defaults, games, procs
 from remediator.sim import coordinator as coord
 from remediator.sim import provider as prov
@@ -123,20 +123,6 @@ class SimHost:
 
     def __repr__(self) -> str:
         return f"SimHost({self.host_id!r}, port={self.ssh_port}, agent_pid={self.agent_pid})"
-
-
-def _free_ports(address: str, count: int) -> list[int]:
-    """count distinct free TCP ports (all bound at once so none repeats)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((address, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class SimCluster:
@@ -237,8 +223,8 @@ class SimCluster:
         self.network_flag.unlink(missing_ok=True)
         keygen(self.ssh_key_file, "ringrift-sim-client")
         self.authorized_keys_file.write_text(self.ssh_key_file.with_suffix(".pub").read_text())
-        ports = _free_ports(self.address, len(self.host_ids))
-        for i, (host_id, port) in enumerate(zip(self.host_ids, ports, strict=True)):
+        picked = ports.free_ports(self.address, len(self.host_ids))
+        for i, (host_id, port) in enumerate(zip(self.host_ids, picked, strict=True)):
             provider = self.providers[i % len(self.providers)]
             instance_id = str(defaults.VAST_FIRST_INSTANCE_ID + i) if provider == "vast" else uuid.uuid4().hex
             host = SimHost(
@@ -248,6 +234,12 @@ class SimCluster:
             host.sshd = SSHServer(host.paths, self.address, port, self.authorized_keys_file)
             self._hosts[host_id] = host
         self._parallel(lambda h: h.sshd.prepare(), self._hosts.values())  # type: ignore[union-attr]
+        for host in self._hosts.values():
+            self._write_shims(host)
+        # Every sshd listens before any port is written down (known_hosts, coordinator, provider): a
+        # host whose port another process took meanwhile moves to a fresh one.
+        deadline = time.monotonic() + defaults.STARTUP_TIMEOUT
+        self._parallel(lambda h: self._start_sshd(h, deadline), self._hosts.values())
         self.known_hosts_file.write_text(
             "".join(h.sshd.known_hosts_line() + "\n" for h in self._hosts.values())  # type: ignore[union-attr]
         )
@@ -287,10 +279,6 @@ class SimCluster:
 
         for host in self._hosts.values():
             self._write_agent_config(host)
-            self._write_shims(host)
-            host.sshd.start()  # type: ignore[union-attr]
-        deadline = time.monotonic() + defaults.STARTUP_TIMEOUT
-        self._parallel(lambda h: h.sshd.wait_ready(deadline - time.monotonic()), self._hosts.values())  # type: ignore[union-attr]
         if self.start_agents:
             for host in self._hosts.values():
                 self.start_agent(host.host_id)
@@ -303,6 +291,21 @@ class SimCluster:
         )
         if self.selfplay_enabled:
             self._selfplay.start()
+
+    def _start_sshd(self, host: SimHost, deadline: float) -> None:
+        """Start the host's sshd; when its port was taken before it could bind, again on a fresh one."""
+        sshd = host.sshd
+        assert sshd is not None
+        for attempt in range(1, defaults.PORT_ATTEMPTS + 1):
+            sshd.start()
+            try:
+                sshd.wait_ready(deadline - time.monotonic())
+                return
+            except SimError:
+                if attempt == defaults.PORT_ATTEMPTS or not sshd.bind_failed():
+                    raise
+            host.ssh_port = sshd.port = ports.free_port(self.address)
+            sshd.write_config()
 
     def stop(self) -> None:
         """Stop every process and server the cluster started; safe to call twice."""
