@@ -42,11 +42,13 @@ def test_rsync_over_the_host_sshd_copies_its_games(sim_cluster: SimCluster, tmp_
     written = {g.game_id for g in sim.write_games("host-01", 5)}
     dest = tmp_path / "recovered" / "host-01"
     dest.mkdir(parents=True)
+    before = sim.host_game_ids("host-01")
     result = subprocess.run(sim.rsync_argv("host-01", dest), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     copied = {g.game_id for g in games.games_since(dest, 0.0)}
-    assert written <= copied
-    assert copied == sim.host_game_ids("host-01")
+    assert written <= before <= copied
+    # Self-play goes on writing (the agent is dead, not the host): a file may land after the copy.
+    assert copied <= sim.host_game_ids("host-01")
 
 
 def test_ssh_refuses_a_host_whose_key_is_not_the_known_one(sim_cluster: SimCluster, tmp_path: Path) -> None:
