@@ -119,3 +119,13 @@ def test_unparseable_files_are_all_counted_and_the_newest_listed(tmp_path: Path)
     assert inv["unsynced_bytes"] == 10 * (UNPARSEABLE_LISTED + 7)
     listed = [f["path"] for f in inv["unparseable_files"]]
     assert len(listed) == UNPARSEABLE_LISTED and listed[0] == f"junk_{UNPARSEABLE_LISTED + 6:03d}.db"
+
+
+def test_file_that_cannot_be_stat_is_counted_as_unparseable_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "games_000008.db").symlink_to(tmp_path / "elsewhere" / "gone.db")  # dangling
+    inv = inventory(str(tmp_path), LAST_SYNC, checksums=True)
+    assert "games_000008.db" not in inv["files"]  # not a file the host holds
+    assert inv["unparseable_file_count"] == 1
+    [listed] = inv["unparseable_files"]
+    assert listed["path"] == "games_000008.db" and listed["size"] is None
+    assert listed["reason"].startswith("cannot stat: FileNotFoundError")

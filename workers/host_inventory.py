@@ -83,7 +83,10 @@ def inventory(data_dir, last_sync=0.0, checksums=True):
             if checksums:
                 try:
                     entry["sha256"] = _sha256(path)
-                except OSError as exc:
+                except FileNotFoundError as exc:  # gone since the stat: not a file the host holds
+                    unparseable.append((None, rel, None, "gone while read: " + _why(exc), None))
+                    continue
+                except OSError as exc:  # there, but unreadable: listed without a checksum
                     entry["sha256"] = None
                     reason = _why(exc)
             games = None
