@@ -20,7 +20,8 @@ from typing import Any
 
 import redis
 
-from remediator.embedded_redis import EmbeddedRedis, free_port
+from remediator.embedded_redis import EmbeddedRedis
+from remediator.ports import free_port
 from remediator.sim import SimCluster
 
 REPO = Path(__file__).resolve().parent.parent

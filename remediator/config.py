@@ -72,6 +72,7 @@ SECRET_VARS: frozenset[str] = frozenset(
         "REMEDIATOR_VAST_API_KEY",
         "REMEDIATOR_LAMBDA_API_KEY",
         "REMEDIATOR_PAGERDUTY_ROUTING_KEY",
+        "REMEDIATOR_PAGE_WEBHOOK_URL",  # a Slack-style webhook URL is itself the credential
     }
 )
 
@@ -215,7 +216,7 @@ class Settings:
     lambda_api_key: str | None = field(default=None, repr=False)
     pagerduty_routing_key: str | None = field(default=None, repr=False)
     pagerduty_url: str = defaults.PAGERDUTY_URL
-    page_webhook_url: str | None = None
+    page_webhook_url: str | None = field(default=None, repr=False)  # the URL embeds its token
     alertmanager_url: str | None = None
     ledger_file: str | None = None
     max_body_bytes: int = defaults.MAX_BODY_BYTES
@@ -274,7 +275,7 @@ class Settings:
             lambda_api_key=_secret(env, "REMEDIATOR_LAMBDA_API_KEY"),
             pagerduty_routing_key=_secret(env, "REMEDIATOR_PAGERDUTY_ROUTING_KEY"),
             pagerduty_url=env.get("REMEDIATOR_PAGERDUTY_URL") or defaults.PAGERDUTY_URL,
-            page_webhook_url=env.get("REMEDIATOR_PAGE_WEBHOOK_URL") or None,
+            page_webhook_url=_secret(env, "REMEDIATOR_PAGE_WEBHOOK_URL"),
             alertmanager_url=(env.get("REMEDIATOR_ALERTMANAGER_URL") or "").rstrip("/") or None,
             ledger_file=env.get("REMEDIATOR_LEDGER_FILE") or str(Path(recovery_dir) / "data-loss.jsonl"),
             max_body_bytes=int(

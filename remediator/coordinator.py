@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import posixpath
 import re
 import time
 from collections.abc import Mapping
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from remediator.config import Settings
-from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
+from remediator.exceptions import CoordinatorError, CoordinatorMaybeApplied, CoordinatorUnavailable
 from remediator.hosts import is_valid_host_id
 
 log = logging.getLogger("remediator.coordinator")
@@ -26,6 +28,33 @@ IN_PROCESS_MODULE = "app.coordination.sync_coordinator"
 _ADDRESS = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
 _USER = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _PATH = re.compile(r"^/[A-Za-z0-9._/-]{0,1023}$")
+# A host's data dir is read whole (inventory) and copied whole (rsync) to the recovery dir: never one
+# of the system's own trees, nor anything in them -- a record saying /etc would copy the host's
+# secrets here, one saying / the whole disk.
+SYSTEM_TREES = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+    "/proc", "/root", "/run", "/sbin", "/sys", "/usr", "/var",
+)  # fmt: skip
+# Top-level directories too broad to be a data dir themselves (a directory below one may be).
+BROAD_DIRS = frozenset({"/", "/data", "/home", "/media", "/mnt", "/opt", "/srv", "/tmp"})  # noqa: S108
+# A sync log is only tailed (its last lines go into the audit): it may be under /var/log, but not in
+# a tree that holds secrets or devices.
+SECRET_TREES = ("/boot", "/dev", "/etc", "/proc", "/root", "/sys")
+
+
+def _within(path: str, trees: tuple[str, ...]) -> bool:
+    return any(path == tree or path.startswith(tree + "/") for tree in trees)
+
+
+def unsafe_data_dir(path: str) -> str | None:
+    """Why a data dir from the coordinator must not be used (None when it may)."""
+    if path != posixpath.normpath(path) or "//" in path:
+        return "not a normal absolute path ('.', '..' or '//' in it)"
+    if path in BROAD_DIRS:
+        return "a whole top-level directory, not a data dir"
+    if _within(path, SYSTEM_TREES):
+        return "inside a system directory"
+    return None
 
 
 @dataclass(frozen=True)
@@ -70,9 +99,27 @@ class HostRecord:
             ssh_port=port,
             provider=str(raw["provider"]) if raw.get("provider") else None,
             instance_id=str(instance) if instance not in (None, "") else None,
-            data_dir=checked("data_dir", _PATH, "/data/selfplay") or "/data/selfplay",
-            sync_log=checked("sync_log", _PATH),
+            data_dir=_data_dir(host_id, checked("data_dir", _PATH, "/data/selfplay") or "/data/selfplay"),
+            sync_log=_sync_log(host_id, checked("sync_log", _PATH)),
         )
+
+
+def _data_dir(host_id: str, value: str) -> str:
+    """The data dir without a trailing slash; CoordinatorError (the record is unsafe) when it is one
+    the remediator must not read or copy."""
+    path = value.rstrip("/") or "/"
+    problem = unsafe_data_dir(path)
+    if problem:
+        raise CoordinatorError(
+            f"coordinator gave host {host_id} an unsafe data_dir: {value[:60]!r} ({problem})"
+        )
+    return path
+
+
+def _sync_log(host_id: str, value: str | None) -> str | None:
+    if value is not None and (value != posixpath.normpath(value) or _within(value, SECRET_TREES)):
+        raise CoordinatorError(f"coordinator gave host {host_id} an unsafe sync_log: {value[:60]!r}")
+    return value
 
 
 def _timestamp(value: Any) -> float | None:
@@ -123,9 +170,35 @@ def _records(raw: Mapping[str, Any]) -> dict[str, HostRecord]:
     return out
 
 
+def _not_sent(exc: requests.RequestException) -> bool:
+    """Whether the request provably never reached the coordinator: the connection was refused, could
+    not be made, or its connect timed out. After anything else (a reset, a dropped connection, a read
+    timeout) the request may have been received and applied."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.ConnectionError) and exc.args:
+        return isinstance(getattr(exc.args[0], "reason", None), NewConnectionError)
+    return False
+
+
 class HttpCoordinator:
-    """The coordinator HTTP API of the contract, with bounded retries and backoff on 5xx and connection
-    errors; a read timeout is retried for GETs only (a POST that timed out may have been applied)."""
+    """The coordinator HTTP API of the contract, with bounded retries and backoff.
+
+    A call that can be repeated without changing its outcome (``idempotent``) is retried on 5xx and
+    on any connection error. One that cannot -- a second data-loss record is a duplicate entry in the
+    training log -- is retried only when the request provably never reached the coordinator
+    (``_not_sent``); after a 5xx, a timeout or a dropped connection it raises CoordinatorMaybeApplied.
+
+    Which calls are idempotent, from the contract:
+
+    - ``GET /sync/hosts``: a read.
+    - ``POST /sync/hosts/<id>/sync``: asks for a sync; asking twice at worst syncs twice.
+    - ``POST /admin/unretire``, ``/admin/pause-selfplay``, ``/admin/resume-selfplay``: set a state
+      (retired false, selfplay paused or not) on named hosts; setting it again changes nothing.
+    - ``POST /admin/data-loss``: appends a training-log entry each time -- not idempotent.
+    - ``POST /admin/retire-host``: sets retired, but with ``acknowledge_loss`` it is the record that a
+      loss was accepted, which the coordinator may log per call -- treated as not idempotent.
+    """
 
     def __init__(
         self,
@@ -142,7 +215,16 @@ class HttpCoordinator:
         self.backoff = backoff
         self.session = requests.Session()
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None, admin: bool = False) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        admin: bool = False,
+        idempotent: bool | None = None,
+    ) -> Any:
+        """One contract call; ``idempotent`` defaults to True for GET only (see the class docstring)."""
+        repeatable = method == "GET" if idempotent is None else idempotent
         headers = {"X-Admin-Key": self._admin_key} if admin and self._admin_key else {}
         delay = self.backoff
         last = ""
@@ -153,11 +235,9 @@ class HttpCoordinator:
                 )
             except requests.RequestException as exc:
                 last = f"{type(exc).__name__}"
-                if method != "GET" and isinstance(exc, requests.ReadTimeout):
-                    # The request was sent and may have been applied: repeating a POST could apply
-                    # it twice (a second data-loss record, say). Only reads are retried after this.
-                    raise CoordinatorUnavailable(
-                        f"{method} {path} timed out after {self.timeout:g}s; not retried, since the "
+                if not repeatable and not _not_sent(exc):
+                    raise CoordinatorMaybeApplied(
+                        f"{method} {path} failed after it was sent ({last}); not retried, since the "
                         "coordinator may have applied it"
                     ) from None
             else:
@@ -168,6 +248,11 @@ class HttpCoordinator:
                         )
                     return resp.json() if resp.content else {}
                 last = f"HTTP {resp.status_code}"
+                if not repeatable:
+                    raise CoordinatorMaybeApplied(
+                        f"{method} {path} answered {last}; not retried, since the coordinator may have "
+                        "applied it"
+                    )
             if attempt < self.retries:
                 log.warning("coordinator %s %s failed (%s); retrying in %.1fs", method, path, last, delay)
                 time.sleep(delay)  # bounded: at most retries-1 short backoffs inside one step
@@ -187,27 +272,25 @@ class HttpCoordinator:
         return _record(self._raw_hosts(), host_id)
 
     def force_sync(self, host_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/sync/hosts/{host_id}/sync", {"force": True})
+        return self._call("POST", f"/sync/hosts/{host_id}/sync", {"force": True}, idempotent=True)
 
     def unretire(self, host_id: str) -> dict[str, Any]:
-        return self._call("POST", "/admin/unretire", {"host_id": host_id}, admin=True)
+        return self._call("POST", "/admin/unretire", {"host_id": host_id}, admin=True, idempotent=True)
 
     def retire(self, host_id: str, reason: str, acknowledge_loss: bool) -> dict[str, Any]:
         body = {"host_id": host_id, "reason": reason, "acknowledge_loss": acknowledge_loss}
-        return self._call("POST", "/admin/retire-host", body, admin=True)
+        return self._call("POST", "/admin/retire-host", body, admin=True, idempotent=False)
 
     def pause_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]:
-        return self._call(
-            "POST", "/admin/pause-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True
-        )
+        body = {"host_ids": host_ids, "reason": reason}
+        return self._call("POST", "/admin/pause-selfplay", body, admin=True, idempotent=True)
 
     def resume_selfplay(self, host_ids: list[str], reason: str) -> dict[str, Any]:
-        return self._call(
-            "POST", "/admin/resume-selfplay", {"host_ids": host_ids, "reason": reason}, admin=True
-        )
+        body = {"host_ids": host_ids, "reason": reason}
+        return self._call("POST", "/admin/resume-selfplay", body, admin=True, idempotent=True)
 
     def record_data_loss(self, record: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/admin/data-loss", record, admin=True)
+        return self._call("POST", "/admin/data-loss", record, admin=True, idempotent=False)
 
 
 class InProcessCoordinator:

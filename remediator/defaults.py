@@ -7,7 +7,16 @@ SSH_COMMAND_TIMEOUT = 120.0  # seconds a remote command may run
 HOST_SYNC_LOG = "/var/log/ringrift/sync.log"
 AGENT_CHECK_COMMAND = "pgrep -f sync_agent"
 AGENT_RESTART_COMMAND = "systemctl restart ringrift-sync-agent"
-AGENT_FALLBACK_COMMAND = "pkill -f sync_agent; ./start_sync.sh"
+# Stop leftover agents (SIGTERM, up to 10 s to exit, then SIGKILL), then ./start_sync.sh in the login
+# directory. '[s]ync_agent' matches an agent's command line but not this shell's own, which holds the
+# pattern: the runbook's `pkill -f sync_agent && ./start_sync.sh` runs as `sh -c '...'`, and procps
+# pkill, which never matches itself, does match that shell and kills it before start_sync.sh runs.
+# `;`, not `&&`: pkill exits 1 when no agent runs, and the agent must be started all the same.
+AGENT_FALLBACK_COMMAND = (
+    "pkill -f '[s]ync_agent'; "
+    "for i in 1 2 3 4 5 6 7 8 9 10; do pgrep -f '[s]ync_agent' >/dev/null || break; sleep 1; done; "
+    "pkill -KILL -f '[s]ync_agent'; ./start_sync.sh"
+)
 IMPORT_COMMAND = "python scripts/import_orphaned_databases.py --data-dir {data_dir} --trigger-sync"
 RECOVERY_DIR = "/data/recovered"
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"

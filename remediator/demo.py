@@ -26,7 +26,8 @@ from remediator import store
 from remediator.config import Settings
 from remediator.connections import redis_from_settings
 from remediator.defaults import LADDER_STEPS
-from remediator.embedded_redis import EmbeddedRedis, free_port
+from remediator.embedded_redis import EmbeddedRedis
+from remediator.ports import free_port
 
 SCENARIOS = {
     "agent-dead": "sync agent killed",

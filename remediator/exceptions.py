@@ -33,6 +33,11 @@ class CoordinatorUnavailable(CoordinatorError):
     """The coordinator did not answer (connection error, timeout) or answered 5xx: a wait, not a "no"."""
 
 
+class CoordinatorMaybeApplied(CoordinatorUnavailable):
+    """A call that must not be repeated blindly (a data-loss record, a retirement) reached the
+    coordinator but got no usable answer (5xx, timeout, dropped connection): it may have been applied."""
+
+
 class SSHError(RemediatorError):
     """An SSH connection or remote command failed."""
 

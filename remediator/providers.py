@@ -24,6 +24,14 @@ Lambda status       terminating, terminated, preempted, or not listed           
 
 When Vast reports no ``actual_status`` its ``cur_state`` (the machine contract) decides: ``running``
 -> running, ``stopped`` -> stopped, anything else -> unknown. Any other value maps to ``unknown``.
+
+"Not listed" means terminated only in a listing the remediator can trust: a 2xx JSON answer of the
+documented shape, every row an object with an ``id``, every page fetched, ``success`` not false and no
+``error``. Anything else -- an error status, ``{"success": false}``, a missing or ill-typed list, a row
+without an id, fewer rows than the provider announced, not JSON, a timeout, a refused connection --
+is a ``ProviderError``, and the instance's state is ``unknown`` with a reason that says the provider
+answer was unusable (``ANSWER_UNUSABLE``). An empty listing is never read as "everything is gone"
+unless the provider said so in a well-formed answer.
 """
 
 from __future__ import annotations
@@ -38,13 +46,15 @@ import requests
 
 from remediator.config import Settings
 from remediator.exceptions import ProviderError
-from remediator.pagers._http import RetryPolicy, TransportFailure, host_of, request
+from remediator.pagers._http import RetryPolicy, TransportFailure, host_of, request, scrub
 
 log = logging.getLogger(__name__)
 
 VAST_PAGE_SIZE = 25  # instances per page, as the SDK's show_instances asks for
 VAST_MAX_PAGES = 400  # pages followed at most (10,000 instances), so a looping next_token cannot hang us
 STATUS_OK_INDICATORS = frozenset({"none", "minor"})  # statuspage.io indicators that are not an outage
+ANSWER_UNUSABLE = "provider answer unusable"  # what the reason of an unknown state says when the API failed
+ERROR_TEXT_CHARS = 120  # characters of a provider's own error message kept in a reason
 
 
 class CloudState(StrEnum):
@@ -128,6 +138,7 @@ class VastProvider:
         from vastai import VastAI  # imported here: the package takes ~0.5 s to import
 
         self.url = url.rstrip("/")
+        self._api_key = api_key
         self._sdk = VastAI(api_key=api_key, server_url=self.url, retry=retry, raw=True, quiet=True)
         self._sdk.client.timeout = timeout  # seconds per request; the SDK's own default is 120
 
@@ -135,35 +146,59 @@ class VastProvider:
         return f"VastProvider(host={host_of(self.url)!r})"
 
     def instances(self) -> list[dict[str, Any]]:
-        """Every instance of the account: ``GET /api/v1/instances/`` page by page, as show_instances does."""
+        """Every instance of the account: ``GET /api/v1/instances/`` page by page, as show_instances does.
+
+        Raises ProviderError unless every page is a well-formed success (see the module docstring)."""
         params: dict[str, Any] = {
             "select_filters": {},
             "order_by": [{"col": "id", "dir": "asc"}],
             "limit": VAST_PAGE_SIZE,
         }
         rows: list[dict[str, Any]] = []
+        announced: int | None = None
         for _ in range(VAST_MAX_PAGES):
-            try:
-                data = self._sdk.show_instances_v1(params)
-            except requests.HTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else "?"
-                raise ProviderError(f"vast: HTTP {status} from {host_of(self.url)}") from None
-            except ValueError:  # before RequestException: requests' JSONDecodeError is both
-                raise ProviderError(
-                    f"vast: {host_of(self.url)} answered something that is not JSON"
-                ) from None
-            except requests.RequestException as exc:
-                raise ProviderError(f"vast: {host_of(self.url)} unreachable ({type(exc).__name__})") from None
-            if not isinstance(data, dict) or not isinstance(data.get("instances") or [], list):
-                raise ProviderError(f"vast: {host_of(self.url)} answered without an 'instances' list")
-            rows.extend(row for row in data.get("instances") or [] if isinstance(row, dict))
-            if not data.get("next_token"):
+            data = self._page(params)
+            rows.extend(_rows(data["instances"], f"vast: {host_of(self.url)}"))
+            total = data.get("total_instances")
+            if announced is None and isinstance(total, int) and not isinstance(total, bool):
+                announced = total
+            token = data.get("next_token")
+            if not token:
+                if announced is not None and len(rows) < announced:
+                    raise ProviderError(
+                        f"vast: {host_of(self.url)} listed {len(rows)} of the {announced} instances "
+                        "it announced"
+                    )
                 return rows
-            params["after_token"] = data["next_token"]
+            if not isinstance(token, str | int) or isinstance(token, bool):
+                raise ProviderError(f"vast: {host_of(self.url)} answered a next_token that is not a token")
+            params["after_token"] = token
         raise ProviderError(f"vast: more than {VAST_MAX_PAGES} pages of instances; giving up")
 
+    def _page(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One page of the listing, checked: a JSON object, not ``success: false``, with an instances list."""
+        where = f"vast: {host_of(self.url)}"
+        try:
+            data = self._sdk.show_instances_v1(params)
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise ProviderError(f"vast: HTTP {status} from {host_of(self.url)}") from None
+        except ValueError:  # before RequestException: requests' JSONDecodeError is both
+            raise ProviderError(f"{where} answered something that is not JSON") from None
+        except requests.RequestException as exc:
+            raise ProviderError(f"{where} unreachable ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise ProviderError(f"{where} answered a JSON {type(data).__name__}, not an object")
+        if "success" in data and data["success"] is not True:
+            said = scrub(_said(data.get("error"), data.get("msg")), [self._api_key])
+            raise ProviderError(f"{where} answered success={data['success']!r}{said}")
+        if not isinstance(data.get("instances"), list):
+            raise ProviderError(f"{where} answered without an 'instances' list")
+        return data
+
     def instance_states(self, instance_ids: Iterable[str]) -> dict[str, CloudState]:
-        """States of several instances from one listing; an id not listed is terminated."""
+        """States of several instances from one trustworthy listing, where an id not listed is terminated;
+        ProviderError when the listing cannot be trusted."""
         by_id = {str(row.get("id")): row for row in self.instances()}
         return {
             str(i): vast_state(by_id[str(i)]) if str(i) in by_id else CloudState.TERMINATED
@@ -212,18 +247,26 @@ class LambdaProvider:
             )
         except TransportFailure as exc:
             raise ProviderError(f"lambda: {exc}") from None
-        if not response.ok:
+        where = f"lambda: {host_of(self.url)}"
+        if not 200 <= response.status_code < 300:
             raise ProviderError(f"lambda: HTTP {response.status_code} from {host_of(self.url)}")
         try:
             data = response.json()
         except ValueError:
-            raise ProviderError(f"lambda: {host_of(self.url)} answered something that is not JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            raise ProviderError(f"lambda: {host_of(self.url)} answered without a 'data' list")
-        return [row for row in data["data"] if isinstance(row, dict)]
+            raise ProviderError(f"{where} answered something that is not JSON") from None
+        if not isinstance(data, dict):
+            raise ProviderError(f"{where} answered a JSON {type(data).__name__}, not an object")
+        if data.get("error"):
+            error = data["error"]
+            said = _said(*(error.get(k) for k in ("code", "message"))) if isinstance(error, dict) else ""
+            raise ProviderError(f"{where} answered an error{scrub(said or _said(error), [self._api_key])}")
+        if not isinstance(data.get("data"), list):
+            raise ProviderError(f"{where} answered without a 'data' list")
+        return _rows(data["data"], where)
 
     def instance_states(self, instance_ids: Iterable[str]) -> dict[str, CloudState]:
-        """States of several instances from one listing; an id not listed is terminated."""
+        """States of several instances from one trustworthy listing, where an id not listed is terminated;
+        ProviderError when the listing cannot be trusted."""
         by_id = {str(row.get("id")): row for row in self.instances()}
         return {
             str(i): lambda_state(by_id[str(i)]) if str(i) in by_id else CloudState.TERMINATED
@@ -233,6 +276,21 @@ class LambdaProvider:
     def instance_state(self, instance_id: str) -> CloudState:
         """The state of one instance; raises ProviderError when the API fails."""
         return self.instance_states([instance_id])[str(instance_id)]
+
+
+def _rows(listed: list[Any], where: str) -> list[dict[str, Any]]:
+    """The rows of a listing; ProviderError when one is not an object with an id (a listing with a
+    row that cannot be read cannot prove that an instance is absent from it)."""
+    for row in listed:
+        if not isinstance(row, dict) or row.get("id") in (None, ""):
+            raise ProviderError(f"{where} listed an instance that is not an object with an id")
+    return listed
+
+
+def _said(*texts: Any) -> str:
+    """``: <the provider's own words>``, shortened, for a reason; "" when it said nothing."""
+    words = " ".join(str(t) for t in texts if t not in (None, ""))
+    return f": {words[:ERROR_TEXT_CHARS]!r}" if words else ""
 
 
 def providers_from_settings(settings: Settings) -> dict[str, Provider]:
@@ -264,7 +322,7 @@ def instance_state(
         state = provider.instance_state(str(instance_id))
     except ProviderError as exc:
         log.warning("instance %s on %s: state unknown: %s", instance_id, provider_name, exc)
-        return InstanceState(CloudState.UNKNOWN, str(exc))
+        return InstanceState(CloudState.UNKNOWN, f"{ANSWER_UNUSABLE} ({exc}): instance state unknown")
     return InstanceState(state, f"{provider_name} reports instance {instance_id} {state.value}")
 
 

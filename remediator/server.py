@@ -22,9 +22,9 @@ class JsonAccessLogger(Logger):
         super().setup(cfg)
         from remediator.logs import JsonFormatter, Redactor
 
-        secrets = Settings.from_env().secrets()
+        self.redact = Redactor(Settings.from_env().secrets())
         for handler in self.error_log.handlers:
-            handler.setFormatter(JsonFormatter(Redactor(secrets)))
+            handler.setFormatter(JsonFormatter(self.redact))
         for handler in self.access_log.handlers:
             handler.setFormatter(logging.Formatter("%(message)s"))
 
@@ -41,7 +41,8 @@ class JsonAccessLogger(Logger):
             "duration_ms": round(request_time.total_seconds() * 1000, 2),
             "remote": environ.get("REMOTE_ADDR"),
         }
-        self.access_log.info(json.dumps(entry))
+        # The path is the caller's: a secret put into a URL must not reach the log either.
+        self.access_log.info(self.redact(json.dumps(entry)))
 
 
 def _child_exit(_server: Any, worker: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from pytest_httpserver import HTTPServer
 
 from remediator import create_app
 from remediator.embedded_redis import EmbeddedRedis
+from remediator.ports import free_port
 
 # The image's tests run only after `make image` built it (RUN_IMAGE=1, set by `make image-test` and
 # `make test`); a plain pytest leaves them out rather than test a stale image or skip.
@@ -79,9 +79,7 @@ def server(_loopback_http: HTTPServer) -> Iterator[HTTPServer]:
 @pytest.fixture
 def closed_url() -> str:
     """The base URL of a loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

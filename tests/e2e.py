@@ -154,7 +154,7 @@ class Receiver:
     port; stdout and stderr of every run are appended to one log file."""
 
     def __init__(self, env: dict[str, str], log: Path, port: int | None = None) -> None:
-        from remediator.embedded_redis import free_port
+        from remediator.ports import free_port
 
         self.env = env
         self.log = log

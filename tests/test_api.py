@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import redis
@@ -25,14 +24,12 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from remediator import create_app, keys, store
+from remediator.ports import free_port
 from workers.sweeper import sweep
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def audit_of(conn: redis.Redis, host_id: str) -> list[dict]:

@@ -1,17 +1,22 @@
-"""Settings from the environment: refused configurations name the variable at fault, never a secret."""
+"""Settings from the environment: refused configurations name the variable at fault, never a secret;
+what counts as a secret, and the _FILE forms."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from remediator.config import Settings
+from remediator.config import SECRET_VARS, Settings
 from remediator.exceptions import ConfigError
+from remediator.logs import REDACTED, JsonFormatter, Redactor
 
 SHARED = "shared-token-6f1e2d3c4b5a"
+HOOK = "https://hooks.slack.example/services/T0LEAK/B0LEAK/xoxb-5ac4c0ffee9d"
 
 
 def test_webhook_token_equal_to_admin_token_is_refused_naming_both_variables_not_the_value():
@@ -84,3 +89,31 @@ def test_an_allowed_hosts_entry_that_is_not_a_host_name_is_refused_naming_it(ent
     with pytest.raises(ConfigError) as refused:
         Settings.from_env({"REMEDIATOR_ALLOWED_HOSTS": f"localhost,{entry}"})
     assert "REMEDIATOR_ALLOWED_HOSTS" in str(refused.value) and repr(entry) in str(refused.value)
+
+
+def test_page_webhook_url_is_a_secret_redacted_and_kept_out_of_repr() -> None:
+    settings = Settings.from_env({"REMEDIATOR_PAGE_WEBHOOK_URL": HOOK})
+    assert settings.page_webhook_url == HOOK
+    assert "REMEDIATOR_PAGE_WEBHOOK_URL" in SECRET_VARS
+    assert HOOK in settings.secrets()
+    assert HOOK not in repr(settings)
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "posting to %s", (HOOK,), None)
+    assert JsonFormatter(Redactor(settings.secrets())).format(record).count(REDACTED) == 1
+
+
+def test_page_webhook_url_may_come_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "hook").write_text(HOOK + "\n")
+    settings = Settings.from_env({"REMEDIATOR_PAGE_WEBHOOK_URL_FILE": str(tmp_path / "hook")})
+    assert settings.page_webhook_url == HOOK and HOOK in settings.secrets()
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_VARS))
+def test_every_secret_variable_is_a_secret_of_the_settings(name: str) -> None:
+    value = f"value-of-{name.lower()}-7c1d"
+    assert value in Settings.from_env({name: value}).secrets()
+
+
+def test_page_webhook_url_path_is_redacted_where_a_client_logs_it_apart_from_the_host() -> None:
+    redact = Redactor(Settings.from_env({"REMEDIATOR_PAGE_WEBHOOK_URL": HOOK}).secrets())
+    line = 'https://hooks.slack.example:443 "POST /services/T0LEAK/B0LEAK/xoxb-5ac4c0ffee9d HTTP/1.1" 200 2'
+    assert "xoxb-5ac4c0ffee9d" not in redact(line) and REDACTED in redact(line)

@@ -80,3 +80,40 @@ def test_an_unreadable_restart_policy_is_unknown_and_no_fact():
     assert restart_policy(0, "Restart=$(reboot)\n") == "unknown"  # not a systemd value: not believed
     assert restart_policy(255, "") == "unknown"
     assert "agent_auto_restart" not in Diagnosis("h1", 0.0).facts()
+
+
+def test_unreachable_host_with_an_unusable_provider_answer_is_unknown_and_waited_for_not_retired(
+    make_sim_cluster, redis_url, redis_conn, monkeypatch
+):
+    from workers.ladder import plan_for
+
+    sim = make_sim_cluster(hosts=1, selfplay=False)
+    host = sim.host_ids[0]  # on Vast
+    sim.kill_agent(host)
+    sim.make_critical(host)
+    sim.make_unreachable(host)
+    sim.provider_answer("error", provider="vast")
+    diag = diagnose(_context(sim, redis_url, redis_conn, monkeypatch), host)
+    facts = diag.facts()
+    assert (facts["ssh_reachable"], facts["cloud_state"]) == (False, "unknown")
+    assert facts["data_recoverable"] is True
+    assert "provider answer unusable" in diag.cloud_detail and "success=False" in diag.cloud_detail
+    assert "provider answer unusable" in diag.sources["cloud"]
+    assert plan_for(facts) == [["wait_reachable"], ["escalate"]]
+
+
+def test_data_the_inventory_cannot_parse_is_diagnosed_as_unsynced_bytes_not_no_data(
+    make_sim_cluster, redis_url, redis_conn, monkeypatch
+):
+    sim = make_sim_cluster(hosts=1, selfplay=False)
+    host = sim.host_ids[0]
+    sim.kill_agent(host)
+    sim.make_critical(host)
+    junk = sim.host(host).data_dir / "games_999999.db"
+    junk.write_bytes(b"\x1f\x8b\x08\x00" + bytes(8192))  # a compressed batch, say: not SQLite
+    diag = diagnose(_context(sim, redis_url, redis_conn, monkeypatch), host)
+    facts = diag.facts()
+    assert facts["unsynced_games"] == 0
+    assert facts["unsynced_bytes"] >= junk.stat().st_size
+    assert facts["unparseable_files"] == 1
+    assert diag.summary()["inventory"]["unparseable_files"][0]["path"] == "games_999999.db"

@@ -23,6 +23,7 @@ from pager_standin import PagerDutyStandIn
 from remediator import incidents, keys, paging, store
 from remediator.fleet import FLEET
 from remediator.incidents import IncidentState
+from remediator.ports import free_ports
 from remediator.sim.alertmanager import AlertmanagerProcess
 
 # How long the escalated host's alert keeps being re-sent; 600 (ten minutes) is the figure,
@@ -216,11 +217,7 @@ def test_a_failed_network_verdict_is_rechecked_and_forgotten_when_the_storm_ends
     sim = make_sim_cluster(hosts=4)
     storm, late = sim.host_ids[:3], sim.host_ids[3]
     # Extra probe endpoints nobody listens on yet: the cluster network check fails until they answer.
-    probes = []
-    for _ in range(6):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            probes.append(s.getsockname()[1])
+    probes = free_ports("127.0.0.1", 6)  # outside the ephemeral range: still free when listened on later
     stack = make_stack(
         sim,
         redis_url,

@@ -17,6 +17,7 @@ from remediator.netcheck import (
     parse_endpoint,
     probe,
 )
+from remediator.ports import free_port
 
 
 @pytest.fixture
@@ -30,10 +31,8 @@ def listening() -> Iterator[str]:
 
 @pytest.fixture
 def closed() -> str:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    """A loopback port nobody listens on."""
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from jsonschema import Draft202012Validator
 from ops_helpers import admin, make_settings, reader, run_jobs_failing, seed_host, start_ladder
 
 from remediator import create_app, store
+from remediator.ports import free_port
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
@@ -140,9 +140,7 @@ class Checker:
 
 
 def closed_port_redis() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def test_real_answers_of_every_endpoint_validate_against_the_spec(

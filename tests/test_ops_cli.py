@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from click.testing import CliRunner
@@ -21,6 +20,7 @@ from rq import Queue
 
 from remediator import create_app, keys, store
 from remediator.cli import main
+from remediator.ports import free_port
 from workers.sweeper import sweep
 
 
@@ -176,9 +176,7 @@ def test_requeue_of_an_unknown_job_exits_1(invoke):
 def test_commands_explain_a_missing_or_unreachable_redis(runner):
     unset = runner.invoke(main, ["status"], env={"REDIS_URL": ""})
     assert unset.exit_code == 1 and "REDIS_URL is not set" in unset.output
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     for args in (["status"], ["remediate", "h1"], ["requeue", "--failed"]):
         down = runner.invoke(main, args, env={"REDIS_URL": url})
         assert down.exit_code == 1 and "Redis is unavailable" in down.output, (args, down.output)

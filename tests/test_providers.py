@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,115 @@ def test_vast_sdk_contacts_only_the_given_server_and_writes_nothing_to_home(
     assert opened_in_home == []
 
 
+# -- an answer that is not a well-formed success never says "terminated" ------------------------------
+
+
+def vast_answer(server: HTTPServer, body: Any, status: int = 200) -> None:
+    """Answer every Vast listing with ``body`` (JSON unless it is bytes) and ``status``."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    server.expect_request("/api/v1/instances/").respond_with_data(
+        data, status=status, content_type="application/json"
+    )
+
+
+def assert_unusable(result: InstanceState) -> None:
+    assert result.state is CloudState.UNKNOWN, result
+    assert "provider answer unusable" in result.reason and "127.0.0.1" in result.reason
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"success": False},
+        {"success": False, "error": "auth_error", "msg": "Invalid user key", "instances": []},
+        {},
+        {"instances": None},
+        {"instances": "101"},
+        {"instances": {"101": {"actual_status": "running"}}},
+        {"instances": [7, 8]},
+        {"instances": [{"actual_status": "running"}]},
+        [],
+        "maintenance",
+    ],
+    ids=[
+        "success-false",
+        "success-false-with-empty-list",
+        "no-instances-key",
+        "instances-null",
+        "instances-string",
+        "instances-object",
+        "rows-not-objects",
+        "row-without-id",
+        "json-list",
+        "json-string",
+    ],
+)
+def test_vast_answer_not_a_well_formed_success_is_unknown_never_terminated(
+    server: HTTPServer, body: Any
+) -> None:
+    vast_answer(server, body)
+    result = instance_state({"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}, "vast", "101")
+    assert_unusable(result)
+
+
+def test_vast_success_false_reason_carries_the_providers_words_without_the_key(server: HTTPServer) -> None:
+    vast_answer(server, {"success": False, "error": "server_error", "msg": f"db down, key {VAST_KEY}"})
+    result = instance_state({"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}, "vast", "101")
+    assert_unusable(result)
+    assert "success=False" in result.reason and "server_error" in result.reason
+    assert VAST_KEY not in result.reason
+
+
+def test_vast_answer_that_is_not_json_is_unknown(server: HTTPServer) -> None:
+    vast_answer(server, b"<html>502 Bad Gateway</html>")
+    assert_unusable(
+        instance_state({"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}, "vast", "1")
+    )
+
+
+def test_vast_timeout_is_unknown(server: HTTPServer) -> None:
+    def slow(request: Request) -> Response:
+        threading.Event().wait(1.5)  # the test server's own handler, not a worker
+        return Response(json.dumps({"instances": []}), content_type="application/json")
+
+    server.expect_request("/api/v1/instances/").respond_with_handler(slow)
+    vast = VastProvider(server.url_for(""), VAST_KEY, retry=1, timeout=0.3)
+    result = instance_state({"vast": vast}, "vast", "1")
+    assert_unusable(result)
+    assert "Timeout" in result.reason
+
+
+def test_vast_refused_connection_is_unknown_and_says_the_answer_was_unusable(closed_url: str) -> None:
+    result = instance_state({"vast": VastProvider(closed_url, VAST_KEY, retry=1)}, "vast", "1")
+    assert_unusable(result)
+
+
+def test_vast_later_page_failing_makes_every_state_unknown(server: HTTPServer) -> None:
+    def handler(request: Request) -> Response:
+        if request.args.get("after_token"):
+            return Response(json.dumps({"success": False}), content_type="application/json")
+        body = {"instances": [vast_row(i, "running") for i in range(1, 26)], "next_token": "25"}
+        return Response(json.dumps(body), content_type="application/json")
+
+    server.expect_request("/api/v1/instances/").respond_with_handler(handler)
+    providers = {"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}
+    assert_unusable(instance_state(providers, "vast", "30"))  # it would have been on the second page
+    assert_unusable(instance_state(providers, "vast", "3"))  # the listing as a whole is not trusted
+
+
+def test_vast_listing_shorter_than_it_announced_is_unknown(server: HTTPServer) -> None:
+    vast_answer(server, {"instances": [vast_row(1, "running")], "next_token": None, "total_instances": 40})
+    assert_unusable(
+        instance_state({"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}, "vast", "9")
+    )
+
+
+def test_vast_well_formed_empty_listing_still_means_terminated(server: HTTPServer) -> None:
+    vast_answer(server, {"success": True, "instances": [], "next_token": None, "total_instances": 0})
+    result = instance_state({"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}, "vast", "9")
+    assert result == InstanceState(CloudState.TERMINATED, "vast reports instance 9 terminated")
+
+
 # Audit hooks cannot be removed, so one hook feeds whichever lists a test has put here.
 AUDIT: list[list[tuple[str, tuple[Any, ...]]]] = []
 
@@ -258,8 +368,36 @@ def test_lambda_retry_recovers_from_one_503(server: HTTPServer) -> None:
 
 def test_lambda_bad_answer_is_a_provider_error(server: HTTPServer) -> None:
     server.expect_request("/api/v1/instances").respond_with_json({"error": {"code": "global/unknown"}})
-    with pytest.raises(ProviderError, match="without a 'data' list"):
+    with pytest.raises(ProviderError, match="answered an error: 'global/unknown'"):
         LambdaProvider(server.url_for(""), LAMBDA_KEY, retry=FAST).instance_state("a")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [], "error": {"code": "global/unknown", "message": "Unknown error"}},
+        {"data": [{"id": "a", "status": "active"}, "garbage"]},
+        {"data": [{"status": "active"}]},
+        {"data": None},
+        {"data": {"a": {"status": "active"}}},
+        [],
+    ],
+    ids=["error-beside-data", "row-not-object", "row-without-id", "data-null", "data-object", "json-list"],
+)
+def test_lambda_answer_not_a_well_formed_success_is_unknown_never_terminated(
+    server: HTTPServer, body: Any
+) -> None:
+    server.expect_request("/api/v1/instances").respond_with_json(body)
+    providers = {"lambda": LambdaProvider(server.url_for(""), LAMBDA_KEY, retry=FAST)}
+    assert_unusable(instance_state(providers, "lambda", "b"))
+
+
+def test_lambda_non_2xx_answer_is_unknown(server: HTTPServer) -> None:
+    server.expect_request("/api/v1/instances").respond_with_json({"data": []}, status=304)
+    providers = {"lambda": LambdaProvider(server.url_for(""), LAMBDA_KEY, retry=FAST)}
+    result = instance_state(providers, "lambda", "b")
+    assert_unusable(result)
+    assert "HTTP 304" in result.reason
 
 
 # -- configuration and not_asked -------------------------------------------------------------------------

@@ -73,6 +73,63 @@ def test_unsafe_coordinator_host_fields_are_refused(field, value):
         HostRecord.from_api("h1", {**GOOD, field: value})
 
 
+@pytest.mark.parametrize(
+    "data_dir",
+    [
+        "/",
+        "/etc",
+        "/etc/ringrift/selfplay",
+        "/usr",
+        "/usr/local/ringrift",
+        "/bin",
+        "/boot",
+        "/proc/1/root",
+        "/sys/kernel",
+        "/dev/shm/selfplay",
+        "/root",
+        "/root/selfplay",
+        "/var",
+        "/var/lib/ringrift",
+        "/run/selfplay",
+        "/home",
+        "/data",
+        "/tmp",
+        "/data/./selfplay",
+        "//data/selfplay",
+        "/data//selfplay",
+        "/data/selfplay/..",
+    ],
+)
+def test_data_dir_that_is_a_system_or_whole_top_level_directory_makes_the_record_unsafe(data_dir):
+    with pytest.raises(CoordinatorError, match="unsafe data_dir"):
+        HostRecord.from_api("h1", {**GOOD, "data_dir": data_dir})
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("/data/selfplay/", "/data/selfplay"),
+        ("/home/ringrift/selfplay", "/home/ringrift/selfplay"),
+        ("/mnt/nvme0/selfplay", "/mnt/nvme0/selfplay"),
+        (
+            "/tmp/pytest-of-ci/sim/hosts/host-01/data/selfplay",
+            "/tmp/pytest-of-ci/sim/hosts/host-01/data/selfplay",
+        ),
+    ],
+)
+def test_data_dir_of_its_own_is_accepted(given, kept):
+    assert HostRecord.from_api("h1", {**GOOD, "data_dir": given}).data_dir == kept
+
+
+@pytest.mark.parametrize(
+    "sync_log", ["/etc/shadow", "/root/.ssh/id_ed25519", "/proc/self/environ", "/var/log/../../etc/x"]
+)
+def test_sync_log_in_a_tree_of_secrets_makes_the_record_unsafe(sync_log):
+    with pytest.raises(CoordinatorError, match="sync_log"):
+        HostRecord.from_api("h1", {**GOOD, "sync_log": sync_log})
+    assert HostRecord.from_api("h1", {**GOOD, "sync_log": "/var/log/ringrift/sync.log"}).sync_log
+
+
 def test_a_well_formed_coordinator_record_is_accepted():
     record = HostRecord.from_api("h1", GOOD)
     assert (record.address, record.ssh_user, record.ssh_port, record.data_dir) == (

@@ -27,6 +27,8 @@ WEBHOOK_TOKEN = "whk-LEAKCHECK-5e1f0c9a77d34b21"
 ADMIN_TOKEN = "adm-LEAKCHECK-b84f2d6c19e07a53"
 COORDINATOR_KEY = "coord-LEAKCHECK-3a9d7e2f60c1b845"
 PAGERDUTY_KEY = "pdrk-LEAKCHECK-c07e4b1d92f86a3e"
+PAGE_HOOK_TOKEN = "hook-LEAKCHECK-9d2c41e7a0b3f586"  # a Slack-style webhook URL embeds its token
+PAGE_HOOK_PATH = f"/services/T0LEAK/B0LEAK/{PAGE_HOOK_TOKEN}"
 
 DEAD, DYING, RETIRED = "host-01", "host-02", "host-03"
 
@@ -34,6 +36,7 @@ DEAD, DYING, RETIRED = "host-01", "host-02", "host-03"
 @pytest.fixture
 def deployed(make_sim_cluster, redis_url, tmp_path, monkeypatch, server) -> Iterator[tuple[Stack, Receiver]]:
     server.expect_request("/v2/enqueue", method="POST").respond_with_json({"status": "success"}, status=202)
+    server.expect_request(PAGE_HOOK_PATH, method="POST").respond_with_data("ok")
     sim = make_sim_cluster(hosts=3, admin_key=COORDINATOR_KEY)
     admin_file = tmp_path / "admin-token"
     admin_file.write_text(ADMIN_TOKEN + "\n")  # the _FILE form, as a Kubernetes Secret mounts it
@@ -47,6 +50,7 @@ def deployed(make_sim_cluster, redis_url, tmp_path, monkeypatch, server) -> Iter
         REMEDIATOR_ADMIN_TOKEN_FILE=str(admin_file),
         REMEDIATOR_PAGERDUTY_ROUTING_KEY=PAGERDUTY_KEY,
         REMEDIATOR_PAGERDUTY_URL=server.url_for("/v2/enqueue"),
+        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for(PAGE_HOOK_PATH),
         REMEDIATOR_LOG_LEVEL="DEBUG",  # the most the logs will ever say
     ) as stack_and_receiver:
         yield stack_and_receiver
@@ -62,7 +66,8 @@ class Answers:
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         resp = self.session.request(method, self.base + path, timeout=30, **kwargs)
-        self.seen.append(f"{method} {path} -> {resp.status_code}\n{dict(resp.headers)}\n{resp.text}")
+        # The answer only: the path is what the test sent (it may hold a secret on purpose).
+        self.seen.append(f"{method} -> {resp.status_code}\n{dict(resp.headers)}\n{resp.text}")
         return resp
 
     def webhook(self, body: Any, **headers: str) -> requests.Response:
@@ -147,6 +152,8 @@ def test_no_secret_appears_in_logs_answers_jobs_redis_or_metrics(deployed, serve
         "PagerDuty routing key": PAGERDUTY_KEY,
         "Vast.ai API key": sim.vast_api_key,
         "Lambda API key": sim.lambda_api_key,
+        "page webhook URL": stack.env["REMEDIATOR_PAGE_WEBHOOK_URL"],
+        "page webhook URL's token": PAGE_HOOK_TOKEN,
     }
     api = Answers(receiver.url)
 
@@ -219,12 +226,16 @@ def test_no_secret_appears_in_logs_answers_jobs_redis_or_metrics(deployed, serve
     for host in sim.host_ids:
         assert api.call("GET", f"/api/v1/hosts/{host}").status_code == 200
         assert api.call("GET", f"/ui/hosts/{host}").status_code == 200
+    # A secret pasted into a URL: the answer and gunicorn's access log line must not carry it either.
+    assert api.call("GET", f"/api/v1/hosts/{WEBHOOK_TOKEN}").status_code == 404
+    assert api.call("GET", f"/ui/hosts/{ADMIN_TOKEN}").status_code == 404
     metrics = api.call("GET", "/metrics").text
 
     # Each secret was in use: the calls that need it succeeded.
     pages = [json.loads(req.get_data()) for req, _ in server.log if req.path == "/v2/enqueue"]
     assert pages and all(p["routing_key"] == PAGERDUTY_KEY for p in pages)
     assert any(DYING in json.dumps(p) for p in pages)
+    assert [req for req, _ in server.log if req.path == PAGE_HOOK_PATH]  # the webhook pager got pages too
     assert sim.counts(RETIRED)["unretires"] == 1  # an admin call: X-Admin-Key was accepted
     clouds = {
         sim.host(h).provider: next(e for e in stack.audit(h) if e["step"] == "diagnose")["facts"][

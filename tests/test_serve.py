@@ -18,7 +18,8 @@ import requests
 from helpers import WEBHOOK_TOKEN, alert, bearer, payload, port_open, wait_for
 from rq import Queue
 
-from remediator.embedded_redis import EmbeddedRedis, free_port
+from remediator.embedded_redis import EmbeddedRedis
+from remediator.ports import free_port
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -8,6 +8,8 @@ import pytest
 import requests
 from vastai import VastAI
 
+from remediator.config import Settings
+from remediator.providers import CloudState, instance_state, providers_from_settings
 from remediator.sim import SimCluster
 
 pytestmark = pytest.mark.parametrize("sim_cluster", [6], indirect=True)  # vast: 01 03 05, lambda: 02 04 06
@@ -95,3 +97,37 @@ def test_provider_outage_answers_503_and_status_pages_say_major(sim_cluster: Sim
     assert lambda_status["indicator"] == "major"
     sim.provider_outage(False)
     assert len(_vast(sim).show_instances()) == 3
+
+
+@pytest.mark.parametrize("answer", ["error", "malformed", "not_json"])
+def test_provider_answer_fault_makes_the_real_clients_report_unknown_while_status_says_ok(
+    sim_cluster: SimCluster, answer: str
+) -> None:
+    sim = sim_cluster
+    providers = providers_from_settings(Settings.from_env(sim.env()))
+    vast_host, lambda_host = sim.host("host-01"), sim.host("host-02")
+    sim.provider_answer(answer, provider="vast")
+    found = instance_state(providers, "vast", vast_host.instance_id)
+    assert found.state is CloudState.UNKNOWN and "provider answer unusable" in found.reason
+    assert instance_state(providers, "lambda", lambda_host.instance_id).state is CloudState.RUNNING
+    assert requests.get(sim.status_url("vast"), timeout=10).json()["status"]["indicator"] == "none"
+    sim.provider_answer(answer)
+    found = instance_state(providers, "lambda", lambda_host.instance_id)
+    assert found.state is CloudState.UNKNOWN and "provider answer unusable" in found.reason
+    sim.provider_answer("ok")
+    assert instance_state(providers, "vast", vast_host.instance_id).state is CloudState.RUNNING
+    assert instance_state(providers, "lambda", lambda_host.instance_id).state is CloudState.RUNNING
+
+
+def test_provider_answer_error_is_vasts_success_false_with_status_200(sim_cluster: SimCluster) -> None:
+    sim = sim_cluster
+    sim.provider_answer("error", provider="vast")
+    answer = requests.get(
+        f"{sim.vast_url}/api/v1/instances/",
+        headers={"Authorization": f"Bearer {sim.vast_api_key}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200 and answer.json()["success"] is False
+    assert "instances" not in answer.json()
+    with pytest.raises(ValueError, match="answer must be one of"):
+        sim.provider_answer("sometimes")

@@ -79,6 +79,8 @@ class Diagnosis:
         if self.inventory is not None:
             facts["unsynced_games"] = int(inv.get("unsynced_games", 0))
             facts["unsynced_bytes"] = int(inv.get("unsynced_bytes", 0))
+            if "unparseable_file_count" in inv:  # absent from an inventory cached by an older version
+                facts["unparseable_files"] = int(inv["unparseable_file_count"])
         if self.last_sync is not None and self.coordinator_state == "critical":
             facts["minutes_critical"] = round(max(0.0, (self.at - self.last_sync) / 60), 2)
         return facts
@@ -128,12 +130,16 @@ def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
     if not record.provider or not record.instance_id:
         diag.sources["cloud"] = "no provider/instance_id in the host record"
         return
-    from remediator.providers import instance_state
+    from remediator.providers import CloudState, instance_state
 
     found = instance_state(ctx.clients.providers(), record.provider, record.instance_id)
     diag.cloud_state = str(found.state.value)
     diag.cloud_detail = found.reason
     diag.sources["cloud"] = f"{record.provider} API at {time.time():.0f}"
+    if found.state is CloudState.UNKNOWN:
+        # Why the state is unknown (the provider's answer was unusable, say) travels with the source,
+        # so the audit, wait_reachable and the page all say it rather than a bare "unknown".
+        diag.sources["cloud"] += f": {found.reason}"
 
 
 def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:

@@ -59,7 +59,19 @@ FACTS: dict[str, FactSpec] = {
         bool, "host", "a supervisor (systemd Restart=always/on-failure/...) restarts the agent when it dies"
     ),
     "unsynced_games": FactSpec(int, "host", "games in /data/selfplay not yet synced", nonnegative=True),
-    "unsynced_bytes": FactSpec(int, "host", "bytes in /data/selfplay not yet synced", nonnegative=True),
+    "unsynced_bytes": FactSpec(
+        int,
+        "host",
+        "bytes in /data/selfplay not yet synced, unparseable files modified after the last sync included",
+        nonnegative=True,
+    ),
+    "unparseable_files": FactSpec(
+        int,
+        "host",
+        "files in /data/selfplay that cannot be read as games databases (other format or schema, "
+        "half-written, unreadable): never counted as no data",
+        nonnegative=True,
+    ),
     "cloud_state": FactSpec(
         str, "host", "the instance state the cloud provider reports", values=CLOUD_STATES
     ),

@@ -14,13 +14,14 @@ import time
 
 try:
     from remediator.sim import procs
-    from remediator.sim.layout import HostPaths
+    from remediator.sim.layout import HOST_ROOT_ENV, HostPaths
 except ImportError:  # run by file (agent, shims) without the package on sys.path
     import procs  # type: ignore[no-redef]
-    from layout import HostPaths  # type: ignore[no-redef]
+    from layout import HOST_ROOT_ENV, HostPaths  # type: ignore[no-redef]
 
 AGENT_RESTARTS = "agent_restarts"  # counter: (re)starts through systemctl or start_sync.sh
-AGENT_KILLS = "agent_kills"  # counter: agents stopped through systemctl stop or pkill
+AGENT_KILLS = "agent_kills"  # counter: agents that got SIGTERM (systemctl stop/restart, pkill), counted
+# by the agent itself; the sim's kill_agent fault (SIGKILL) is not counted
 
 
 def agent_pid(paths: HostPaths) -> int | None:
@@ -44,9 +45,12 @@ def start(paths: HostPaths) -> subprocess.Popen[bytes] | None:
     if agent_pid(paths) is not None:
         return None
     argv = json.loads(paths.agent_config.read_text())["argv"]
+    # The host's mark, so that the host's pgrep/pkill (shims.py) see this agent as one of its processes.
+    env = {**os.environ, HOST_ROOT_ENV: str(paths.root)}
     with open(paths.agent_out, "ab") as out:
         proc = subprocess.Popen(
             argv,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,8 @@ from typing import Any
 
 import requests
 import yaml
+
+from remediator.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +46,6 @@ def find_binary() -> str:
     raise FileNotFoundError(
         "prometheus-alertmanager is not installed; install the Debian package prometheus-alertmanager"
     )
-
-
-def free_port(*, udp: bool = False) -> int:
-    """A loopback TCP port that is free now (and, with ``udp``, free for UDP too, as gossip needs)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if not udp:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dgram:
-                try:
-                    dgram.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port found")
 
 
 class AlertmanagerProcess:
@@ -204,7 +188,7 @@ class AlertmanagerProcess:
         self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False), encoding="utf-8")
         for attempt in range(1, START_ATTEMPTS + 1):
             self.port = free_port()
-            self.cluster_port = free_port(udp=True) if self.cluster else None
+            self.cluster_port = free_port(udp=True) if self.cluster else None  # gossip: TCP and UDP
             if self._launch(binary):
                 log.info("alertmanager ready at %s (pid %d)", self.url, self.pid)
                 return self

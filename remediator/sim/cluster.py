@@ -20,7 +20,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
+from remediator import ports
 from remediator.sim import agentctl, defaults, games, procs
 from remediator.sim import coordinator as coord
 from remediator.sim import provider as prov
 from remediator.sim.errors import SimError
 from remediator.sim.faults import apply_fault
 from remediator.sim.hang import HangingListener
-from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, NO_SYSTEMD, HostPaths
+from remediator.sim.layout import (
+    DIES_AFTER_RESTART,
+    DISK_FULL,
+    HOST_ROOT_ENV,
+    NO_SYSTEMCTL,
+    NO_SYSTEMD,
+    HostPaths,
+)
 from remediator.sim.selfplay import Selfplay
 from remediator.sim.server import BackgroundServer
 from remediator.sim.sshd import SSHServer, binary, keygen
@@ -101,25 +108,21 @@ class SimHost:
         return agentctl.agent_pid(self.paths)
 
     @property
+    def agent_pids(self) -> list[int]:
+        """Every live sync agent process of this host, however it was started (a leftover one too)."""
+        marker = f"--host-root {self.root} "
+        return [
+            pid
+            for pid in procs.with_env(HOST_ROOT_ENV, str(self.root))
+            if "sync_agent" in (line := procs.cmdline(pid)) and marker in line
+        ]
+
+    @property
     def sshd_pid(self) -> int | None:
         return self.sshd.pid if self.sshd else None
 
     def __repr__(self) -> str:
         return f"SimHost({self.host_id!r}, port={self.ssh_port}, agent_pid={self.agent_pid})"
-
-
-def _free_ports(address: str, count: int) -> list[int]:
-    """count distinct free TCP ports (all bound at once so none repeats)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((address, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class SimCluster:
@@ -157,6 +160,9 @@ class SimCluster:
         self._own_root = root is None
         self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="ringrift-sim-"))
         self.root = self.root.resolve()
+        if "sync_agent" in str(self.root):
+            # A host's `pkill -f sync_agent` would match every process whose command line names the root.
+            raise ValueError(f"the sim root {self.root} must not contain 'sync_agent'")
         self.providers = tuple(providers)
         self.lagging_after, self.critical_after = lagging_after, critical_after
         self.sync_interval, self.game_interval, self.games_per_file = (
@@ -217,8 +223,8 @@ class SimCluster:
         self.network_flag.unlink(missing_ok=True)
         keygen(self.ssh_key_file, "ringrift-sim-client")
         self.authorized_keys_file.write_text(self.ssh_key_file.with_suffix(".pub").read_text())
-        ports = _free_ports(self.address, len(self.host_ids))
-        for i, (host_id, port) in enumerate(zip(self.host_ids, ports, strict=True)):
+        picked = ports.free_ports(self.address, len(self.host_ids))
+        for i, (host_id, port) in enumerate(zip(self.host_ids, picked, strict=True)):
             provider = self.providers[i % len(self.providers)]
             instance_id = str(defaults.VAST_FIRST_INSTANCE_ID + i) if provider == "vast" else uuid.uuid4().hex
             host = SimHost(
@@ -228,6 +234,12 @@ class SimCluster:
             host.sshd = SSHServer(host.paths, self.address, port, self.authorized_keys_file)
             self._hosts[host_id] = host
         self._parallel(lambda h: h.sshd.prepare(), self._hosts.values())  # type: ignore[union-attr]
+        for host in self._hosts.values():
+            self._write_shims(host)
+        # Every sshd listens before any port is written down (known_hosts, coordinator, provider): a
+        # host whose port another process took meanwhile moves to a fresh one.
+        deadline = time.monotonic() + defaults.STARTUP_TIMEOUT
+        self._parallel(lambda h: self._start_sshd(h, deadline), self._hosts.values())
         self.known_hosts_file.write_text(
             "".join(h.sshd.known_hosts_line() + "\n" for h in self._hosts.values())  # type: ignore[union-attr]
         )
@@ -267,10 +279,6 @@ class SimCluster:
 
         for host in self._hosts.values():
             self._write_agent_config(host)
-            self._write_shims(host)
-            host.sshd.start()  # type: ignore[union-attr]
-        deadline = time.monotonic() + defaults.STARTUP_TIMEOUT
-        self._parallel(lambda h: h.sshd.wait_ready(deadline - time.monotonic()), self._hosts.values())  # type: ignore[union-attr]
         if self.start_agents:
             for host in self._hosts.values():
                 self.start_agent(host.host_id)
@@ -284,6 +292,21 @@ class SimCluster:
         if self.selfplay_enabled:
             self._selfplay.start()
 
+    def _start_sshd(self, host: SimHost, deadline: float) -> None:
+        """Start the host's sshd; when its port was taken before it could bind, again on a fresh one."""
+        sshd = host.sshd
+        assert sshd is not None
+        for attempt in range(1, defaults.PORT_ATTEMPTS + 1):
+            sshd.start()
+            try:
+                sshd.wait_ready(deadline - time.monotonic())
+                return
+            except SimError:
+                if attempt == defaults.PORT_ATTEMPTS or not sshd.bind_failed():
+                    raise
+            host.ssh_port = sshd.port = ports.free_port(self.address)
+            sshd.write_config()
+
     def stop(self) -> None:
         """Stop every process and server the cluster started; safe to call twice."""
         if self._selfplay is not None:
@@ -295,8 +318,10 @@ class SimCluster:
                 host.hang.stop()
                 host.hang = None
         self._parallel(lambda h: h.sshd and h.sshd.stop(defaults.STOP_TIMEOUT), self._hosts.values())
-        # Agents started over SSH are nobody's children here: find them (and anything else) by path.
-        self._kill_all(procs.matching(f"{self.root}/"), signal.SIGTERM)
+        # Agents started over SSH are nobody's children here: find them (and anything else) by path,
+        # and whatever a session left running in the background by its host's mark.
+        marked = [p for h in self._hosts.values() for p in procs.with_env(HOST_ROOT_ENV, str(h.root))]
+        self._kill_all(sorted({*procs.matching(f"{self.root}/"), *marked} - {os.getpid()}), signal.SIGTERM)
         for server in (self._coordinator_server, self._provider_server):
             if server is not None:
                 server.stop()
@@ -344,6 +369,7 @@ class SimCluster:
         host.paths.agent_config.write_text(json.dumps({"argv": argv}, indent=1) + "\n")
 
     def _write_shims(self, host: SimHost) -> None:
+        """The command shims on the session's PATH, and ``start_sync.sh`` in the login directory."""
         for name in ("systemctl", "pgrep", "pkill", "start_sync.sh"):
             run = [
                 sys.executable,
@@ -355,7 +381,7 @@ class SimCluster:
                 str(host.root),
                 name,
             ]
-            shim = host.paths.bin / name
+            shim = (host.paths.home if name == "start_sync.sh" else host.paths.bin) / name
             shim.write_text(f'#!/bin/sh\nexec {shlex.join(run)} "$@"\n')
             shim.chmod(0o755)
 
@@ -420,7 +446,6 @@ class SimCluster:
             "REMEDIATOR_IMPORT_COMMAND": shlex.join(importer)
             + " --data-dir {data_dir} --trigger-sync --coordinator "
             + shlex.quote(self.coordinator_url),
-            "REMEDIATOR_AGENT_FALLBACK_COMMAND": "pkill -f sync_agent; start_sync.sh",
             "REMEDIATOR_RECOVERY_DIR": str(self.recovery_dir),
         }
 
@@ -611,6 +636,11 @@ class SimCluster:
         the fallback (``start_sync.sh``) restarts the agent, and nothing supervises it."""
         self._flag(self.host(host_id).paths.fault(NO_SYSTEMD), enabled)
 
+    def systemctl_missing(self, host_id: str, enabled: bool = True) -> None:
+        """The host has no systemctl at all (an agent run from screen/tmux): "command not found", exit
+        127. (``without_systemd``: systemctl is there, systemd is not.)"""
+        self._flag(self.host(host_id).paths.fault(NO_SYSTEMCTL), enabled)
+
     def disk_full(self, host_id: str, enabled: bool = True) -> None:
         """The host's disk is full: the agent's syncs fail with ENOSPC and self-play stops."""
         self._flag(self.host(host_id).paths.fault(DISK_FULL), enabled)
@@ -703,13 +733,31 @@ class SimCluster:
                 raise ValueError(f"provider must be 'vast' or 'lambda', not {name!r}")
             self.provider.outage[name] = enabled
 
-    def coordinator_fault(self, status: int | None = None, delay: float | None = None) -> None:
-        """Every coordinator call answers status (e.g. 503) and/or waits delay seconds; None clears."""
+    def provider_answer(self, answer: str = "ok", provider: str | None = None) -> None:
+        """The provider API (both, or "vast"/"lambda") answers 200 with ``answer`` (``provider.ANSWERS``):
+        "error" (Vast.ai's {"success": false}), "malformed" (no instance list), "not_json", or "ok"
+        again. Its status page still says all is well: the API misbehaves, nothing announced an outage."""
+        assert self.provider is not None
+        if answer not in prov.ANSWERS:
+            raise ValueError(f"answer must be one of {', '.join(prov.ANSWERS)}, not {answer!r}")
+        for name in (provider,) if provider else ("vast", "lambda"):
+            if name not in self.provider.answer:
+                raise ValueError(f"provider must be 'vast' or 'lambda', not {name!r}")
+            self.provider.answer[name] = answer
+
+    def coordinator_fault(
+        self, status: int | None = None, delay: float | None = None, applied: bool = False
+    ) -> None:
+        """Every coordinator call answers status (e.g. 503) and/or waits delay seconds; None clears.
+
+        ``applied``: each call is carried out first and only its answer is replaced by status (the
+        coordinator did the work, then the answer was lost), e.g. a data-loss record that is stored."""
         assert self.coordinator is not None
         if status is not None and not 400 <= int(status) <= 599:
             raise ValueError("status must be an HTTP error status (400-599) or None")
         self.coordinator.fault_status = int(status) if status is not None else None
         self.coordinator.fault_delay = float(delay or 0.0)
+        self.coordinator.fault_applied = bool(applied) and status is not None
 
     def _reconcile_ssh(self, host: SimHost) -> None:
         """Make the host's port match its faults: sshd, a hanging listener, or nothing."""

@@ -65,6 +65,7 @@ class CoordinatorState:
     data_loss: list[dict[str, Any]] = field(default_factory=list)
     fault_status: int | None = None  # every contract call answers this status while set
     fault_delay: float = 0.0  # seconds every contract call waits before answering
+    fault_applied: bool = False  # with fault_status: the call is applied first, then answered with it
 
     def state_of(self, host: HostRecord, now: float | None = None) -> str:
         age = (time.time() if now is None else now) - host.last_sync
@@ -174,9 +175,18 @@ def create_app(state: CoordinatorState, fault_handler: FaultHandler | None = Non
             return None
         if state.fault_delay:
             time.sleep(state.fault_delay)
-        if state.fault_status:
+        if state.fault_status and not state.fault_applied:
             return _error(state.fault_status, "coordinator unavailable (simulated fault)")
         return None
+
+    @app.after_request
+    def answer_lost_after_applying(response: Response) -> Response:
+        # The coordinator did the work, then its answer was lost: a proxy's 502/504, a crash while
+        # answering. A client cannot tell this from a call that was never applied.
+        if state.fault_status and state.fault_applied and request.path != "/sim/faults":
+            body, status = _error(state.fault_status, "coordinator failed after applying (simulated fault)")
+            return app.make_response((body, status))
+        return response
 
     @app.before_request
     def admin_key_required() -> tuple[dict[str, Any], int] | None:

@@ -12,6 +12,7 @@ TRIGGER_POLL = 0.1  # seconds between two looks of an agent for a force-sync req
 DIES_AFTER = 0.5  # seconds an agent with the "dies after restart" fault lives
 STARTUP_TIMEOUT = 30.0  # seconds the cluster may take to come up before start() fails
 STOP_TIMEOUT = 5.0  # seconds a process gets after SIGTERM before SIGKILL
+PORT_ATTEMPTS = 5  # ports tried for a host's sshd when another process takes the picked one first
 PROVIDERS = ("vast", "lambda")  # assigned to hosts in turn
 VAST_FIRST_INSTANCE_ID = 7_000_001  # Vast.ai instance ids are integers
 VAST_PAGE_LIMIT = 25  # rows per page of Vast.ai's /api/v1/instances/ unless the client asks otherwise

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 AGENT_CONFIG = "agent.json"
+HOST_ROOT_ENV = "RINGRIFT_HOST_ROOT"  # in the environment of every process of a host (sessions, agents)
 
 
 class HostPaths:
@@ -16,6 +17,7 @@ class HostPaths:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.bin = self.root / "bin"  # command shims, first on the SSH session's PATH
+        self.home = self.root / "home"  # the login directory of SSH sessions (holds start_sync.sh)
         self.data = self.root / "data" / "selfplay"  # stands in for /data/selfplay
         self.log = self.root / "log"
         self.sync_log = self.log / "sync.log"  # stands in for /var/log/ringrift/sync.log
@@ -43,7 +45,7 @@ class HostPaths:
         return (self.faults / name).exists()
 
     def make(self) -> None:
-        for d in (self.bin, self.data, self.log, self.etc, self.run, self.faults, self.counters):
+        for d in (self.bin, self.home, self.data, self.log, self.etc, self.run, self.faults, self.counters):
             d.mkdir(parents=True, exist_ok=True)
         self.sync_log.touch()
 
@@ -52,3 +54,4 @@ class HostPaths:
 DISK_FULL = "disk_full"
 DIES_AFTER_RESTART = "dies_after_restart"
 NO_SYSTEMD = "no_systemd"  # systemctl is there but systemd is not running (a container)
+NO_SYSTEMCTL = "no_systemctl"  # the host has no systemctl: the command is not found (exit 127)

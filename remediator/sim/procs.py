@@ -31,6 +31,28 @@ def alive(pid: int | None) -> bool:
     return fields is not None and fields[0] not in ("Z", "X")
 
 
+def session(pid: int) -> int | None:
+    """The session id of the process (None when it is gone)."""
+    fields = _stat_fields(pid)
+    return int(fields[3]) if fields else None
+
+
+def has_env(pid: int, name: str, value: str) -> bool:
+    """Whether the process's environment holds ``name=value`` (False when unreadable or gone)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return False
+    return f"{name}={value}".encode() in entries
+
+
+def with_env(name: str, value: str) -> list[int]:
+    """Live pids whose environment holds ``name=value``."""
+    pids = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    return [pid for pid in pids if has_env(pid, name, value) and alive(pid)]
+
+
 def cmdline(pid: int) -> str:
     """The process's command line joined by spaces ("" when it is gone)."""
     try:

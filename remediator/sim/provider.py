@@ -13,7 +13,10 @@ One Flask app, mounted under three prefixes:
   Bearer, or basic auth with the key as user name.
 - ``/vast-status`` and ``/lambda-status``: a statuspage.io ``GET /api/v2/status.json``.
 
-During a provider outage the API answers 503 and the status page says ``major``.
+During a provider outage the API answers 503 and the status page says ``major``. A provider may also
+answer 200 with something that is not a usable listing while its status page says all is well
+(``ProviderState.answer``, see ``ANSWERS``): Vast.ai's ``{"success": false, ...}`` error answer, a
+listing without its instance list, or an HTML page.
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, Response, request
 
 from remediator.sim import defaults
 
 RUNNING, STOPPED, TERMINATED = "running", "stopped", "terminated"
 INSTANCE_STATES = (RUNNING, STOPPED, TERMINATED)
+# What a provider's instance API answers (HTTP 200 in every case): the listing, or a faulty answer.
+ANSWERS = (
+    "ok",  # the listing
+    "error",  # an error object: Vast.ai {"success": false, "error", "msg"}, Lambda {"error": {...}}
+    "malformed",  # JSON without the instance list: Vast.ai {"success": true}, Lambda {"data": null}
+    "not_json",  # an HTML page, as a proxy in front of the API may send
+)
+NOT_JSON_PAGE = "<html><body><h1>Service temporarily unavailable</h1></body></html>\n"
 
 
 @dataclass
@@ -49,6 +60,7 @@ class ProviderState:
     instances: dict[str, Instance]  # by host_id
     api_keys: dict[str, str]  # provider -> API key
     outage: dict[str, bool] = field(default_factory=lambda: {"vast": False, "lambda": False})
+    answer: dict[str, str] = field(default_factory=lambda: {"vast": "ok", "lambda": "ok"})  # see ANSWERS
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def of(self, provider: str) -> list[Instance]:
@@ -119,6 +131,17 @@ def _json_param(name: str, default: Any) -> Any:
         return raw
 
 
+def _faulty_answer(answer: str, error: dict[str, Any], malformed: dict[str, Any]) -> Any:
+    """The 200 answer of a faulty provider API (None when it answers normally)."""
+    if answer == "error":
+        return error, 200
+    if answer == "malformed":
+        return malformed, 200
+    if answer == "not_json":
+        return Response(NOT_JSON_PAGE, status=200, mimetype="text/html")
+    return None
+
+
 def vast_blueprint(state: ProviderState) -> Blueprint:
     bp = Blueprint("vast", __name__, url_prefix="/vast")
 
@@ -128,7 +151,11 @@ def vast_blueprint(state: ProviderState) -> Blueprint:
             return {"success": False, "error": "service_unavailable", "msg": "simulated outage"}, 503
         if not _bearer_ok(state.api_keys["vast"]):
             return {"success": False, "error": "auth_error", "msg": "Invalid user key"}, 401
-        return None
+        return _faulty_answer(
+            state.answer["vast"],
+            {"success": False, "error": "server_error", "msg": "simulated error answer"},
+            {"success": True, "next_token": None},
+        )
 
     @bp.get("/api/v1/instances/")
     def instances_v1() -> dict[str, Any]:
@@ -174,7 +201,11 @@ def lambda_blueprint(state: ProviderState) -> Blueprint:
             return {"error": error}, 503
         if not _bearer_ok(state.api_keys["lambda"]):
             return {"error": {"code": "global/invalid-api-key", "message": "API key was invalid"}}, 401
-        return None
+        return _faulty_answer(
+            state.answer["lambda"],
+            {"error": {"code": "global/unknown", "message": "simulated error answer"}},
+            {"data": None},
+        )
 
     @bp.get("/api/v1/instances")
     def instances() -> dict[str, Any]:

@@ -1,45 +1,47 @@
 """Command shims of a simulated host: ``systemctl``, ``pgrep``, ``pkill`` and ``start_sync.sh``.
 
 Each host's ``bin/`` holds tiny sh wrappers that exec this file with the host's root baked in, and
-the host's sshd puts that ``bin/`` first on the session's PATH. So the remediator's default commands
-(``pgrep -f sync_agent``, ``systemctl restart ringrift-sync-agent``, ``pkill -f sync_agent;
-start_sync.sh``) act on *this* host's agent only, as they would on a real host. Standard library only.
+the host's sshd puts that ``bin/`` first on the session's PATH; ``start_sync.sh`` sits in the session's
+login directory (``home/``), where the runbook runs it as ``./start_sync.sh``. So the remediator's
+default commands act on *this* host, as they would on a real one. Standard library only.
 
-A ``pgrep``/``pkill`` pattern that could name the sync agent is answered for this host's agent; any
-other ``pgrep`` runs the real one, any other ``pkill`` is refused so a shim never touches the machine.
+``pgrep`` and ``pkill`` are the real procps ones, shown only this host's processes: the shim execs
+``/usr/bin/pgrep -s SID,...`` (or pkill) with the sessions of every process that carries this host's
+``RINGRIFT_HOST_ROOT`` in its environment (what its SSH sessions run, and its sync agents). Being the
+real procps, they behave as on a host: they never match their own process, but they do match the
+shell that runs them -- ``sh -c 'pkill -f sync_agent; ...'`` kills that shell, whose command line
+contains ``sync_agent``. The sim's pgrep/pkill cannot reach a process of another host or of the
+machine: every session in the list belongs to this host (a session's members all descend from its
+leader, and the kernel does not reuse a pid still in use as a session id).
+
+``systemctl`` knows one unit, ``ringrift-sync-agent`` (and ``show -p Restart``, its restart policy). On
+a host with the ``no_systemd`` fault it is there but fails (systemd does not run, as in a container);
+with ``no_systemctl`` it is not there at all: the shell's "command not found", exit 127 (the machine's
+own systemctl must never be reached from a simulated host, so the shim stands in for its absence).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 
 try:
-    from remediator.sim import agentctl
-    from remediator.sim.layout import NO_SYSTEMD, HostPaths
+    from remediator.sim import agentctl, procs
+    from remediator.sim.layout import HOST_ROOT_ENV, NO_SYSTEMCTL, NO_SYSTEMD, HostPaths
 except ImportError:  # run by file without the package on sys.path (the normal case)
     import agentctl  # type: ignore[no-redef]
-    from layout import NO_SYSTEMD, HostPaths  # type: ignore[no-redef]
+    import procs  # type: ignore[no-redef]
+    from layout import HOST_ROOT_ENV, NO_SYSTEMCTL, NO_SYSTEMD, HostPaths  # type: ignore[no-redef]
 
 UNIT = "ringrift-sync-agent"
-REAL_PGREP = "/usr/bin/pgrep"
+PROCPS = {"pgrep": "/usr/bin/pgrep", "pkill": "/usr/bin/pkill"}
+NOT_FOUND = 127  # the shell's exit status for a command it cannot find
 
 
-def _names_agent(paths: HostPaths, pattern: str) -> bool:
-    """Whether pattern (a pgrep regex) matches the agent's command line."""
-    argv = json.loads(paths.agent_config.read_text())["argv"]
-    try:
-        return re.search(pattern, " ".join(argv)) is not None
-    except re.error:
-        return False
-
-
-def _pattern(args: list[str]) -> str | None:
-    """The pattern argument of pgrep/pkill (options such as -f, -a, -9, -TERM are skipped)."""
-    rest = [a for a in args if not a.startswith("-")]
-    return rest[-1] if rest else None
+def host_sessions(paths: HostPaths) -> list[int]:
+    """The session ids of every live process of this host (sorted, without duplicates)."""
+    found = {procs.session(pid) for pid in procs.with_env(HOST_ROOT_ENV, str(paths.root))}
+    return sorted(sid for sid in found if sid)
 
 
 NOT_BOOTED = "System has not been booted with systemd as init system (PID 1). Can't operate."
@@ -56,6 +58,9 @@ def show(paths: HostPaths, args: list[str]) -> int:
 
 
 def systemctl(paths: HostPaths, args: list[str]) -> int:
+    if paths.has_fault(NO_SYSTEMCTL):
+        print("systemctl: command not found", file=sys.stderr)
+        return NOT_FOUND
     if paths.has_fault(NO_SYSTEMD):
         print(NOT_BOOTED, file=sys.stderr)
         return 1
@@ -79,8 +84,7 @@ def systemctl(paths: HostPaths, args: list[str]) -> int:
             agentctl.bump(paths, agentctl.AGENT_RESTARTS)
         return 0
     if verb == "stop":
-        if agentctl.stop(paths):
-            agentctl.bump(paths, agentctl.AGENT_KILLS)
+        agentctl.stop(paths)  # the agent counts its own SIGTERM (agent_kills)
         return 0
     if verb in ("status", "is-active"):
         pid = agentctl.agent_pid(paths)
@@ -90,26 +94,22 @@ def systemctl(paths: HostPaths, args: list[str]) -> int:
     return 1
 
 
-def pgrep(paths: HostPaths, args: list[str]) -> int:
-    pattern = _pattern(args)
-    if pattern is None or not _names_agent(paths, pattern):
-        os.execv(REAL_PGREP, [REAL_PGREP, *args])  # noqa: S606 (argv, no shell)
-    pid = agentctl.agent_pid(paths)
-    if pid is None:
+def procps(name: str, paths: HostPaths, args: list[str]) -> int:
+    """Exec the real pgrep/pkill, limited to this host's sessions (this process keeps its pid)."""
+    sessions = host_sessions(paths)
+    if not sessions:  # nothing of this host runs (not even the caller): nothing can match
         return 1
-    print(pid)
-    return 0
+    binary = PROCPS[name]
+    os.execv(binary, [name, "-s", ",".join(map(str, sessions)), *args])  # noqa: S606 (argv, no shell)
+    return 1  # not reached
+
+
+def pgrep(paths: HostPaths, args: list[str]) -> int:
+    return procps("pgrep", paths, args)
 
 
 def pkill(paths: HostPaths, args: list[str]) -> int:
-    pattern = _pattern(args)
-    if pattern is None or not _names_agent(paths, pattern):
-        print("pkill (sim): only this host's sync agent may be killed here", file=sys.stderr)
-        return 1
-    if not agentctl.stop(paths):
-        return 1
-    agentctl.bump(paths, agentctl.AGENT_KILLS)
-    return 0
+    return procps("pkill", paths, args)
 
 
 def start_sync(paths: HostPaths, args: list[str]) -> int:

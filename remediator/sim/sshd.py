@@ -3,12 +3,16 @@
 It runs as the current user with its own ed25519 host key, accepts only the sim's client key, and
 sets the session's ``PATH`` (the host's ``bin/`` of command shims first) and ``RINGRIFT_HOST_ROOT`` with
 ``SetEnv``, which sshd applies after its own defaults, so the remediator's default commands find this
-host's shims.
+host's shims. Every command runs in the host's login directory (``home/``, where ``./start_sync.sh``
+is): a ``ForceCommand`` changes there, then execs the user's shell with the command as sshd would have
+run it (``$SHELL -c COMMAND``), so the process that runs a command has the command line it has on a
+real host.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -55,6 +59,7 @@ class SSHServer:
     def __init__(self, paths: HostPaths, address: str, port: int, authorized_keys: Path) -> None:
         self.paths, self.address, self.port, self.authorized_keys = paths, address, port, authorized_keys
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0  # where the log of the current start begins
 
     @property
     def pid(self) -> int | None:
@@ -67,7 +72,12 @@ class SSHServer:
     def prepare(self) -> None:
         """Make the host key and write the config."""
         keygen(self.paths.host_key, f"sim-host-key@{self.paths.root.name}")
+        self.write_config()
+
+    def write_config(self) -> None:
+        """The sshd_config for the current port (rewritten when the port changes)."""
         session_path = SESSION_PATH.format(bin=self.paths.bin)
+        login = shlex.quote(str(self.paths.home))
         lines = [
             f"ListenAddress {self.address}:{self.port}",
             f"HostKey {_quote(str(self.paths.host_key))}",
@@ -88,6 +98,7 @@ class SSHServer:
             "MaxSessions 64",
             "LoginGraceTime 30",
             f"SetEnv {_quote('PATH=' + session_path)} {_quote('RINGRIFT_HOST_ROOT=' + str(self.paths.root))}",
+            f'ForceCommand cd {login} && exec "$SHELL" -c "$SSH_ORIGINAL_COMMAND"',
             "Subsystem sftp internal-sftp",
         ]
         self.paths.sshd_config.write_text("\n".join(lines) + "\n")
@@ -97,6 +108,8 @@ class SSHServer:
             return
         if os.geteuid() == 0 and not PRIVSEP_DIR.is_dir():
             PRIVSEP_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.paths.sshd_pid.unlink(missing_ok=True)  # sshd writes it once it listens (see wait_ready)
+        self._log_start = self.paths.sshd_log.stat().st_size if self.paths.sshd_log.exists() else 0
         with open(self.paths.sshd_log, "ab") as log:
             self._proc = subprocess.Popen(
                 [binary("sshd"), "-D", "-e", "-f", str(self.paths.sshd_config)],
@@ -107,19 +120,37 @@ class SSHServer:
             )
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll until the port accepts a TCP connection; SimError with the log tail if sshd died."""
+        """Poll until this sshd listens: its pid file names it (sshd writes it after binding) and the
+        port accepts a TCP connection. Another process's server on the port does not count.
+        SimError with the log tail if sshd died (``bind_failed`` tells whether its port was taken)."""
         deadline = time.monotonic() + timeout
         while True:
             if not self.running:
                 tail = self.paths.sshd_log.read_text(errors="replace")[-2000:]
                 raise SimError(f"sshd of {self.paths.root.name} exited on start; its log ends:\n{tail}")
             try:
-                with socket.create_connection((self.address, self.port), timeout=1):
-                    return
+                if self._pid_written():
+                    with socket.create_connection((self.address, self.port), timeout=1):
+                        return
             except OSError:
                 if time.monotonic() >= deadline:
                     raise SimError(f"sshd of {self.paths.root.name} not listening on {self.port}") from None
                 time.sleep(0.02)
+
+    def _pid_written(self) -> bool:
+        try:
+            return self._proc is not None and int(self.paths.sshd_pid.read_text().strip()) == self._proc.pid
+        except (OSError, ValueError):
+            return False
+
+    def bind_failed(self) -> bool:
+        """Whether the last start ended because the port was in use (another process took it)."""
+        try:
+            with open(self.paths.sshd_log, "rb") as log:
+                log.seek(self._log_start)
+                return b"Address already in use" in log.read()
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop sshd and every session it runs (a host that goes away drops its connections)."""

@@ -26,9 +26,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 try:
-    from remediator.sim import games, procs
+    from remediator.sim import agentctl, games, procs
     from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths
 except ImportError:  # run by file without the package on sys.path (the normal case)
+    import agentctl  # type: ignore[no-redef]
     import games  # type: ignore[no-redef]
     import procs  # type: ignore[no-redef]
     from layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths  # type: ignore[no-redef]
@@ -118,6 +119,7 @@ class Agent:
     def on_sigterm(self, *_: object) -> None:
         """Stop now, even in the middle of a slow sync (what systemd's stop asks of a service)."""
         self.stopping = True
+        agentctl.bump(self.paths, agentctl.AGENT_KILLS)  # whoever sent it: systemctl, pkill, the sim
         raise SystemExit(0)
 
     def owner_gone(self) -> bool:

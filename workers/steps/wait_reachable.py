@@ -1,4 +1,7 @@
-"""Unreachable host whose instance still runs: never retire; re-check on a schedule, then escalate.
+"""Unreachable host whose instance is not known to be gone: never retire; re-check on a schedule, then
+escalate. "Not known to be gone" includes an instance whose state is unknown because the provider's
+answer was unusable: what the provider failed to say is carried into the step's detail and evidence,
+and so into the escalation's reason and page.
 
 Also the wait of a ladder whose diagnosis got no host record because the coordinator did not answer
 (5xx, timeouts): the host's state is unknown, not "unreachable", so it is re-checked the same way and
@@ -30,9 +33,26 @@ def run(lad: LadderRun) -> StepOutcome:
         )
     return StepOutcome(
         "ran",
-        "host unreachable but its instance runs: waiting for it to come back",
-        {"ssh_error": lad.diagnosis.get("ssh_error"), "cloud_state": lad.facts.get("cloud_state")},
+        f"host unreachable and {_instance(lad)}: waiting for it to come back",
+        {
+            "ssh_error": lad.diagnosis.get("ssh_error"),
+            "cloud_state": lad.facts.get("cloud_state"),
+            "cloud_detail": lad.diagnosis.get("cloud_detail"),
+        },
     )
+
+
+def _instance(lad: LadderRun) -> str:
+    """What diagnosis learnt of the host's instance, in words (with the reason when it learnt nothing)."""
+    state = lad.facts.get("cloud_state") or "not_asked"
+    detail = lad.diagnosis.get("cloud_detail") or ""
+    if state == "running":
+        return "its instance runs"
+    if state == "unknown":
+        return f"its instance state is unknown ({detail})" if detail else "its instance state is unknown"
+    if state == "not_asked":
+        return "its instance state was not asked"
+    return f"its instance is {state}"
 
 
 def verify(lad: LadderRun) -> Verdict:
@@ -47,15 +67,19 @@ def verify(lad: LadderRun) -> Verdict:
         with lad.ctx.clients.ssh(record) as session:
             session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
     except SSHError as exc:
-        return _still_waiting(lad, "host", {"ssh_error": str(exc)})
+        evidence: dict[str, object] = {"ssh_error": str(exc)}
+        if lad.facts.get("cloud_state") == "unknown":
+            evidence["cloud_detail"] = lad.diagnosis.get("cloud_detail")
+        return _still_waiting(lad, "host", evidence, also=f"; {_instance(lad)}")
     return Verdict("ok", "host reachable again: diagnosing afresh", final="rediagnose")
 
 
-def _still_waiting(lad: LadderRun, what: str, evidence: dict[str, object]) -> Verdict:
-    """Pending until the rules' unreachable limit has passed, then failed (the ladder escalates)."""
+def _still_waiting(lad: LadderRun, what: str, evidence: dict[str, object], also: str = "") -> Verdict:
+    """Pending until the rules' unreachable limit has passed, then failed (the ladder escalates, and
+    the failed verdict's detail, ``also`` included, becomes the escalation's reason)."""
     waited = time.time() - (lad.scratch.get("unreachable_since") or time.time())
     limit = lad.ctx.rules.ladder.unreachable_escalate_after_minutes * 60
     evidence = {**evidence, "waited_seconds": round(waited, 1)}
     if waited >= limit:
-        return Verdict("failed", f"{what} still unreachable after {waited / 60:.1f} min", evidence)
-    return Verdict("pending", f"{what} still unreachable; re-check scheduled", evidence)
+        return Verdict("failed", f"{what} still unreachable after {waited / 60:.1f} min{also}", evidence)
+    return Verdict("pending", f"{what} still unreachable{also}; re-check scheduled", evidence)

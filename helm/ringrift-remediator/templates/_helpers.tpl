@@ -130,6 +130,7 @@ read-token: readToken
 redis-sentinel-password: redisSentinelPassword
 coordinator-admin-key: coordinatorAdminKey
 pagerduty-routing-key: pagerdutyRoutingKey
+page-webhook-url: pageWebhookUrl
 vast-api-key: vastApiKey
 lambda-api-key: lambdaApiKey
 ssh-private-key: sshPrivateKey
@@ -147,6 +148,7 @@ read-token: REMEDIATOR_READ_TOKEN_FILE
 redis-sentinel-password: REDIS_SENTINEL_PASSWORD_FILE
 coordinator-admin-key: REMEDIATOR_COORDINATOR_ADMIN_KEY_FILE
 pagerduty-routing-key: REMEDIATOR_PAGERDUTY_ROUTING_KEY_FILE
+page-webhook-url: REMEDIATOR_PAGE_WEBHOOK_URL_FILE
 vast-api-key: REMEDIATOR_VAST_API_KEY_FILE
 lambda-api-key: REMEDIATOR_LAMBDA_API_KEY_FILE
 ssh-private-key: REMEDIATOR_SSH_KEY_FILE
@@ -288,7 +290,6 @@ vastStatusUrl: REMEDIATOR_VAST_STATUS_URL
 lambdaUrl: REMEDIATOR_LAMBDA_URL
 lambdaStatusUrl: REMEDIATOR_LAMBDA_STATUS_URL
 pagerdutyUrl: REMEDIATOR_PAGERDUTY_URL
-pageWebhookUrl: REMEDIATOR_PAGE_WEBHOOK_URL
 alertmanagerUrl: REMEDIATOR_ALERTMANAGER_URL
 ledgerFile: REMEDIATOR_LEDGER_FILE
 maxBodyBytes: REMEDIATOR_MAX_BODY_BYTES
