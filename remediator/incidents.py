@@ -407,6 +407,7 @@ def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "", *, war
             ACTIVE_TTL,
             "1" if warning else "0",
         ],
+        client=conn,
     )
     ref = ref.decode() if isinstance(ref, bytes) else ref
     if code == 0:
@@ -436,6 +437,7 @@ def close(conn: redis.Redis, host_id: str, *, by: str, reason: str, expected: st
             ACTIVE_TTL,
             expected,
         ],
+        client=conn,
     )
     if code == 0:
         return Closed(None)
@@ -503,6 +505,7 @@ def end_ladder(
             store.encode_audit(audit),
             metrics.field("remediator_ladders", {"outcome": outcome}),
         ],
+        client=conn,
     )
     if code == -1:
         return Ended(False, withdrawn=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from rq import Queue
 
 from remediator import incidents, keys
@@ -218,3 +219,25 @@ def test_a_closed_incident_takes_its_host_out_of_the_fleet_window_at_once(redis_
     assert redis_conn.zscore(keys.FLEET_CRITICAL, "h1") is not None
     resolve_host(redis_conn, Q, "h1")
     assert redis_conn.zscore(keys.FLEET_CRITICAL, "h1") is None
+
+
+def test_incident_scripts_run_on_the_connection_they_are_given(redis_url):
+    """The scripts are registered once per process; each call must still run on its caller's client (a
+    killed worker's, another database's), not on the first client that ever registered them."""
+    first = redis.Redis.from_url(redis_url)
+    where = first.connection_pool.connection_kwargs
+    other = redis.Redis(host=where["host"], port=where["port"], db=1)
+    try:
+        start(first)
+        end(first, "h1", "escalated")  # registers END_LUA with ``first``
+        start(other)
+        ended = end(other, "h1", "healthy")
+        assert ended.ok and ended.state == "monitoring"
+        assert incidents.current(other, "h1").state == IncidentState.MONITORING
+        assert incidents.current(first, "h1").state == IncidentState.HELD  # untouched
+        assert resolve_host(other, Q, "h1")["action"] == "incident closed"
+        assert incidents.current(first, "h1").state == IncidentState.HELD
+    finally:
+        other.flushdb()
+        first.close()
+        other.close()
