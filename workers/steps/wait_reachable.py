@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from remediator.exceptions import CoordinatorError, SSHError
+from workers.diagnose import answered
 from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = False
@@ -45,9 +46,11 @@ def verify(lad: LadderRun) -> Verdict:
         return Verdict("ok", "coordinator answers again: diagnosing afresh", final="rediagnose")
     try:
         with lad.ctx.clients.ssh(record) as session:
-            session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
+            echo = session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
     except SSHError as exc:
         return _still_waiting(lad, "host", {"ssh_error": str(exc)})
+    if not answered(echo):  # the test diagnosis applies, or the two would send each other back and forth
+        return _still_waiting(lad, "host", {"ssh_error": f"echo OK: exit {echo.exit_status}, no OK"})
     return Verdict("ok", "host reachable again: diagnosing afresh", final="rediagnose")
 
 
