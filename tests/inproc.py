@@ -298,6 +298,7 @@ class Driver(FaultHooks):
         running.worker.stalled = True
         self.stalls.append(
             {
+                "job": running.job.id if running.job else None,
                 "at": self.clock.now,
                 "worker": running.worker.name,
                 "host": running.host,
