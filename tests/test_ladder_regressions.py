@@ -354,6 +354,28 @@ def test_after_a_re_diagnosis_the_unreachable_limit_still_triggers(make):
     assert float(failed["ts"]) - first < 0.1 * 60 + 2 * 1  # the limit and a recheck interval
 
 
+def test_a_host_that_answers_every_re_check_but_no_diagnosis_is_paced_and_escalated(make):
+    """Found while writing the test above: the host answers every wait_reachable check but no
+    diagnosis. After each re-diagnosis the wait's attempt was already claimed, so the ladder verified
+    at once -- no recheck interval -- and an answered check never looked at the unreachable limit: a
+    tight loop of SSH sessions until the ladder's deadline (here: Livelock, no time passes). Now a
+    re-check waits a recheck interval after the last, and one that gets an answer still escalates
+    once no diagnosis has reached the host for the rules' limit."""
+    h = make(["h1"])
+    h.world.break_agent("h1", "dead")
+    monkeypatch_plan(h, DiagnosisCannotConnect(h, answers=None))
+    h.fire("h1")
+    state = h.finish("h1")
+    assert state["outcome"] == "escalated", h.steps("h1")
+    failed = next(
+        e for e in h.audit("h1") if e["step"] == "wait_reachable" and e["outcome"] == "verify-failed"
+    )
+    assert "no diagnosis has reached it" in failed["detail"], failed
+    times = [float(d["ts"]) for d in diagnoses(h, "h1")]
+    assert all(b - a >= 1.0 for a, b in itertools.pairwise(times)), times  # one recheck interval apart
+    assert float(failed["ts"]) - times[0] < 0.1 * 60 + 2 * 1
+
+
 def monkeypatch_plan(h: hz.Harness, plan: FaultPlan) -> None:
     """Swap the harness's fault plan (its clients and workers read it)."""
     h.plan = plan
