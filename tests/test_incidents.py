@@ -241,3 +241,19 @@ def test_incident_scripts_run_on_the_connection_they_are_given(redis_url):
         other.flushdb()
         first.close()
         other.close()
+
+
+def test_a_firing_alert_does_not_withdraw_the_stop_of_a_human_close(redis_conn):
+    """A human closed the incident while its ladder ran: the ladder is asked to stop and the incident
+    is closed at once. A re-sent firing alert must not take the stop back (that is for a resolved
+    alert, whose incident stays open until the ladder stops): the ladder would go on under a closed
+    incident, pausing selfplay and paging for a host nothing tracks any more."""
+    first = start(redis_conn).accepted[0]
+    incidents.close(redis_conn, "h1", by="cli (root)", reason="fixed by hand")
+    again = start(redis_conn)
+    assert again.accepted == [] and again.skipped[0]["reason"].startswith("already remediating")
+    assert redis_conn.get(keys.CANCEL.format("h1")).decode() == first["ladder_id"]
+    ended = end(redis_conn, "h1", "stopped")
+    assert ended.ok and not ended.withdrawn
+    assert incidents.get(redis_conn, first["incident_id"]).state == IncidentState.RESOLVED
+    assert redis_conn.get(keys.ACTIVE.format("h1")) is None
