@@ -314,17 +314,25 @@ if redis.call('RPUSH', KEYS[8], ARGV[12 + 2 * n]) > tonumber(ARGV[7]) then
   redis.call('LTRIM', KEYS[8], -tonumber(ARGV[7]), -1)
 end
 redis.call('HINCRBYFLOAT', KEYS[9], ARGV[13 + 2 * n], 1)
-local inc = redis.call('GET', KEYS[5])
-if not inc then return {1, '', ''} end
-local ikey = ARGV[5] .. inc
-local ref = redis.call('HGET', ikey, 'ladder:' .. ARGV[1])
-if ref then
-  local entry = cjson.decode(ref)
-  entry['outcome'] = outcome
-  entry['detail'] = ARGV[9]
-  entry['finished_at'] = tonumber(now)
-  redis.call('HSET', ikey, 'ladder:' .. ARGV[1], cjson.encode(entry))
+local function record_end(ikey)
+  local ref = redis.call('HGET', ikey, 'ladder:' .. ARGV[1])
+  if ref then
+    local entry = cjson.decode(ref)
+    entry['outcome'] = outcome
+    entry['detail'] = ARGV[9]
+    entry['finished_at'] = tonumber(now)
+    redis.call('HSET', ikey, 'ladder:' .. ARGV[1], cjson.encode(entry))
+  end
 end
+local inc = redis.call('GET', KEYS[5])
+if not inc then
+  -- The incident was closed under the running ladder (by a human): its record still gets the end.
+  local closed = redis.call('HGET', KEYS[4], 'incident_id')
+  if closed then record_end(ARGV[5] .. closed) end
+  return {1, '', ''}
+end
+local ikey = ARGV[5] .. inc
+record_end(ikey)
 local state = ARGV[11 + 2 * n]
 if state == 'resolved' then
   close_incident(inc, ikey, KEYS[5], KEYS[6], KEYS[7], KEYS[8], redis.call('HGET', ikey, 'host_id'), now,

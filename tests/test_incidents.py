@@ -257,3 +257,14 @@ def test_a_firing_alert_does_not_withdraw_the_stop_of_a_human_close(redis_conn):
     assert ended.ok and not ended.withdrawn
     assert incidents.get(redis_conn, first["incident_id"]).state == IncidentState.RESOLVED
     assert redis_conn.get(keys.ACTIVE.format("h1")) is None
+
+
+def test_a_ladder_that_ends_after_a_human_closed_its_incident_has_its_end_on_the_incident(redis_conn):
+    """The closed incident's record must not show its ladder as still running (the status page and
+    the API list an incident's ladders with their outcomes)."""
+    first = start(redis_conn).accepted[0]
+    incidents.close(redis_conn, "h1", by="cli (root)", reason="fixed by hand")
+    assert end(redis_conn, "h1", "stopped").ok
+    ladder = incidents.get(redis_conn, first["incident_id"]).ladders[0]
+    assert ladder.ladder_id == first["ladder_id"] and ladder.outcome == "stopped"
+    assert ladder.finished_at is not None
