@@ -45,6 +45,7 @@ from rq.utils import utcformat
 from world import VirtualClock
 
 SWEEP_EVERY = 5.0  # virtual seconds between sweeps (the worker's Sweeper thread: workers/sweeper.py)
+RQ_MAINTENANCE_INTERVAL = 30.0  # virtual seconds between rq maintenance passes (WORKER_MAINTENANCE_INTERVAL)
 MAX_JOBS_QUIET = 300  # jobs one run_until_quiet may run before it calls it a livelock
 AGE_KEYS_BELOW_MS = 86_400_000  # keys with a longer TTL cannot expire within a sequence
 
@@ -246,6 +247,8 @@ class Driver(FaultHooks):
         self.lock_owners: dict[str, list[str]] = {}  # host lock key -> tokens, in acquisition order
         self.live_locks: dict[str, tuple[Any, Worker]] = {}  # lock key -> (HostLock, its worker)
         self.ends: list[dict[str, Any]] = []
+        self.orphans: dict[str, float] = {}  # killed jobs -> when rq's maintenance fails them
+        self.last_maintenance = clock.now
         self.redis_faults_on = True
         self.snapshot: Callable[[str], Any] = lambda host: None
         self.last_sweep = clock.now
@@ -434,6 +437,7 @@ class Driver(FaultHooks):
         except BaseException as exc:
             if worker.dead:
                 run.outcome = "killed"
+                self._orphaned(job)
             elif isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             else:
@@ -482,9 +486,31 @@ class Driver(FaultHooks):
             if ran > limit:
                 raise Livelock(f"{ran} jobs ran without the clock moving: {self.runs[-5:]}")
 
+    def _orphaned(self, job: Job) -> None:
+        """A job whose worker was killed: rq's maintenance (another worker's) fails it later -- a started
+        one once its timeout has passed (StartedJobRegistry), one dequeued but never marked started
+        after two passes over the intermediate queue."""
+        status = self.conn.hget(job.key, "status")
+        if status == b"started":
+            self.orphans[job.id] = self.clock.now + (job.timeout or 180) + 60
+        else:
+            self.orphans[job.id] = self.clock.now + 2 * RQ_MAINTENANCE_INTERVAL
+
+    def maintenance(self) -> None:
+        """rq's worker maintenance on the virtual clock: orphaned jobs whose time has come fail."""
+        self.last_maintenance = self.clock.now
+        for job_id, due in list(self.orphans.items()):
+            if self.clock.now >= due:
+                del self.orphans[job_id]
+                key = Job.key_for(job_id)
+                if self.conn.hget(key, "status") in (b"started", b"queued"):
+                    self.conn.hset(key, mapping={"status": "failed", "exc_info": "orphaned: its worker died"})
+
     def sweep(self) -> Any:
         from workers.sweeper import sweep
 
+        if self.clock.now >= self.last_maintenance + RQ_MAINTENANCE_INTERVAL:
+            self.maintenance()
         self.last_sweep = self.clock.now
         with self.running("sweeper") as entry:
             try:

@@ -45,6 +45,10 @@ HOST_MUTATIONS = frozenset(
     }
 )
 NOT_IDEMPOTENT = frozenset({"coordinator.retire", "coordinator.data_loss"})
+# Mutations whose repetition does something again: at most once per attempt (I4). force_sync and
+# unretire only set a state; repeating them (the client's retries on 5xx, the ladder re-running a step
+# whose coordinator was down without using up an attempt) is by design and changes nothing.
+ONCE_PER_ATTEMPT = HOST_MUTATIONS - {"coordinator.force_sync", "coordinator.unretire"}
 # Faults after which the answer the caller got is not the service's own (I8).
 UNANSWERED = frozenset({"refused", "timeout", "5xx", "4xx", "malformed", "applied_then_failed", "kill_after"})
 
@@ -117,13 +121,20 @@ class Invariants:
         # I1: retire / data-loss only for data that is truly gone.
         if call.name in NOT_IDEMPOTENT and call.level == "wire" and call.reached:
             self._recoverable("I1", call, host, ctx.get("ladder_id"), ctx.get("incident"), call.world)
+        if call.name == "coordinator.retire" and call.level == "wire" and call.applied:
+            self._documented(call, host, ctx.get("ladder_id"))
+        if call.name in NOT_IDEMPOTENT and call.level == "wire" and call.applied:
+            key = (ctx.get("ladder_id"), ctx.get("step"), ctx.get("attempt"), call.name, "applied")
+            self.attempt_mutations[key] += 1
+            if self.attempt_mutations[key] > 1:
+                self.fail("I4", "a retirement or loss record applied twice in one attempt", call=_brief(call))
         if call.level != "intent" or call.name not in HOST_MUTATIONS or ctx.get("kind") != "ladder":
             return
         if call.name == "rsync" and call.args.get("dry_run"):
             return
         # I4: once per attempt; I4/I5: only under the host's lock, by the host's active ladder.
         key = (ctx.get("ladder_id"), ctx.get("step"), ctx.get("attempt"), call.name)
-        self.attempt_mutations[key] += 1
+        self.attempt_mutations[key] += call.name in ONCE_PER_ATTEMPT
         if self.attempt_mutations[key] > 1:
             self.fail("I4", "a mutation twice in one attempt", attempt=key, call=_brief(call))
         if not ctx.get("token") or ctx.get("lock_now") != ctx.get("token"):
@@ -200,6 +211,20 @@ class Invariants:
                 what=_brief(what),
                 provider=_brief(last),
                 wires=[_brief(w) for w in wires],
+            )
+
+    def _documented(self, call: Call, host: str | None, ladder: str | None) -> None:
+        """I1, and the checklist: a host is retired only once its loss is in the ledger and in the
+        coordinator's training log (as the world has them, not as the remediator believes)."""
+        logged = [r for r in self.h.world.data_loss if r.get("host_id") == host and r["at"] <= call.at]
+        ledger = [line for line in self.h.ledger() if line.get("ladder_id") == ladder]
+        if not logged or not ledger:
+            self.fail(
+                "I1",
+                "a host retired before its loss was in the training log and the ledger",
+                call=_brief(call),
+                training_log=len(logged),
+                ledger=len(ledger),
             )
 
     def _ledger_line(self, line: dict[str, Any]) -> None:
