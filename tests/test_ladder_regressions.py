@@ -67,6 +67,25 @@ def test_a_login_banner_neither_makes_a_host_unreachable_nor_spins_its_ladder(ma
     assert len(h.driver.runs) < 10
 
 
+@pytest.mark.parametrize("variant", ["not_json", "empty", "success_false", "list"])
+def test_a_malformed_coordinator_answer_is_unknown_never_a_crash_nor_an_unknown_host(make, variant):
+    """GET /sync/hosts answered 200 with an HTML page, no body, {"success": false} or a list. Before the
+    fix an HTML page or an empty body crashed the job (JSONDecodeError; the sweeper then resumed it
+    until it gave up), and {"success": false} or no body read as "the coordinator does not know this
+    host": the ladder failed at once, holding the incident with nobody paged. Now each is the
+    coordinator's state unknown: the ladder waits and diagnoses again."""
+    h = make(["h1"])
+    h.world.break_agent("h1", "dead")
+    h.plan.add(Fault("coordinator.hosts", "malformed", variant=variant, times=1))
+    h.fire("h1")
+    state = h.finish("h1")
+    first = diagnoses(h, "h1")[0]
+    assert first["facts"]["coordinator_state"] == "unknown", first
+    assert first["detail"] == "plan: wait_reachable | escalate"
+    assert state["outcome"] == "healthy", h.steps("h1")
+    assert [r for r in h.driver.runs if r.outcome != "finished"] == []
+
+
 # -- finding 2: retire ----------------------------------------------------------------------------
 
 
