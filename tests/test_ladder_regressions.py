@@ -168,6 +168,29 @@ def test_retire_may_retire_is_asked_before_anything_is_written(make, monkeypatch
     assert h.ledger()[0]["games_lost"] == unsynced > 5
 
 
+@pytest.mark.parametrize("variant", ["empty", "list"])
+def test_retire_a_training_log_entry_the_coordinator_did_not_confirm_is_not_written(make, variant):
+    """POST /admin/data-loss answered 200 with no body or an empty list, and recorded nothing (a proxy's
+    catch-all). Before the fix any 2xx counted as "training log updated", and with automatic
+    retirement the host was retired with its loss in no training log (found by the property test).
+    Now only an answer saying ``"recorded": true`` counts: the checklist stays incomplete, no
+    retirement, a human is paged."""
+    h = make(["h1"], rules={"retirement.automatic": True})
+    h.world.break_agent("h1", "dead")
+    h.world.write_games(h.world.hosts["h1"], 4)
+    h.remediate("h1", dry_run=True)
+    h.finish("h1")
+    h.world.terminate("h1")
+    h.plan.add(Fault("coordinator.data_loss", "malformed", variant=variant, times=None))
+    h.fire("h1")
+    state = h.finish("h1")
+    retire = next(e for e in h.audit("h1") if e["step"] == "retire")
+    assert retire["outcome"] == "declined" and "could not be documented" in retire["detail"], retire
+    assert "did not confirm" in retire["coordinator_error"]
+    assert len(h.ledger()) == 1 and h.world.data_loss == [] and h.world.retirements == []
+    assert state["outcome"] == "escalated"
+
+
 # -- finding 3: dry run mutates nothing --------------------------------------------------------------
 
 
