@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from remediator import controls, incidents, keys, store
-from remediator.exceptions import CoordinatorError, Frozen
+from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, Frozen
 from remediator.paging import PageKind, PageResult, page, resolve
 
 log = logging.getLogger("remediator.fleet")
@@ -149,7 +149,13 @@ def resume_host(ctx: Any, host_id: str, why: str) -> bool:
         return True
     if controls.frozen(conn) is not None:
         raise Frozen("the fleet is frozen: selfplay resumes once it is unfrozen")
-    ctx.coordinator.resume_selfplay([host_id], f"remediator: {why}")
+    answer = ctx.coordinator.resume_selfplay([host_id], f"remediator: {why}")
+    if not (isinstance(answer, dict) and host_id in (answer.get("resumed") or [])):
+        # A 2xx that does not say so (a proxy's catch-all) may have resumed nothing: forgetting the
+        # pause now would leave the host paused for good. Kept, and tried again.
+        raise CoordinatorError(
+            f"the coordinator did not confirm the resume of {host_id}: {str(answer)[:100]}"
+        )
     conn.srem(keys.PAUSED, host_id)
     store.append_audit(conn, FLEET, "resume-selfplay", "done", why, hosts=[host_id])
     return True
@@ -362,6 +368,12 @@ def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
         return {}
     try:
         ctx.coordinator.pause_selfplay(new, f"remediator: storm {storm_id}")
+    except CoordinatorUnavailable as exc:
+        # 5xx, a timeout, a dropped connection: the pause may have been applied. Remembered as ours, so
+        # that it is resumed with the host (resuming a host that was not paused changes nothing).
+        conn.sadd(keys.PAUSED, *new)
+        log.error("pause of selfplay on %s may not have been applied: %s", new, exc)
+        return {"maybe_paused": new}
     except CoordinatorError as exc:
         log.error("could not pause selfplay on %s: %s", new, exc)
         return {}

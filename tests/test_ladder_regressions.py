@@ -251,6 +251,52 @@ def test_dry_run_ladder_finding_the_host_healthy_resumes_nothing_and_resolves_no
     assert not [c for c in h.log.calls[calls:] if c.mutating]
 
 
+def storm_of_two(h: hz.Harness) -> None:
+    """h1 and h2 go critical at once (a storm at threshold 2): their selfplay is paused."""
+    for host in ("h1", "h2"):
+        h.world.break_agent(host, "dead")
+    h.fire("h1", "h2")
+
+
+def test_a_pause_whose_answer_was_lost_is_remembered_and_resumed(make):
+    """The storm's pause was applied and its answer lost (a 502 after the coordinator acted, on every
+    retry). Before the fix the remediator forgot it (no error is a pause), so nothing ever resumed the
+    host (found by the property test, I6). Now a pause that may have been applied is remembered and
+    resumed with its host."""
+    h = make(["h1", "h2"], rules={"fleet.storm_threshold": 2})
+    h.plan.add(Fault("coordinator.pause", "applied_then_failed", variant="5xx", times=None))
+    for host in ("h1", "h2"):
+        h.world.hosts[host].ssh_up = False  # their ladders escalate: the hosts stay paused
+    storm_of_two(h)
+    for host in ("h1", "h2"):
+        assert h.finish(host)["outcome"] == "escalated"
+    assert h.world.hosts["h1"].selfplay_paused and h.world.hosts["h2"].selfplay_paused  # it took effect
+    assert {m.decode() for m in h.conn.smembers("remediator:paused")} == {"h1", "h2"}
+    h.plan.clear()
+    h.resolve("h1", "h2")
+    h.run(120)
+    assert not any(host.selfplay_paused for host in h.world.hosts.values())
+
+
+def test_a_resume_the_coordinator_did_not_confirm_is_tried_again(make):
+    """The resume was answered 200 with an empty list by something that resumed nothing. Before the fix
+    the remediator took any 2xx as done and forgot the pause: the host stayed paused for good (found
+    by the property test, I6). Now the resume must say the host was resumed; otherwise the incident's
+    cleanup is tried again, and the host resumed."""
+    h = make(["h1", "h2"], rules={"fleet.storm_threshold": 2})
+    for host in ("h1", "h2"):
+        h.world.hosts[host].ssh_up = False  # their ladders escalate: the hosts stay paused
+    storm_of_two(h)
+    for host in ("h1", "h2"):
+        assert h.finish(host)["outcome"] == "escalated"
+    assert h.world.hosts["h1"].selfplay_paused and h.world.hosts["h2"].selfplay_paused
+    h.plan.add(Fault("coordinator.resume", "malformed", variant="list", times=2))
+    h.resolve("h1", "h2")
+    h.run(600)
+    assert not any(host.selfplay_paused for host in h.world.hosts.values())
+    assert h.conn.smembers("remediator:paused") == set()
+
+
 # -- finding 4: fencing ------------------------------------------------------------------------------
 
 
