@@ -77,6 +77,7 @@ class Fault:
     variant: str = ""
     seconds: float = 0.0
     host: str | None = None  # only calls about this host (None: any)
+    skip: int = 0  # matching calls let through before the fault starts to hit
     hits: int = 0
 
     def matches(self, name: str, host: str | None) -> bool:
@@ -103,6 +104,9 @@ class FaultPlan:
     def take(self, name: str, host: str | None = None) -> Fault | None:
         for fault in self.faults:
             if fault.matches(name, host):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
                 fault.hits += 1
                 if fault.times is not None and fault.hits >= fault.times:
                     self.faults.remove(fault)

@@ -229,7 +229,16 @@ class JobRun:
 class Driver(FaultHooks):
     """Runs the remediator's jobs, sweeps and the clock, and answers the fault layer's hooks."""
 
-    def __init__(self, redis_url: str, settings: Any, clock: VirtualClock, plan: FaultPlan, log: Any) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        settings: Any,
+        clock: VirtualClock,
+        plan: FaultPlan,
+        log: Any,
+        *,
+        age_keys: bool = True,
+    ) -> None:
         self.redis_url = redis_url
         self.settings = settings
         self.clock = clock
@@ -253,7 +262,8 @@ class Driver(FaultHooks):
         self.snapshot: Callable[[str], Any] = lambda host: None
         self.last_sweep = clock.now
         self._age = self.conn.register_script(AGE_LUA)
-        clock.on_advance.append(self._age_keys)
+        if age_keys:  # on the real clock, Redis ages its keys by itself
+            clock.on_advance.append(self._age_keys)
         log.context = self.context
 
     # -- fault hooks ---------------------------------------------------------------------------------
@@ -437,7 +447,6 @@ class Driver(FaultHooks):
         except BaseException as exc:
             if worker.dead:
                 run.outcome = "killed"
-                self._orphaned(job)
             elif isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             else:
@@ -455,6 +464,7 @@ class Driver(FaultHooks):
             self.stack.pop()
             self._release(worker)
         self.runs.append(run)
+        self._orphaned(job)
         return run
 
     def move_due(self) -> int:
@@ -487,13 +497,14 @@ class Driver(FaultHooks):
                 raise Livelock(f"{ran} jobs ran without the clock moving: {self.runs[-5:]}")
 
     def _orphaned(self, job: Job) -> None:
-        """A job whose worker was killed: rq's maintenance (another worker's) fails it later -- a started
+        """A job left neither finished nor failed (its worker was killed, or Redis failed it while it
+        was marked started or done): rq's maintenance (another worker's) fails it later -- a started
         one once its timeout has passed (StartedJobRegistry), one dequeued but never marked started
         after two passes over the intermediate queue."""
         status = self.conn.hget(job.key, "status")
         if status == b"started":
             self.orphans[job.id] = self.clock.now + (job.timeout or 180) + 60
-        else:
+        elif status == b"queued":
             self.orphans[job.id] = self.clock.now + 2 * RQ_MAINTENANCE_INTERVAL
 
     def maintenance(self) -> None:
@@ -524,8 +535,9 @@ class Driver(FaultHooks):
                     return f"sweep failed: {type(exc).__name__}: {exc}"  # the Sweeper thread logs, goes on
                 raise
 
-    def run_for(self, seconds: float, *, sweeps: bool = True) -> None:
-        """Let ``seconds`` of virtual time pass with workers taking every job when it comes due."""
+    def run_for(self, seconds: float, *, sweeps: bool = True, sweep_every: float = SWEEP_EVERY) -> None:
+        """Let ``seconds`` of virtual time pass with workers taking every job when it comes due, and
+        the sweeper running every ``sweep_every`` seconds."""
         target = self.clock.now + seconds
         while True:
             self.run_until_quiet()
@@ -536,11 +548,11 @@ class Driver(FaultHooks):
             if due is not None:
                 candidates.append(max(due, self.clock.now))
             if sweeps:
-                candidates.append(self.last_sweep + SWEEP_EVERY)
+                candidates.append(self.last_sweep + sweep_every)
             step = max(min(candidates), self.clock.now)
             if step > self.clock.now:
                 self.clock.advance_to(step)
-            if sweeps and self.clock.now >= self.last_sweep + SWEEP_EVERY:
+            if sweeps and self.clock.now >= self.last_sweep + sweep_every:
                 self.sweep()
             if step == self.clock.now and due is not None and due <= self.clock.now:
                 continue

@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import harness as hz
@@ -56,7 +57,7 @@ RULES = {
     "paging.update_interval_minutes": 1,
 }
 
-HTTP_CALLS = [
+COORDINATOR_CALLS = [
     "coordinator.hosts",
     "coordinator.force_sync",
     "coordinator.unretire",
@@ -64,12 +65,15 @@ HTTP_CALLS = [
     "coordinator.pause",
     "coordinator.resume",
     "coordinator.data_loss",
+]
+SERVICE_CALLS = [
     "provider.lambda",
     "provider.status",
     "pager.webhook",
     "pager.pagerduty",
     "pager.alertmanager",
 ]
+HTTP_CALLS = COORDINATOR_CALLS + SERVICE_CALLS
 COMMAND_CALLS = [
     "ssh.connect",
     "ssh.echo",
@@ -92,6 +96,8 @@ KILL_CALLS = HTTP_CALLS + COMMAND_CALLS + ["redis.EVALSHA", "redis.HSET", "redis
 PLAIN_KINDS = ["refused", "timeout", "5xx", "4xx", "malformed", "applied_then_failed", "slow"]
 
 COUNT = {"sequences": 0, "steps": 0, "checks": 0, "kills": 0, "stalls": 0, "faults": 0, "ladders": 0}
+# What the sequences made happen in their worlds (printed with the figures: coverage, not a target).
+SEEN: Counter[str] = Counter()
 
 
 def rules_files(tmp: Path) -> dict[bool, Path]:
@@ -276,15 +282,7 @@ class Remediation(RuleBasedStateMachine):
             world.pagers_down.clear()
 
     # -- faults --------------------------------------------------------------------------------------
-    @rule(
-        call=st.sampled_from(HTTP_CALLS + COMMAND_CALLS + REDIS_CALLS),
-        kind=st.sampled_from(PLAIN_KINDS),
-        variant=st.integers(0, 4),
-        times=st.sampled_from([1, 1, 2, 3, None]),
-        seconds=st.sampled_from([3.0, 30.0, 200.0]),
-        host=st.sampled_from([None, *HOSTS]),
-    )
-    def fault(self, call: str, kind: str, variant: int, times: int | None, seconds: float, host: str | None):
+    def _fault(self, call: str, kind: str, variant: int, times: int | None, seconds: float, host: str | None):
         if kind == "malformed":
             shapes = HTTP_MALFORMED if call in HTTP_CALLS else COMMAND_MALFORMED
             name = shapes[variant % len(shapes)]
@@ -298,6 +296,61 @@ class Remediation(RuleBasedStateMachine):
             name = ""
         self.h.plan.add(Fault(call, kind, times=times, variant=name, seconds=seconds, host=host))
         COUNT["faults"] += 1
+
+    # One rule per family of calls, so that each family's faults come often enough to meet its calls.
+    @rule(
+        call=st.sampled_from(COORDINATOR_CALLS),
+        kind=st.sampled_from(PLAIN_KINDS),
+        variant=st.integers(0, 4),
+        times=st.sampled_from([1, 1, 2, 3, None]),
+        seconds=st.sampled_from([3.0, 30.0, 200.0]),
+    )
+    def coordinator_fault(
+        self, call: str, kind: str, variant: int, times: int | None, seconds: float
+    ) -> None:
+        self._fault(call, kind, variant, times, seconds, None)
+
+    @rule(
+        call=st.sampled_from(COMMAND_CALLS),
+        kind=st.sampled_from(PLAIN_KINDS),
+        variant=st.integers(0, 4),
+        times=st.sampled_from([1, 1, 2, 3, None]),
+        seconds=st.sampled_from([3.0, 30.0, 200.0]),
+        host=st.sampled_from([None, *HOSTS]),
+    )
+    def host_fault(
+        self, call: str, kind: str, variant: int, times: int | None, seconds: float, host: str | None
+    ):
+        self._fault(call, kind, variant, times, seconds, host)
+
+    @rule(
+        call=st.sampled_from(SERVICE_CALLS),
+        kind=st.sampled_from(PLAIN_KINDS),
+        variant=st.integers(0, 4),
+        times=st.sampled_from([1, 1, 2, 3, None]),
+        seconds=st.sampled_from([3.0, 30.0]),
+    )
+    def service_fault(self, call: str, kind: str, variant: int, times: int | None, seconds: float) -> None:
+        self._fault(call, kind, variant, times, seconds, None)
+
+    @rule(
+        call=st.sampled_from(
+            COORDINATOR_CALLS + SERVICE_CALLS + ["ssh.inventory", "ssh.checksums", "ssh.echo"]
+        ),
+        variant=st.integers(0, 4),
+        times=st.sampled_from([1, 2, None]),
+    )
+    def malformed_answer(self, call: str, variant: int, times: int | None) -> None:
+        """A 200 that is not what the contract says (or a command's output a banner spoiled)."""
+        self._fault(call, "malformed", variant, times, 0.0, None)
+
+    @rule(
+        call=st.sampled_from(REDIS_CALLS),
+        kind=st.sampled_from(["refused", "timeout", "applied_then_failed", "slow"]),
+        times=st.sampled_from([1, 2, 4]),
+    )
+    def redis_fault(self, call: str, kind: str, times: int) -> None:
+        self._fault(call, kind, 0, times, 3.0, None)
 
     @rule(call=st.sampled_from(KILL_CALLS), after=st.booleans(), host=st.sampled_from([None, *HOSTS]))
     def kill_worker_at(self, call: str, after: bool, host: str | None) -> None:
@@ -320,6 +373,26 @@ class Remediation(RuleBasedStateMachine):
     )
     def stall_worker_at(self, call: str, seconds: float) -> None:
         self.h.plan.add(Fault(call, "stall", seconds=seconds))
+
+    @rule(skip=st.integers(0, 400), after=st.booleans(), stall=st.booleans())
+    def kill_worker_anywhere(self, skip: int, after: bool, stall: bool) -> None:
+        """SIGKILL (or a stall) at an arbitrary point of the jobs to come: the skip-th Redis command."""
+        kind = "stall" if stall else "kill_after" if after else "kill"
+        self.h.plan.add(Fault("redis.*", kind, skip=skip, seconds=60.0))
+
+    @rule(host=st.sampled_from(HOSTS), games=st.integers(1, 6))
+    def lose_host(self, host: str, games: int) -> None:
+        """The host's agent dies, games pile up, a first look counts them (a dry run), then the instance
+        is terminated: the retire path with a loss to document (and, with the rules, a retirement)."""
+        world = self.h.world
+        target = world.hosts[host]
+        if target.instance == "terminated":
+            return
+        world.break_agent(host, "dead")
+        world.write_games(target, games)
+        self.h.remediate(host, dry_run=True)
+        self.h.driver.run_until_quiet()
+        world.terminate(host)
 
     @rule()
     def clear_faults(self) -> None:
@@ -359,12 +432,35 @@ class Remediation(RuleBasedStateMachine):
             if self.inv is not None and sys.exc_info()[0] is None:
                 self._settle()
         finally:
+            self._tally()
             COUNT["kills"] += len(self.h.driver.kills)
             COUNT["stalls"] += len(self.h.driver.stalls)
             COUNT["ladders"] += sum(1 for e in self.h.driver.ends if e["ok"])
             self.context["current"].harness = None
             self.h.close()
             self.h = None
+
+    def _tally(self) -> None:
+        h = self.h
+        for end in h.driver.ends:
+            if end["ok"]:
+                SEEN[f"ladder {end['outcome']}"] += 1
+        SEEN["retirements"] += len(h.world.retirements)
+        SEEN["loss records"] += len(h.world.data_loss)
+        SEEN["imports"] += len(h.world.imports)
+        SEEN["pages taken"] += sum(
+            1 for e in h.world.pager_events if e.action == "trigger" and e.status < 300
+        )
+        SEEN["pages resolved"] += sum(
+            1 for e in h.world.pager_events if e.action == "resolve" and e.status < 300
+        )
+        for call in h.log.calls:
+            if call.level == "intent" and call.name in ("coordinator.pause", "coordinator.resume"):
+                SEEN[call.name] += 1
+            if call.fault:
+                SEEN[f"fault {call.fault}"] += 1
+        SEEN["agent restarts"] += sum(host.restarts for host in h.world.hosts.values())
+        SEEN["dry-run sequences"] += h.settings.dry_run
 
     def _settle(self) -> None:
         """Clear every fault, heal the services, resolve every alert, let time pass: all must close."""
@@ -380,7 +476,10 @@ class Remediation(RuleBasedStateMachine):
         for host in HOSTS:  # an incident opened after the resolve (a relapse, a discovery) is closed too
             if h.active(host) or h.conn.exists(f"remediator:host-incident:{host}"):
                 h.resolve(host)
-        h.driver.run_for(20 * 60)  # past the dead workers' locks, the sweeper's backoff, cleanup retries
+        h.driver.run_for(120)
+        # Past the dead workers' locks and jobs, the sweeper's backoff, the cleanups' retries; nothing
+        # here is timing-sensitive any more, so the sweeper may come every 30 s instead of every 5.
+        h.driver.run_for(20 * 60, sweep_every=30)
         self.inv.check()
         self.inv.check_quiet()
 
@@ -445,4 +544,5 @@ def test_invariants_hold_under_generated_alerts_faults_and_kills(machine_context
         f"killed, {COUNT['stalls'] - before['stalls']} stalls, {COUNT['faults'] - before['faults']} faults, "
         f"in {elapsed:.0f} s"
     )
+    print("seen: " + ", ".join(f"{k} {v}" for k, v in sorted(SEEN.items())))
     assert ran >= sequences, f"only {ran} sequences ran; the budget is {sequences}"

@@ -69,6 +69,29 @@ class VirtualClock:
         self.advance(when - self.now)
 
 
+class RealClock(VirtualClock):
+    """The real clock, for runs against the real simulated cluster: moving it is sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+    @property  # type: ignore[override]
+    def now(self) -> float:
+        import time
+
+        return time.time()
+
+    @now.setter
+    def now(self, value: float) -> None:
+        pass
+
+    def advance(self, seconds: float) -> None:
+        import time
+
+        if seconds > 0:
+            time.sleep(seconds)
+
+
 # -- the call log --------------------------------------------------------------------------------------
 
 # Calls that change something outside the remediator (DESIGN.md: dry run must make none of these).
