@@ -422,28 +422,31 @@ class Driver(FaultHooks):
             self._release(worker)
 
     def run_job(self, job_id: str) -> JobRun | None:
+        """Run one dequeued job as a worker does: mark it started, perform it, mark it finished or
+        failed. Anything of this may meet a Redis fault or a kill, as in a real worker."""
         worker = self._worker()
-        try:
-            job = Job.fetch(job_id, connection=worker.conn)
-        except NoSuchJobError:
-            self._release(worker)
-            return None
-        func = job.func_name.rsplit(".", 1)[-1]
-        kind = {"run_ladder": "ladder", "discover": "discover", "finish_incident": "cleanup"}.get(
-            func, "other"
-        )
-        host = job.args[0] if kind == "ladder" else None
-        ladder_id = job.args[1] if kind == "ladder" else None
-        entry = Running(worker, job, kind, host, ladder_id)
-        started = datetime.fromtimestamp(self.clock.now, UTC)
-        run = JobRun(job_id, func, tuple(job.args), worker.name, self.clock.now, "finished")
+        entry = Running(worker, None, "other")
+        run = JobRun(job_id, "?", (), worker.name, self.clock.now, "finished")
         self.stack.append(entry)
         try:
+            job = Job.fetch(job_id, connection=worker.conn)
+            run.func = job.func_name.rsplit(".", 1)[-1]
+            run.args = tuple(job.args)
+            entry.job = job
+            entry.kind = {"run_ladder": "ladder", "discover": "discover", "finish_incident": "cleanup"}.get(
+                run.func, "other"
+            )
+            if entry.kind == "ladder":
+                entry.host, entry.ladder_id = job.args[0], job.args[1]
+            started = datetime.fromtimestamp(self.clock.now, UTC)
             worker.conn.hset(
                 job.key,
                 mapping={"status": "started", "started_at": utcformat(started), "worker_name": worker.name},
             )
             run.result = job.perform()
+            worker.conn.hset(job.key, "status", "finished")
+        except NoSuchJobError:
+            return None
         except BaseException as exc:
             if worker.dead:
                 run.outcome = "killed"
@@ -452,19 +455,16 @@ class Driver(FaultHooks):
             else:
                 run.outcome, run.result = "failed", f"{type(exc).__name__}: {exc}"
                 try:
-                    worker.conn.hset(job.key, mapping={"status": "failed", "exc_info": run.result[:500]})
-                except redis.RedisError:
+                    worker.conn.hset(
+                        Job.key_for(job_id), mapping={"status": "failed", "exc_info": run.result[:500]}
+                    )
+                except (redis.RedisError, WorkerKilled):
                     pass
-        else:
-            try:
-                worker.conn.hset(job.key, "status", "finished")
-            except redis.RedisError as exc:
-                run.outcome, run.result = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             self.stack.pop()
             self._release(worker)
         self.runs.append(run)
-        self._orphaned(job)
+        self._orphaned(job_id)
         return run
 
     def move_due(self) -> int:
@@ -496,16 +496,16 @@ class Driver(FaultHooks):
             if ran > limit:
                 raise Livelock(f"{ran} jobs ran without the clock moving: {self.runs[-5:]}")
 
-    def _orphaned(self, job: Job) -> None:
+    def _orphaned(self, job_id: str) -> None:
         """A job left neither finished nor failed (its worker was killed, or Redis failed it while it
         was marked started or done): rq's maintenance (another worker's) fails it later -- a started
         one once its timeout has passed (StartedJobRegistry), one dequeued but never marked started
         after two passes over the intermediate queue."""
-        status = self.conn.hget(job.key, "status")
+        status, timeout = self.conn.hmget(Job.key_for(job_id), "status", "timeout")
         if status == b"started":
-            self.orphans[job.id] = self.clock.now + (job.timeout or 180) + 60
+            self.orphans[job_id] = self.clock.now + float(timeout or 180) + 60
         elif status == b"queued":
-            self.orphans[job.id] = self.clock.now + 2 * RQ_MAINTENANCE_INTERVAL
+            self.orphans[job_id] = self.clock.now + 2 * RQ_MAINTENANCE_INTERVAL
 
     def maintenance(self) -> None:
         """rq's worker maintenance on the virtual clock: orphaned jobs whose time has come fail."""
