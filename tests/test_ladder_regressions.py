@@ -327,6 +327,24 @@ def test_fencing_a_worker_that_lost_its_lock_during_a_long_copy_stops_before_its
     assert str(job.result).startswith("lock lost"), job
 
 
+def test_fencing_a_worker_that_lost_its_lock_during_the_restart_runs_no_fallback(make):
+    """Found by the property test (I4). The worker freezes inside restart_agent's restart command past
+    its lock's TTL; another worker takes the ladder on. The restart fails when the first one wakes (no
+    systemctl on this host): it must not go on to the fallback command, a mutation of its own. Before
+    the fix the step checked the lock once, before the restart, and ran the fallback regardless."""
+    h = make(["h1"])
+    h.world.hosts["h1"].systemd = False
+    h.world.break_agent("h1", "dead")
+    h.plan.add(Fault("ssh.restart", "stall", seconds=120.0))
+    h.fire("h1")
+    h.finish("h1")
+    stall = h.driver.stalls[0]
+    late = [c for c in h.log.calls if c.ctx.get("job") == stall["job"] and c.name == "ssh.fallback"]
+    assert late == [], late
+    job = next(r for r in h.driver.runs if r.job_id == stall["job"])
+    assert str(job.result).startswith("lock lost"), job
+
+
 # -- finding 5: recover_data verification -----------------------------------------------------------
 
 
