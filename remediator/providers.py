@@ -157,6 +157,7 @@ class VastProvider:
             if not isinstance(data, dict) or not isinstance(data.get("instances") or [], list):
                 raise ProviderError(f"vast: {host_of(self.url)} answered without an 'instances' list")
             rows.extend(row for row in data.get("instances") or [] if isinstance(row, dict))
+            _stated(rows, ("actual_status", "cur_state"), f"vast: {host_of(self.url)}")
             if not data.get("next_token"):
                 return rows
             params["after_token"] = data["next_token"]
@@ -220,7 +221,11 @@ class LambdaProvider:
             raise ProviderError(f"lambda: {host_of(self.url)} answered something that is not JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
             raise ProviderError(f"lambda: {host_of(self.url)} answered without a 'data' list")
-        return [row for row in data["data"] if isinstance(row, dict)]
+        return _stated(
+            [row for row in data["data"] if isinstance(row, dict)],
+            ("status",),
+            f"lambda: {host_of(self.url)}",
+        )
 
     def instance_states(self, instance_ids: Iterable[str]) -> dict[str, CloudState]:
         """States of several instances from one listing; an id not listed is terminated."""
@@ -233,6 +238,15 @@ class LambdaProvider:
     def instance_state(self, instance_id: str) -> CloudState:
         """The state of one instance; raises ProviderError when the API fails."""
         return self.instance_states([instance_id])[str(instance_id)]
+
+
+def _stated(rows: list[dict[str, Any]], fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    """The rows of a listing; ProviderError when one carries none of the state ``fields``: a listing
+    that is not the API's shape cannot prove that an instance missing from it is gone (terminated)."""
+    for row in rows:
+        if not any(row.get(name) for name in fields):
+            raise ProviderError(f"{where} listed an instance without {' or '.join(fields)}")
+    return rows
 
 
 def providers_from_settings(settings: Settings) -> dict[str, Provider]:
