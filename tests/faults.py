@@ -23,6 +23,7 @@ call, one of:
 
 Call names: ``coordinator.{hosts,force_sync,unretire,retire,pause,resume,data_loss}``,
 ``provider.{lambda,status}``, ``pager.{webhook,pagerduty,alertmanager}``,
+``alertmanager.{silence,silences,expire}`` (create, list, expire a silence),
 ``ssh.{connect,echo,inventory,checksums,agent_check,restart,fallback,log_tail,other}``, ``rsync``,
 ``import``, ``network``, and ``redis.<COMMAND>`` (see tests/inproc.py). A fault's ``call`` may end in
 ``*`` to match a prefix. HTTP faults act on each request (so the clients' own retries meet them);
@@ -146,6 +147,7 @@ class HttpNames:
 
     def __init__(self, settings: Settings) -> None:
         self.coordinator = settings.coordinator_url.rstrip("/")
+        self.alertmanager = (settings.alertmanager_url or "").rstrip("/")
         self.pagers = {
             "pager.webhook": settings.page_webhook_url,
             "pager.pagerduty": settings.pagerduty_url,
@@ -178,6 +180,9 @@ class HttpNames:
                 ids = body.get("host_ids") or []
                 host = ids[0] if len(ids) == 1 else None
             return names.get(path, "coordinator.other"), host
+        if self.alertmanager and url.startswith(self.alertmanager + "/api/v2/silence"):
+            verb = {"POST": "silence", "DELETE": "expire"}.get(method, "silences")
+            return f"alertmanager.{verb}", None
         for name, base in {**self.pagers, **self.providers}.items():
             if base and url.startswith(base.rstrip("/")):
                 return name, None
@@ -711,6 +716,12 @@ def faulty_clients(
         call.result = getattr(result, "ok", None)
         return result
 
+    def silences() -> Any:
+        client = inner.silences()
+        if client is not None and getattr(client, "session", None) is not None:
+            mount(client.session, layer)
+        return client
+
     def pagers() -> Mapping[str, Any]:
         found = dict(inner.pagers())
         for pager in found.values():
@@ -729,6 +740,7 @@ def faulty_clients(
         provider_statuses=provider_statuses,
         network=network,
         pagers=pagers,
+        silences=silences,
     )
 
 

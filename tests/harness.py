@@ -95,6 +95,36 @@ class Harness:
     def resolve(self, *host_ids: str) -> dict[str, Any]:
         return self._post([alert(h, status="resolved") for h in host_ids])
 
+    def warn(self, host_id: str, *, resolved: bool = False) -> dict[str, Any]:
+        """The rules' prevention alert (a gentle ladder before the host is critical)."""
+        return self._post(
+            [alert(host_id, status="resolved" if resolved else "firing", alertname="SyncLagWarning")]
+        )
+
+    def maintenance(self, host_id: str | None, *, firing: bool) -> dict[str, Any]:
+        """The rules' hold alert: while it fires, mutating steps wait (its host's, or every host's)."""
+        return self._post(
+            [alert(host_id, status="firing" if firing else "resolved", alertname="RingRiftMaintenance")]
+        )
+
+    def freeze(self, host_id: str | None = None, *, seconds: float | None = None) -> int:
+        body: dict[str, Any] = {"reason": "change window"}
+        if host_id is not None:
+            body["host_id"] = host_id
+        if seconds is not None:
+            body["duration_seconds"] = seconds
+        return self.http.post("/api/v1/freeze", json=body, headers=bearer(ADMIN_TOKEN)).status_code
+
+    def unfreeze(self, host_id: str | None = None) -> int:
+        query = f"?host_id={host_id}" if host_id else ""
+        return self.http.delete(f"/api/v1/freeze{query}", headers=bearer(ADMIN_TOKEN)).status_code
+
+    def approve(self, host_id: str, *, yes: bool) -> int:
+        body = {"approve": yes, "reason": "looked at it"}
+        return self.http.post(
+            f"/api/v1/hosts/{host_id}/approve", json=body, headers=bearer(ADMIN_TOKEN)
+        ).status_code
+
     def _post(self, alerts: list[dict[str, Any]]) -> dict[str, Any]:
         resp = self.http.post(
             "/webhook/alertmanager",

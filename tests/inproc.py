@@ -385,12 +385,23 @@ class Driver(FaultHooks):
                 lock_now=lock_now.decode() if lock_now else None,
                 last_owner=(self.lock_owners.get(keys.LOCK.format(running.host)) or [None])[-1],
                 active_now=active_now.decode() if active_now else None,
+                frozen_now=self._frozen(running.host),
             )
         elif running.kind == "cleanup" and running.job is not None:
             ctx["incident"] = running.job.args[0]
         elif running.kind == "discover" and running.job is not None:
             ctx["dry_run"] = bool(running.job.kwargs.get("dry_run"))
         return ctx
+
+    def _frozen(self, host: str) -> str | None:
+        """Why mutating steps on ``host`` must wait now (a freeze, a hold alert), or None."""
+        from remediator import controls
+
+        item = controls.frozen(self.conn, host)
+        if item is not None:
+            return f"frozen by {item.who}: {item.reason}"
+        held = controls.holds(self.conn, host)
+        return f"held while {', '.join(held)} fires" if held else None
 
     # -- workers and jobs ----------------------------------------------------------------------------
     def _worker(self) -> Worker:

@@ -14,6 +14,11 @@ I6 every host the remediator paused is resumed or belongs to an open incident;
 I7 every ladder ends by its deadline plus one recheck interval (plus the time the remediator could not
    act: calls in flight, a dead worker's lock TTL and the sweeper's resume, see docs/SAFETY.md);
 I8 a failing or malformed answer is recorded as unknown -- never as healthy, terminated or "no data".
+
+Beside them: F1 no mutating step while a freeze or a hold alert is in force (DESIGN: "Frozen: ...
+mutating steps wait"); a host is retired only once its loss is in the ledger and in the training log
+as the world has them; at the end of a sequence (``check_quiet``) no ladder runs, every incident is
+closed and cleaned up, nothing stays paused, no page stays open, no silence stays in force.
 """
 
 from __future__ import annotations
@@ -113,7 +118,7 @@ class Invariants:
         ctx = call.ctx
         host = call.args.get("host_id") or ctx.get("host")
         # I2: nothing mutating in a dry run (the whole deployment, or this ladder / discovery).
-        if call.level == "intent" and call.mutating:
+        if call.mutating:
             if self.h.settings.dry_run:
                 self.fail("I2", "a mutating call in a dry-run deployment", call=_brief(call))
             if ctx.get("dry_run"):
@@ -143,6 +148,8 @@ class Invariants:
             self.fail("I4", "a mutation by a worker whose lock was taken over", call=_brief(call))
         if ctx.get("active_now") != ctx.get("ladder_id"):
             self.fail("I5", "a mutation by a ladder that is not the host's active one", call=_brief(call))
+        if ctx.get("frozen_now"):
+            self.fail("F1", "a mutating step while frozen or held", why=ctx["frozen_now"], call=_brief(call))
 
     def _recoverable(
         self,
@@ -506,6 +513,12 @@ class Invariants:
         open_pages = [k.decode() for k in conn.smembers(keys.PAGES)]
         if open_pages:
             self.fail("quiet", "pages stay open after every incident closed", pages=open_pages)
+        if self.h.world.active_silences():
+            self.fail(
+                "quiet",
+                "silences stay in force after every ladder ended",
+                silences=self.h.world.active_silences(),
+            )
 
 
 def _cleanup_pending(conn: Any, incident_id: str) -> bool:

@@ -41,6 +41,11 @@ def make(
     current.harness = None
 
 
+# Automatic retirement, without the approval gate (tests/test_controls*.py cover it): the retire step
+# itself runs as soon as the ladder reaches it.
+AUTO_RETIRE = {"retirement.automatic": True, "approval.steps": []}
+
+
 def diagnoses(h: hz.Harness, host: str) -> list[dict[str, Any]]:
     return [e for e in h.audit(host) if e["step"] == "diagnose" and e["outcome"] == "done"]
 
@@ -103,7 +108,7 @@ def test_retire_a_checklist_rsync_that_succeeded_documents_no_loss_retires_nothi
 ):
     """Issue 13 finding 2. Before a459536 the checklist's rsync result was not looked at: the loss was
     documented (ledger and training log) and, with automatic retirement, the host retired."""
-    h = make(["h1"], rules={"retirement.automatic": True})
+    h = make(["h1"], rules=AUTO_RETIRE)
     games = set(h.world.hosts["h1"].games)
     provider_says_terminated_but_host_lives(h, "h1")
     h.fire("h1")
@@ -123,7 +128,7 @@ def test_retire_a_cached_inventory_older_than_the_last_sync_is_not_an_unsynced_c
     terminated: the only count is older than the last sync, so nothing may be documented as lost (it
     would name games that were synced) and the host is not retired. Before a459536 any cached count
     made the checklist's "unsynced games counted" true: loss documented, host retired."""
-    h = make(["h1"], rules={"retirement.automatic": True})
+    h = make(["h1"], rules=AUTO_RETIRE)
     h.remediate("h1", dry_run=True)  # a first look: the inventory is counted and cached
     assert h.finish("h1")["outcome"] == "healthy"
     h.run(120)  # the agent syncs after the count
@@ -145,7 +150,7 @@ def test_retire_may_retire_is_asked_before_anything_is_written(make, monkeypatch
     a459536 the ledger line and the training-log entry were written first, then the rules asked."""
     from remediator.rules.ruleset import RuleSet
 
-    h = make(["h1"], rules={"retirement.automatic": True})
+    h = make(["h1"], rules=AUTO_RETIRE)
     h.world.break_agent("h1", "dead")
     h.world.write_games(h.world.hosts["h1"], 5)  # never synced
     h.remediate("h1", dry_run=True)  # a first look counts them
@@ -175,7 +180,7 @@ def test_retire_a_training_log_entry_the_coordinator_did_not_confirm_is_not_writ
     retirement the host was retired with its loss in no training log (found by the property test).
     Now only an answer saying ``"recorded": true`` counts: the checklist stays incomplete, no
     retirement, a human is paged."""
-    h = make(["h1"], rules={"retirement.automatic": True})
+    h = make(["h1"], rules=AUTO_RETIRE)
     h.world.break_agent("h1", "dead")
     h.world.write_games(h.world.hosts["h1"], 4)
     h.remediate("h1", dry_run=True)

@@ -100,22 +100,27 @@ COUNT = {"sequences": 0, "steps": 0, "checks": 0, "kills": 0, "stalls": 0, "faul
 SEEN: Counter[str] = Counter()
 
 
-def rules_files(tmp: Path) -> dict[bool, Path]:
-    """The two rule files: automatic retirement off and on."""
+def rules_files(tmp: Path) -> dict[tuple[bool, bool], Path]:
+    """The rule files: automatic retirement off or on, Alertmanager silences off or on."""
     source = yaml.safe_load((Path(__file__).parent / "rules" / "fast.yaml").read_text())
     out = {}
     for automatic in (False, True):
-        data = yaml.safe_load(yaml.safe_dump(source))
-        for dotted, value in RULES.items():
-            section, key = dotted.split(".")
-            data[section][key] = value
-        data["retirement"]["automatic"] = automatic
-        for entry in data["rules"]:
-            if entry["name"] == "page-still-critical":
-                entry["when"]["all"][0] = {"fact": "minutes_in_ladder", "gte": 1}
-        path = tmp / f"prop-rules-{'auto' if automatic else 'manual'}.yaml"
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
-        out[automatic] = path
+        for silences in (False, True):
+            data = yaml.safe_load(yaml.safe_dump(source))
+            for dotted, value in RULES.items():
+                section, key = dotted.split(".")
+                data[section][key] = value
+            data["retirement"]["automatic"] = automatic
+            data["silences"]["enabled"] = silences
+            for entry in data["rules"]:
+                if entry["name"] == "page-still-critical":
+                    entry["when"]["all"][0] = {"fact": "minutes_in_ladder", "gte": 1}
+            path = (
+                tmp
+                / f"prop-rules-{'auto' if automatic else 'manual'}-{'silences' if silences else 'plain'}.yaml"
+            )
+            path.write_text(yaml.safe_dump(data, sort_keys=False))
+            out[automatic, silences] = path
     return out
 
 
@@ -131,6 +136,7 @@ class Remediation(RuleBasedStateMachine):
 
     @initialize(
         automatic=st.booleans(),
+        silences=st.booleans(),
         dry_run=st.sampled_from([False, False, False, False, True]),
         no_systemd=st.sets(st.sampled_from(HOSTS), max_size=2),
         banner=st.sets(st.sampled_from(HOSTS), max_size=1),
@@ -141,6 +147,7 @@ class Remediation(RuleBasedStateMachine):
     def start(
         self,
         automatic: bool,
+        silences: bool,
         dry_run: bool,
         no_systemd: set[str],
         banner: set[str],
@@ -156,7 +163,7 @@ class Remediation(RuleBasedStateMachine):
             ctx["tmp"] / "world",
             ctx["redis_url"],
             list(HOSTS),
-            rules_file=ctx["rules"][automatic],
+            rules_file=ctx["rules"][automatic, silences],
             dry_run=dry_run,
             app=ctx["apps"][dry_run],
             env=env,
@@ -198,6 +205,35 @@ class Remediation(RuleBasedStateMachine):
     @rule(host=st.sampled_from(HOSTS))
     def close_incident(self, host: str) -> None:
         self.h.close_incident(host)
+
+    @rule(host=st.sampled_from(HOSTS), resolved=st.booleans())
+    def warn(self, host: str, resolved: bool) -> None:
+        """The prevention alert: a gentle ladder (non-invasive steps only) before the host is critical."""
+        self.h.warn(host, resolved=resolved)
+
+    @rule(host=st.sampled_from([None, *HOSTS]), firing=st.booleans())
+    def maintenance(self, host: str | None, firing: bool) -> None:
+        """The hold alert: while it fires, mutating steps wait (its host's, or every host's)."""
+        self.h.maintenance(host, firing=firing)
+
+    @rule(host=st.sampled_from([None, *HOSTS]), seconds=st.sampled_from([None, 60.0, 600.0]))
+    def freeze(self, host: str | None, seconds: float | None) -> None:
+        self.h.freeze(host, seconds=seconds)
+
+    @rule(host=st.sampled_from([None, *HOSTS]))
+    def unfreeze(self, host: str | None) -> None:
+        self.h.unfreeze(host)
+
+    @rule(host=st.sampled_from(HOSTS), yes=st.booleans())
+    def approve(self, host: str, yes: bool) -> None:
+        """A human answers a pending approval (retire, with automatic retirement)."""
+        self.h.approve(host, yes=yes)
+
+    @rule(yes=st.booleans())
+    def answer_pending_approvals(self, yes: bool) -> None:
+        """A human answers every approval now pending (so that automatic retirements do happen)."""
+        for host in HOSTS:
+            self.h.approve(host, yes=yes)
 
     # -- the world changes -----------------------------------------------------------------------------
     @rule(
@@ -471,6 +507,12 @@ class Remediation(RuleBasedStateMachine):
         h.world.pagers_down.clear()
         h.driver.run_until_quiet()
         self.inv.check()
+        h.unfreeze()
+        for host in HOSTS:
+            h.unfreeze(host)
+            h.warn(host, resolved=True)
+            h.maintenance(host, firing=False)
+        h.maintenance(None, firing=False)
         h.resolve(*HOSTS)
         h.driver.run_for(30)
         for host in HOSTS:  # an incident opened after the resolve (a relapse, a discovery) is closed too
@@ -504,7 +546,7 @@ def machine_context(redis_url, tmp_path, monkeypatch):
     for dry in (False, True):
         overrides = {
             "dry_run": dry,
-            "rules_file": str(rules[False]),
+            "rules_file": str(rules[False, False]),
             "coordinator_url": "http://coordinator.world",
         }
         apps[dry] = create_app({"SETTINGS": make_settings(redis_url, **overrides), "TESTING": True})

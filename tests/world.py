@@ -112,6 +112,8 @@ MUTATING_CALLS = frozenset(
         "ssh.fallback",
         "ssh.other",
         "import",
+        "alertmanager.silence",
+        "alertmanager.expire",
     }
 )
 
@@ -311,6 +313,7 @@ class World:
         self.provider_down = False  # the provider API answers 503
         self.provider_outage = False  # the status page reports a major outage
         self.pagers_down: set[str] = set()  # pagers answering 503
+        self.silences: dict[str, dict[str, Any]] = {}  # Alertmanager's silences by id
         self.selfplay = True
         for host_id in host_ids:
             self.add_host(host_id)
@@ -453,6 +456,8 @@ class World:
         if url.startswith(PAGERDUTY_URL):
             return self._pager("pagerduty", body, 202)
         if base == ALERTMANAGER_URL:
+            if parts.path.startswith(("/api/v2/silences", "/api/v2/silence/")):
+                return self._silences(method, parts.path, body)
             return self._pager("alertmanager", body, 200)
         if base == LAMBDA_URL:
             if self.provider_down:
@@ -540,6 +545,29 @@ class World:
             self.log.applied()
             return 200, {"paused" if paused else "resumed": ids}
         return 404, {"error": f"no such endpoint {path}"}
+
+    def _silences(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        """Alertmanager's silences API: create, list, expire."""
+        if "alertmanager" in self.pagers_down:
+            return 503, {"error": "down"}
+        if method == "POST" and path == "/api/v2/silences" and isinstance(body, dict):
+            silence_id = f"sil-{len(self.silences) + 1:04d}"
+            self.silences[silence_id] = {**body, "id": silence_id, "status": {"state": "active"}}
+            self.log.applied()
+            return 200, {"silenceID": silence_id}
+        if method == "GET" and path == "/api/v2/silences":
+            return 200, list(self.silences.values())
+        if method == "DELETE" and path.startswith("/api/v2/silence/"):
+            found = self.silences.get(path.rsplit("/", 1)[1])
+            if found is None:
+                return 404, {"error": "silence not found"}
+            found["status"] = {"state": "expired"}
+            self.log.applied()
+            return 200, {}
+        return 400, {"error": "bad silences request"}
+
+    def active_silences(self) -> list[str]:
+        return [i for i, s in self.silences.items() if s["status"]["state"] == "active"]
 
     def _pager(self, name: str, body: Any, ok: int) -> tuple[int, Any]:
         if name == "alertmanager":
@@ -959,6 +987,11 @@ def world_clients(world: World, settings: Any) -> Any:
             pager.session = session()
         return found
 
+    def silences() -> Any:
+        from remediator.silences import AlertmanagerSilences
+
+        return AlertmanagerSilences(settings.alertmanager_url, session=session())
+
     return Clients(
         coordinator=coordinator,
         ssh=lambda record: WorldSession(world, record),
@@ -968,4 +1001,5 @@ def world_clients(world: World, settings: Any) -> Any:
         provider_statuses=provider_statuses,
         network=network,
         pagers=pagers,
+        silences=silences,
     )
