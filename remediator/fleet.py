@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -196,7 +197,7 @@ def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) 
         log.info("a fleet evaluation is under way; this one is left to it and to the monitor")
         return {"skipped": "fleet lock not acquired"}
     try:
-        return _evaluate(ctx, dry_run=dry_run or ctx.dry_run)
+        return _evaluate(ctx, dry_run=dry_run or ctx.dry_run, ours=lock.owned)
     finally:
         try:
             lock.release()
@@ -204,7 +205,9 @@ def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) 
             log.warning("fleet lock expired during an evaluation")
 
 
-def _evaluate(ctx: Any, *, dry_run: bool) -> dict[str, Any]:
+def _evaluate(ctx: Any, *, dry_run: bool, ours: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """``ours``: whether this evaluation still holds the fleet lock. One that lost it (its worker froze
+    past FLEET_LOCK_TTL while others evaluated) acts on nothing: what it saw may be stale by now."""
     conn = ctx.conn
     rules = ctx.rules
     facts = fleet_facts(ctx, refresh=False)
@@ -222,11 +225,12 @@ def _evaluate(ctx: Any, *, dry_run: bool) -> dict[str, Any]:
             )
         )
         decision = rules.decide(facts)
-        if not dry_run:
+        if not dry_run and ours():
             done.update(_storm_page(ctx, decision, facts, storm_id, affected))
-            if decision.pause_selfplay and controls.frozen(conn) is None:  # frozen: no coordinator writes
+            # Frozen: no coordinator writes; and only while the lock is ours (not stale).
+            if decision.pause_selfplay and controls.frozen(conn) is None and ours():
                 done.update(_pause(ctx, storm_id, affected))
-    if not storm and facts["storm_active"] and not conn.scard(keys.PAUSED) and not dry_run:
+    if not storm and facts["storm_active"] and not conn.scard(keys.PAUSED) and not dry_run and ours():
         done.update(_end_storm(ctx, storm_id))
     return done
 
@@ -363,7 +367,12 @@ def _in_page(conn: Any, key: str, host: str) -> bool:
 def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
     """Runbook Escalation 4: pause selfplay on exactly the affected hosts that are not paused yet."""
     conn = ctx.conn
-    new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
+    # Still in the window: a host whose incident closed since ``affected`` was read has left it.
+    new = [
+        h
+        for h in affected
+        if not conn.sismember(keys.PAUSED, h) and conn.zscore(keys.FLEET_CRITICAL, h) is not None
+    ]
     if not new:
         return {}
     try:

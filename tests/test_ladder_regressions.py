@@ -302,6 +302,36 @@ def test_a_resume_the_coordinator_did_not_confirm_is_tried_again(make):
     assert h.conn.smembers("remediator:paused") == set()
 
 
+def test_a_fleet_evaluation_that_outlived_its_lock_pauses_nothing(make, monkeypatch):
+    """Found by the property test (I6). The first storm evaluation freezes (its worker paused) for 60 s
+    after reading the affected hosts, past the fleet lock's 30 s; meanwhile other evaluations pause the
+    storm's hosts, h2 heals, is resumed and its incident closes. When the frozen evaluation wakes, it
+    must not act on what it read a minute ago. Before the fix it paused h2 again -- a host with no open
+    incident, which nothing would ever resume."""
+    from remediator import fleet
+
+    h = make(["h1", "h2", "h3"], rules={"fleet.storm_threshold": 2, "incident.healthy_for_minutes": 0.1})
+    h.world.break_agent("h1", "dies_after_restart")  # stays critical, its unsynced games at risk
+    h.world.break_agent("h3", "dead")
+    h.world.hosts["h3"].ssh_up = False  # stays critical
+    h.world.break_agent("h2", "soft_wedged")  # a forced sync heals it
+    storm_page = fleet._storm_page
+    frozen = []
+
+    def freezes_first(ctx: Any, *args: Any) -> Any:
+        if not frozen:
+            frozen.append(h.clock.now)
+            h.driver.stall(60.0)
+        return storm_page(ctx, *args)
+
+    monkeypatch.setattr(fleet, "_storm_page", freezes_first)
+    h.fire("h1", "h2", "h3")
+    h.run(120)
+    assert frozen and h.host("h2")["outcome"] == "healthy"
+    assert not h.world.hosts["h2"].selfplay_paused, h.audit("_fleet")
+    assert h.world.hosts["h3"].selfplay_paused  # the storm goes on: the live evaluations did pause
+
+
 # -- finding 4: fencing ------------------------------------------------------------------------------
 
 
