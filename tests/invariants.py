@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from world import Call
 
-from remediator import incidents, keys, paging
+from remediator import incidents, keys, paging, store
 from remediator.incidents import IncidentState
 
 if TYPE_CHECKING:
@@ -83,6 +83,13 @@ class Invariants:
         self.seen_closes = 0
         self.attempt_mutations: Counter[tuple[Any, ...]] = Counter()
         self._crash_ok: set[str] = set()
+        self.audit_seen: dict[str, int] = {}
+        self.events_seen = 0
+        self.runs_seen = 0
+        self.lost_seen = 0
+        self.dead_jobs: set[str] = set()
+        self.lost: set[int] = set()
+        self.spent: dict[str, float] = {}  # ladder id -> virtual seconds spent inside its outside calls
 
     # -- the whole check -------------------------------------------------------------------------------
     def check(self) -> None:
@@ -116,6 +123,10 @@ class Invariants:
     # -- per call ------------------------------------------------------------------------------------
     def _call(self, call: Call) -> None:
         ctx = call.ctx
+        if call.level == "intent" and ctx.get("ladder_id"):
+            self.spent[ctx["ladder_id"]] = (
+                self.spent.get(ctx["ladder_id"], 0.0) + (call.ended or call.at) - call.at
+            )
         host = call.args.get("host_id") or ctx.get("host")
         # I2: nothing mutating in a dry run (the whole deployment, or this ladder / discovery).
         if call.mutating:
@@ -310,7 +321,8 @@ class Invariants:
 
     # -- state checks ----------------------------------------------------------------------------------
     def _pages(self) -> None:
-        """I3: paged in the remediator's records <=> a pager took it (2xx)."""
+        """I3: paged in the remediator's records <=> a pager took it (2xx). Audit entries and pager
+        events are looked at once each (both only grow; a page once delivered stays delivered)."""
         conn = self.h.conn
         took = {e.dedup_key for e in self.h.world.pager_events if e.action == "trigger" and e.status < 300}
         records = {}
@@ -337,15 +349,22 @@ class Invariants:
                     incident=incident.id,
                     pages=incident.pages,
                 )
-        for host in self.h.world.hosts:
-            for entry in self.h.audit(host):
+        for trail in [*self.h.world.hosts, "_fleet"]:
+            seen = self.audit_seen.get(trail, 0)
+            if conn.llen(keys.AUDIT.format(trail)) < seen:
+                seen = 0  # trimmed: look at all of it again
+            entries = store.get_audit(conn, trail, seen)
+            self.audit_seen[trail] = seen + len(entries)
+            for entry in entries:
                 for page in entry.get("pages") or (
                     [entry["page"]] if isinstance(entry.get("page"), dict) else []
                 ):
                     if isinstance(page, dict) and page.get("paged") and not reached(page.get("dedup_key")):
                         self.fail("I3", "the audit says paged but no pager took it", entry=entry)
+        events = self.h.world.pager_events[self.events_seen :]
+        self.events_seen += len(events)
         lost = self._lost_answers()
-        for event in self.h.world.pager_events:
+        for event in events:
             if event.action != "trigger" or event.status >= 300 or event.call is None:
                 continue
             if event.call.seq in lost:
@@ -362,15 +381,18 @@ class Invariants:
 
     def _lost_answers(self) -> set[int]:
         """Calls whose answer never made it into the remediator's records: lost on the way, or made by
-        a job that was killed or crashed before it could record it."""
-        dead_jobs = {r.job_id for r in self.h.driver.runs if r.outcome != "finished"}
+        a job that was killed or crashed before it could record it (or by a sweep that was killed)."""
+        runs = self.h.driver.runs
+        self.dead_jobs |= {r.job_id for r in runs[self.runs_seen :] if r.outcome != "finished"}
+        self.runs_seen = len(runs)
         dead_workers = {k["worker"] for k in self.h.driver.kills}
-        lost = set()
-        for call in self.h.log.calls:
+        calls = self.h.log.calls
+        for call in calls[self.lost_seen :]:
             killed_sweep = call.ctx.get("kind") == "sweeper" and call.ctx.get("worker") in dead_workers
-            if call.answer_lost or call.ctx.get("job") in dead_jobs or killed_sweep:
-                lost.add(call.seq)
-        return lost
+            if call.answer_lost or call.ctx.get("job") in self.dead_jobs or killed_sweep:
+                self.lost.add(call.seq)
+        self.lost_seen = len(calls)
+        return self.lost
 
     def _one_ladder_per_host(self) -> None:
         """I5: one active ladder per host, and the host's state names it."""
@@ -452,11 +474,7 @@ class Invariants:
         from remediator import paging as pg
         from workers import sweeper
 
-        spent = sum(
-            (c.ended or c.at) - c.at
-            for c in self.h.log.calls
-            if c.level == "intent" and c.ctx.get("ladder_id") == ladder and c.at >= started
-        )
+        spent = self.spent.get(ladder, 0.0)
         disruptions = sum(1 for k in self.h.driver.kills if k.get("host") == host and k["at"] >= started)
         disruptions += sum(1 for s in self.h.driver.stalls if s.get("host") == host and s["at"] >= started)
         crashes = sum(1 for r in self.h.driver.runs if r.outcome == "failed" and r.args[:2] == (host, ladder))

@@ -100,27 +100,32 @@ COUNT = {"sequences": 0, "steps": 0, "checks": 0, "kills": 0, "stalls": 0, "faul
 SEEN: Counter[str] = Counter()
 
 
-def rules_files(tmp: Path) -> dict[tuple[bool, bool], Path]:
-    """The rule files: automatic retirement off or on, Alertmanager silences off or on."""
+RETIREMENT = {
+    "manual": {"automatic": False, "approval": ["retire"]},  # the shipped default: never by itself
+    "approval": {"automatic": True, "approval": ["retire"]},  # by itself once a human said yes
+    "automatic": {"automatic": True, "approval": []},  # by itself
+}
+
+
+def rules_files(tmp: Path) -> dict[tuple[str, bool], Path]:
+    """The rule files: each retirement policy, with Alertmanager silences off or on."""
     source = yaml.safe_load((Path(__file__).parent / "rules" / "fast.yaml").read_text())
     out = {}
-    for automatic in (False, True):
+    for retirement, policy in RETIREMENT.items():
         for silences in (False, True):
             data = yaml.safe_load(yaml.safe_dump(source))
             for dotted, value in RULES.items():
                 section, key = dotted.split(".")
                 data[section][key] = value
-            data["retirement"]["automatic"] = automatic
+            data["retirement"]["automatic"] = policy["automatic"]
+            data["approval"]["steps"] = policy["approval"]
             data["silences"]["enabled"] = silences
             for entry in data["rules"]:
                 if entry["name"] == "page-still-critical":
                     entry["when"]["all"][0] = {"fact": "minutes_in_ladder", "gte": 1}
-            path = (
-                tmp
-                / f"prop-rules-{'auto' if automatic else 'manual'}-{'silences' if silences else 'plain'}.yaml"
-            )
+            path = tmp / f"prop-rules-{retirement}-{'silences' if silences else 'plain'}.yaml"
             path.write_text(yaml.safe_dump(data, sort_keys=False))
-            out[automatic, silences] = path
+            out[retirement, silences] = path
     return out
 
 
@@ -135,7 +140,7 @@ class Remediation(RuleBasedStateMachine):
         self.inv: Invariants | None = None
 
     @initialize(
-        automatic=st.booleans(),
+        retirement=st.sampled_from(list(RETIREMENT)),
         silences=st.booleans(),
         dry_run=st.sampled_from([False, False, False, False, True]),
         no_systemd=st.sets(st.sampled_from(HOSTS), max_size=2),
@@ -146,7 +151,7 @@ class Remediation(RuleBasedStateMachine):
     )
     def start(
         self,
-        automatic: bool,
+        retirement: str,
         silences: bool,
         dry_run: bool,
         no_systemd: set[str],
@@ -163,7 +168,7 @@ class Remediation(RuleBasedStateMachine):
             ctx["tmp"] / "world",
             ctx["redis_url"],
             list(HOSTS),
-            rules_file=ctx["rules"][automatic, silences],
+            rules_file=ctx["rules"][retirement, silences],
             dry_run=dry_run,
             app=ctx["apps"][dry_run],
             env=env,
@@ -429,6 +434,7 @@ class Remediation(RuleBasedStateMachine):
         self.h.remediate(host, dry_run=True)
         self.h.driver.run_until_quiet()
         world.terminate(host)
+        self.h.fire(host)  # it goes (or stays) critical: its alert fires
 
     @rule()
     def clear_faults(self) -> None:
@@ -546,7 +552,7 @@ def machine_context(redis_url, tmp_path, monkeypatch):
     for dry in (False, True):
         overrides = {
             "dry_run": dry,
-            "rules_file": str(rules[False, False]),
+            "rules_file": str(rules["manual", False]),
             "coordinator_url": "http://coordinator.world",
         }
         apps[dry] = create_app({"SETTINGS": make_settings(redis_url, **overrides), "TESTING": True})
