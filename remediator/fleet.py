@@ -367,11 +367,15 @@ def _in_page(conn: Any, key: str, host: str) -> bool:
 def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
     """Runbook Escalation 4: pause selfplay on exactly the affected hosts that are not paused yet."""
     conn = ctx.conn
-    # Still in the window: a host whose incident closed since ``affected`` was read has left it.
+    # Still in the window (a host whose incident closed since ``affected`` was read has left it), and
+    # with an open incident: the incident's close is what resumes the host. A host seen critical with no
+    # incident of its own (its alert re-fired while a human's close stops its ladder) is not paused.
     new = [
         h
         for h in affected
-        if not conn.sismember(keys.PAUSED, h) and conn.zscore(keys.FLEET_CRITICAL, h) is not None
+        if not conn.sismember(keys.PAUSED, h)
+        and conn.zscore(keys.FLEET_CRITICAL, h) is not None
+        and incidents.current_id(conn, h) is not None
     ]
     if not new:
         return {}

@@ -332,6 +332,30 @@ def test_a_fleet_evaluation_that_outlived_its_lock_pauses_nothing(make, monkeypa
     assert h.world.hosts["h3"].selfplay_paused  # the storm goes on: the live evaluations did pause
 
 
+def test_a_storm_never_pauses_a_host_without_an_open_incident(make):
+    """Found by the property test (I6). A human closed h3's incident while its ladder waited; h3's alert
+    fires again before that ladder stops (it is not withdrawn: a human's stop stands), so h3 is seen
+    critical with no incident of its own. Before the fix the storm h1 starts paused h3 too: nothing
+    would ever resume it -- its incident's cleanup had already run, and its resolved alert finds no
+    incident to close. A pause is now only for hosts whose open incident will resume them."""
+    h = make(["h1", "h2", "h3"], rules={"fleet.storm_threshold": 2})
+    h.world.break_agent("h3", "dead")
+    h.world.hosts["h3"].ssh_up = False  # its ladder waits between re-checks
+    h.fire("h3")
+    h.run()
+    assert h.close_incident("h3") == 200
+    h.run()  # the incident's cleanup runs; the ladder is still waiting for its next re-check
+    h.fire("h3")
+    h.world.break_agent("h1", "dies_after_restart")  # critical, with unsynced games at risk: a storm
+    h.fire("h1")
+    h.run()
+    assert h.world.hosts["h1"].selfplay_paused
+    assert not h.world.hosts["h3"].selfplay_paused
+    h.resolve("h3")
+    h.run(60)
+    assert not h.world.hosts["h3"].selfplay_paused and not h.active("h3")
+
+
 # -- finding 4: fencing ------------------------------------------------------------------------------
 
 
