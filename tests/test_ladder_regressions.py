@@ -404,6 +404,23 @@ def test_fencing_a_worker_that_lost_its_lock_during_the_restart_runs_no_fallback
     assert str(job.result).startswith("lock lost"), job
 
 
+def test_fencing_a_worker_that_froze_taking_the_lock_does_not_mark_an_ended_ladder_running(make):
+    """Found by the property test. The worker froze right after taking the host lock (at the fencing
+    counter's INCR), past the lock's TTL; the sweeper resumed the ladder elsewhere and it ended. The
+    frozen worker then wrote status "running" without checking its lock: the host showed a ladder
+    running forever (API, status page). That first write is now fenced like the others."""
+    h = make(["h1"])
+    h.world.break_agent("h1", "dead")
+    h.plan.add(Fault("redis.INCRBY", "stall", seconds=60.0))
+    h.fire("h1")
+    h.run(120)
+    stall = h.driver.stalls[0]
+    job = next(r for r in h.driver.runs if r.job_id == stall["job"])
+    assert str(job.result).startswith("lock lost"), job
+    state = h.host("h1")
+    assert state["status"] == "finished" and state["outcome"] == "healthy", state
+
+
 # -- finding 5: recover_data verification -----------------------------------------------------------
 
 
