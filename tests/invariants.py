@@ -445,11 +445,13 @@ class Invariants:
             )
 
     def _deadlines(self) -> None:
-        """I7: every ladder ends by its deadline plus one recheck interval, plus what it could not help."""
+        """I7: every ladder ends by its deadline plus one recheck interval, plus what it could not help.
+        A ladder runs while it is its host's active one (the intake's and END_LUA's key)."""
         now = self.h.clock.now
         for host in self.h.world.hosts:
+            active = self.h.conn.get(keys.ACTIVE.format(host))
             state = self.h.host(host)
-            if not state.get("ladder_id") or state.get("status") in (None, "", "finished"):
+            if active is None or state.get("ladder_id") != active.decode():
                 continue
             started = float(state.get("started_at") or now)
             allowance = self.allowance(host, state["ladder_id"], started)
