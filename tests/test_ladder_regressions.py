@@ -647,3 +647,67 @@ def test_per_host_keys_get_a_ttl(make):
     assert {"remediator:host:h1", "remediator:audit:h1", "remediator:fence:h1"} <= set(per_host)
     forever = [k for k in per_host if h.conn.ttl(k) < 0]
     assert forever == [], forever
+
+
+# -- the fault layer over the real simulated cluster ------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["banner", "truncated"])
+def test_over_real_ssh_a_checksum_inventory_that_is_not_json_fails_recover_data_verification(
+    make_sim_cluster, redis_url, tmp_path, monkeypatch, variant
+):
+    """Issue 13 finding 5 against the real simulated cluster (OpenSSH, real rsync, the real importer):
+    the fault layer spoils the output of the checksum inventory the real host sent back -- a login
+    banner before its JSON, or its JSON cut short. Verification fails, saying why; the copy is never
+    taken as checked. (This runs on the real clock, with the in-process workers of tests/inproc.py.)"""
+    from e2e import FAST_RULES
+    from faults import FaultPlan, faulty_clients
+    from inproc import Driver
+    from world import CallLog, RealClock
+
+    from remediator import clients, keys
+    from remediator.config import Settings
+    from remediator.intake import LadderRequest, start_ladders
+
+    sim = make_sim_cluster(hosts=1, selfplay=False)
+    host = sim.host_ids[0]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(FAST_RULES.read_text().replace("attempts_per_step: 2", "attempts_per_step: 1"))
+    env = {
+        **sim.env(),
+        "REDIS_URL": redis_url,
+        "REMEDIATOR_RULES_FILE": str(rules),
+        "REMEDIATOR_SSH_CONNECT_TIMEOUT": "3",
+        "REMEDIATOR_LEDGER_FILE": str(tmp_path / "ledger.jsonl"),
+        "REMEDIATOR_LOCK_TTL": "6",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    clock, plan = RealClock(), FaultPlan()
+    log = CallLog(clock)
+    driver = Driver(redis_url, settings, clock, plan, log, age_keys=False)
+    faulty = faulty_clients(clients.real_clients(settings), plan, log, driver, settings)
+    plan.add(Fault("ssh.checksums", "malformed", variant=variant, times=None))
+    sim.write_games(host, 3)
+    sim.agent_dies_after_restart(host)
+    sim.make_critical(host)
+    with clients.install(lambda _settings: faulty):
+        start_ladders(driver.conn, settings.queue, [LadderRequest(host, "test")])
+        deadline = clock.now + 90
+        while driver.conn.exists(keys.ACTIVE.format(host)) and clock.now < deadline:
+            driver.run_for(0.5)
+    audit = [e for e in store_audit(driver.conn, host) if e["step"] == "recover_data"]
+    ran = next(e for e in audit if e["outcome"] == "ran")
+    assert ran["rsync_exit"] == 0 and ran["files"] > 0  # the real copy was made
+    verdict = next(e for e in audit if e["outcome"].startswith("verify"))
+    assert verdict["outcome"] == "verify-failed", verdict
+    assert verdict["detail"].startswith("the copy could not be checked against the host"), verdict
+    assert any(c.name == "ssh.checksums" and c.fault == "malformed" for c in log.calls)
+    assert sim.counts(host)["retires"] == 0 and sim.counts(host)["data_loss_records"] == 0
+
+
+def store_audit(conn: Any, host: str) -> list[dict[str, Any]]:
+    from remediator import store
+
+    return store.get_audit(conn, host)
