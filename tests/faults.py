@@ -740,7 +740,7 @@ def faulty_clients(
         provider_statuses=provider_statuses,
         network=network,
         pagers=pagers,
-        silences=silences,
+        **({"silences": silences} if "silences" in Clients.__dataclass_fields__ else {}),
     )
 
 

@@ -395,8 +395,10 @@ class Driver(FaultHooks):
 
     def _frozen(self, host: str) -> str | None:
         """Why mutating steps on ``host`` must wait now (a freeze, a hold alert), or None."""
-        from remediator import controls
-
+        try:
+            from remediator import controls
+        except ImportError:  # a remediator without operator controls (an older checkout)
+            return None
         item = controls.frozen(self.conn, host)
         if item is not None:
             return f"frozen by {item.who}: {item.reason}"

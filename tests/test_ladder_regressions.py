@@ -205,7 +205,9 @@ def mutating(h: hz.Harness) -> list[Any]:
 
 def test_dry_run_fleet_evaluation_sends_no_storm_page_and_pauses_nothing(make):
     """Issue 13 finding 3: two hosts critical at once is a storm (threshold 2) with data at risk; a
-    per-ladder dry run records the plan and sends no storm page, pauses no selfplay."""
+    per-ladder dry run records the plan and sends no storm page, pauses no selfplay. At 6145b37 the
+    fleet evaluation knew only the deployment's dry run: the storm was paged and paused (fixed by
+    01aefa0, before 1dff6d2, where this test passes)."""
     h = make(["h1", "h2"], rules={"fleet.storm_threshold": 2})
     for host in ("h1", "h2"):
         h.world.break_agent(host, "dead")
@@ -218,7 +220,8 @@ def test_dry_run_fleet_evaluation_sends_no_storm_page_and_pauses_nothing(make):
 
 
 def test_dry_run_deployment_sends_no_storm_page_and_pauses_nothing(make):
-    """Issue 13 finding 3, with REMEDIATOR_DRY_RUN=true: real alerts, a storm, nothing mutated."""
+    """Issue 13 finding 3, with REMEDIATOR_DRY_RUN=true: real alerts, a storm, nothing mutated (passes
+    at 1dff6d2 too: a pin, not a fix of this branch)."""
     h = make(["h1", "h2"], rules={"fleet.storm_threshold": 2}, dry_run=True)
     for host in ("h1", "h2"):
         h.world.break_agent(host, "dead")
@@ -234,8 +237,9 @@ def test_dry_run_deployment_sends_no_storm_page_and_pauses_nothing(make):
 def test_dry_run_ladder_finding_the_host_healthy_resumes_nothing_and_resolves_no_page(make):
     """Issue 13 finding 3. A storm paused h1 and h2 and paged; their ladders escalated (held). h1's
     agent comes back and syncs. A human's dry run on h1 finds it healthy: it must not resume h1's
-    selfplay nor resolve anything (the incident's close does that, for real). Before a459536 a dry-run
-    ladder that ended healthy ran a real ladder's recovery bookkeeping (resume, storm end)."""
+    selfplay nor resolve anything (the incident's close does that, for real). At 6145b37 a dry-run
+    ladder that ended healthy ran a real ladder's recovery bookkeeping (resume, storm end); fixed by
+    01aefa0, before 1dff6d2, where this test passes."""
     h = make(["h1", "h2"], rules={"fleet.storm_threshold": 2, "incident.healthy_for_minutes": 10})
     for host in ("h1", "h2"):
         h.world.break_agent(host, "dead")

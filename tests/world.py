@@ -1001,5 +1001,5 @@ def world_clients(world: World, settings: Any) -> Any:
         provider_statuses=provider_statuses,
         network=network,
         pagers=pagers,
-        silences=silences,
+        **({"silences": silences} if "silences" in Clients.__dataclass_fields__ else {}),
     )
