@@ -24,9 +24,9 @@ call, one of:
 Call names: ``coordinator.{hosts,force_sync,unretire,retire,pause,resume,data_loss}``,
 ``provider.{lambda,status}``, ``pager.{webhook,pagerduty,alertmanager}``,
 ``alertmanager.{silence,silences,expire}`` (create, list, expire a silence),
-``ssh.{connect,echo,inventory,checksums,agent_check,restart,fallback,log_tail,other}``, ``rsync``,
-``import``, ``network``, and ``redis.<COMMAND>`` (see tests/inproc.py). A fault's ``call`` may end in
-``*`` to match a prefix. HTTP faults act on each request (so the clients' own retries meet them);
+``ssh.{connect,echo,inventory,checksums,agent_check,restart_policy,restart,fallback,log_tail,other}``,
+``rsync``, ``import``, ``network``, and ``redis.<COMMAND>`` (see tests/inproc.py). A fault's ``call``
+may end in ``*`` to match a prefix. HTTP faults act on each request (so the clients' own retries meet them);
 ``times`` says how many calls a fault hits (None: until cleared).
 """
 
@@ -203,7 +203,17 @@ def command_name(settings: Settings, command: str) -> str:
         return "ssh.fallback"
     if command.startswith("tail -n "):
         return "ssh.log_tail"
+    if command == _restart_policy_command():
+        return "ssh.restart_policy"
     return "ssh.other"
+
+
+def _restart_policy_command() -> str | None:
+    try:
+        from workers.diagnose import RESTART_POLICY_COMMAND
+    except ImportError:  # a remediator from before diagnosis read the agent's restart policy
+        return None
+    return RESTART_POLICY_COMMAND
 
 
 def request_summary(request: requests.PreparedRequest) -> dict[str, Any]:

@@ -83,6 +83,7 @@ COMMAND_CALLS = [
     "ssh.restart",
     "ssh.fallback",
     "ssh.log_tail",
+    "ssh.restart_policy",
     "rsync",
     "import",
     "network",

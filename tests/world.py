@@ -96,7 +96,7 @@ class RealClock(VirtualClock):
 
 # Calls that change something outside the remediator (DESIGN.md: dry run must make none of these).
 READ_ONLY_SSH = frozenset({"ssh.connect", "ssh.echo", "ssh.inventory", "ssh.checksums", "ssh.agent_check"})
-READ_ONLY_SSH |= {"ssh.log_tail"}
+READ_ONLY_SSH |= {"ssh.log_tail", "ssh.restart_policy"}
 MUTATING_CALLS = frozenset(
     {
         "coordinator.force_sync",
@@ -220,6 +220,7 @@ class WorldHost:
     agent_started_at: float = 0.0
     dies_after_restart: bool = False
     systemd: bool = True
+    restart_policy: str = "no"  # the agent unit's Restart= (the world restarts nothing by itself)
     ssh_up: bool = True  # sshd answers
     net_up: bool = True  # the host reaches the coordinator (its agent can sync)
     banner: bool = False  # every command's stdout starts with a login banner
@@ -674,10 +675,13 @@ class HostShell:
         self.world = world
         self.host = host
         self.command = command
-        lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|")
+        # Redirections of output the caller does not read are dropped before parsing (the shell model
+        # has no file descriptors); what a command prints is only ever its stdout.
+        bare = re.sub(r"\s*(?:[12]?>\s*/dev/null|2>&1)", "", command)
+        lexer = shlex.shlex(bare, posix=True, punctuation_chars=";&|")
         lexer.whitespace_split = True
         self.tokens = list(lexer)
-        self.compound = any(t in self.SEPARATORS or t in ("for", "|") for t in self.tokens)
+        self.compound = any(t in self.SEPARATORS or t in ("for", "if", "|") for t in self.tokens)
         self.out: list[str] = []
         self.err: list[str] = []
 
@@ -703,10 +707,11 @@ class HostShell:
         op = ";"
         i = 0
         while i < len(tokens):
-            if tokens[i] == "for":
-                end = self._matching_done(tokens, i)
+            if tokens[i] in ("for", "if"):
+                opener, closer = tokens[i], "done" if tokens[i] == "for" else "fi"
+                end = self._matching(tokens, i, opener, closer)
                 if op == ";" or (op == "&&" and status == 0) or (op == "||" and status != 0):
-                    status = self._for(tokens[i:end])
+                    status = self._for(tokens[i:end]) if opener == "for" else self._if(tokens[i:end])
                 i = end + 1 if end < len(tokens) else end
                 continue
             j = i
@@ -720,16 +725,24 @@ class HostShell:
         return status
 
     @staticmethod
-    def _matching_done(tokens: list[str], start: int) -> int:
+    def _matching(tokens: list[str], start: int, opener: str, closer: str) -> int:
         depth = 0
         for k in range(start, len(tokens)):
-            if tokens[k] == "for":
+            if tokens[k] == opener:
                 depth += 1
-            elif tokens[k] == "done":
+            elif tokens[k] == closer:
                 depth -= 1
                 if depth == 0:
                     return k
         return len(tokens)
+
+    def _if(self, tokens: list[str]) -> int:
+        # if COND ; then BODY [; else BODY] ; (fi dropped by the caller)
+        then = tokens.index("then")
+        other = tokens.index("else") if "else" in tokens else len(tokens)
+        if self._sequence(tokens[1:then]) == 0:
+            return self._sequence(tokens[then + 1 : other])
+        return self._sequence(tokens[other + 1 :]) if other < len(tokens) else 0
 
     def _for(self, tokens: list[str]) -> int:
         # for NAME in WORDS ; do BODY ; done
@@ -789,12 +802,18 @@ class HostShell:
             if any(cmd.startswith("sh -c ") for cmd in matched):
                 raise ShellExit(f"killed by SIG{signal}")
             return 0
+        if name == "command" and args[:1] == ["-v"]:
+            found = {"systemctl": host.systemd}.get(args[1], args[1] in ("sh", "pgrep", "pkill", "python3"))
+            return 0 if found else 1
         if name == "systemctl":
             if not host.systemd:
                 self.err.append("sh: 1: systemctl: not found\n")
                 return 127
             if args[:1] == ["restart"]:
                 self._start_agent()
+                return 0
+            if args[:3] == ["show", "-p", "Restart"]:
+                self.out.append(f"Restart={host.restart_policy}\n")
                 return 0
             return 1
         if name == "./start_sync.sh":
