@@ -491,13 +491,15 @@ class Invariants:
     def _crashes(self) -> None:
         """A job that crashed on an answer (instead of recording it as unknown) breaks I8. Failing on
         purpose is allowed where the code says so: an injected Redis fault, a discovery or a cleanup
-        that could not reach the coordinator or a pager (both are retried)."""
+        that could not reach the coordinator or a pager, or a cleanup that must not resume selfplay
+        during a freeze (all retried)."""
         for run in self.h.driver.runs:
             if run.outcome != "failed" or run.job_id in self._crash_ok:
                 continue
             text = str(run.result)
             redis_fault = any(s in text for s in ("ConnectionError", "TimeoutError", "WorkerDead"))
             on_purpose = run.func in ("discover", "finish_incident") and text.startswith("Coordinator")
+            on_purpose |= run.func == "finish_incident" and text.startswith("Frozen")  # resumes after it
             if redis_fault or on_purpose:
                 self._crash_ok.add(run.job_id)
                 continue
