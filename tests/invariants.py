@@ -506,6 +506,13 @@ class Invariants:
             self.fail("I8", "a job crashed instead of recording an answer as unknown", run=run.__dict__)
 
     # -- after the dust settles --------------------------------------------------------------------
+    def is_quiet(self) -> bool:
+        try:
+            self.check_quiet()
+        except Violation:
+            return False
+        return True
+
     def check_quiet(self) -> None:
         """Everything resolved, every fault cleared, time passed: every incident is closed and cleaned
         up, nothing stays paused, no page stays open, no ladder runs."""
