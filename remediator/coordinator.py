@@ -181,6 +181,25 @@ def _not_sent(exc: requests.RequestException) -> bool:
     return False
 
 
+def _answer(method: str, path: str, resp: requests.Response) -> Any:
+    """A 2xx answer's JSON. One that carries none (an HTML page from a proxy, a cut or empty body) or
+    says it failed (``{"success": false}``) raises CoordinatorError: it says nothing about the hosts,
+    so it must be read as unknown -- never as "no such host", nor as done, nor crash the caller."""
+    if not resp.content and method != "GET":
+        return {}
+    try:
+        body = resp.json()
+    except ValueError:
+        raise CoordinatorError(
+            f"{method} {path} answered {resp.status_code} with a body that is not JSON: {resp.text[:80]!r}"
+        ) from None
+    if isinstance(body, dict) and body.get("success") is False:
+        raise CoordinatorError(
+            f"{method} {path} answered {resp.status_code} but says it failed: {resp.text[:120]}"
+        )
+    return body
+
+
 class HttpCoordinator:
     """The coordinator HTTP API of the contract, with bounded retries and backoff.
 
@@ -246,7 +265,7 @@ class HttpCoordinator:
                         raise CoordinatorError(
                             f"{method} {path} answered {resp.status_code}: {resp.text[:200]}"
                         )
-                    return resp.json() if resp.content else {}
+                    return _answer(method, path, resp)
                 last = f"HTTP {resp.status_code}"
                 if not repeatable:
                     raise CoordinatorMaybeApplied(

@@ -13,12 +13,13 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from remediator import controls, incidents, keys, store
-from remediator.exceptions import CoordinatorError, Frozen
+from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, Frozen
 from remediator.paging import PageKind, PageResult, page, resolve
 
 log = logging.getLogger("remediator.fleet")
@@ -149,7 +150,13 @@ def resume_host(ctx: Any, host_id: str, why: str) -> bool:
         return True
     if controls.frozen(conn) is not None:
         raise Frozen("the fleet is frozen: selfplay resumes once it is unfrozen")
-    ctx.coordinator.resume_selfplay([host_id], f"remediator: {why}")
+    answer = ctx.coordinator.resume_selfplay([host_id], f"remediator: {why}")
+    if not (isinstance(answer, dict) and host_id in (answer.get("resumed") or [])):
+        # A 2xx that does not say so (a proxy's catch-all) may have resumed nothing: forgetting the
+        # pause now would leave the host paused for good. Kept, and tried again.
+        raise CoordinatorError(
+            f"the coordinator did not confirm the resume of {host_id}: {str(answer)[:100]}"
+        )
     conn.srem(keys.PAUSED, host_id)
     store.append_audit(conn, FLEET, "resume-selfplay", "done", why, hosts=[host_id])
     return True
@@ -190,7 +197,7 @@ def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) 
         log.info("a fleet evaluation is under way; this one is left to it and to the monitor")
         return {"skipped": "fleet lock not acquired"}
     try:
-        return _evaluate(ctx, dry_run=dry_run or ctx.dry_run)
+        return _evaluate(ctx, dry_run=dry_run or ctx.dry_run, ours=lock.owned)
     finally:
         try:
             lock.release()
@@ -198,7 +205,9 @@ def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) 
             log.warning("fleet lock expired during an evaluation")
 
 
-def _evaluate(ctx: Any, *, dry_run: bool) -> dict[str, Any]:
+def _evaluate(ctx: Any, *, dry_run: bool, ours: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """``ours``: whether this evaluation still holds the fleet lock. One that lost it (its worker froze
+    past FLEET_LOCK_TTL while others evaluated) acts on nothing: what it saw may be stale by now."""
     conn = ctx.conn
     rules = ctx.rules
     facts = fleet_facts(ctx, refresh=False)
@@ -216,11 +225,12 @@ def _evaluate(ctx: Any, *, dry_run: bool) -> dict[str, Any]:
             )
         )
         decision = rules.decide(facts)
-        if not dry_run:
+        if not dry_run and ours():
             done.update(_storm_page(ctx, decision, facts, storm_id, affected))
-            if decision.pause_selfplay and controls.frozen(conn) is None:  # frozen: no coordinator writes
+            # Frozen: no coordinator writes; and only while the lock is ours (not stale).
+            if decision.pause_selfplay and controls.frozen(conn) is None and ours():
                 done.update(_pause(ctx, storm_id, affected))
-    if not storm and facts["storm_active"] and not conn.scard(keys.PAUSED) and not dry_run:
+    if not storm and facts["storm_active"] and not conn.scard(keys.PAUSED) and not dry_run and ours():
         done.update(_end_storm(ctx, storm_id))
     return done
 
@@ -357,11 +367,26 @@ def _in_page(conn: Any, key: str, host: str) -> bool:
 def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
     """Runbook Escalation 4: pause selfplay on exactly the affected hosts that are not paused yet."""
     conn = ctx.conn
-    new = [h for h in affected if not conn.sismember(keys.PAUSED, h)]
+    # Still in the window (a host whose incident closed since ``affected`` was read has left it), and
+    # with an open incident: the incident's close is what resumes the host. A host seen critical with no
+    # incident of its own (its alert re-fired while a human's close stops its ladder) is not paused.
+    new = [
+        h
+        for h in affected
+        if not conn.sismember(keys.PAUSED, h)
+        and conn.zscore(keys.FLEET_CRITICAL, h) is not None
+        and incidents.current_id(conn, h) is not None
+    ]
     if not new:
         return {}
     try:
         ctx.coordinator.pause_selfplay(new, f"remediator: storm {storm_id}")
+    except CoordinatorUnavailable as exc:
+        # 5xx, a timeout, a dropped connection: the pause may have been applied. Remembered as ours, so
+        # that it is resumed with the host (resuming a host that was not paused changes nothing).
+        conn.sadd(keys.PAUSED, *new)
+        log.error("pause of selfplay on %s may not have been applied: %s", new, exc)
+        return {"maybe_paused": new}
     except CoordinatorError as exc:
         log.error("could not pause selfplay on %s: %s", new, exc)
         return {}

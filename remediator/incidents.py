@@ -314,17 +314,25 @@ if redis.call('RPUSH', KEYS[8], ARGV[12 + 2 * n]) > tonumber(ARGV[7]) then
   redis.call('LTRIM', KEYS[8], -tonumber(ARGV[7]), -1)
 end
 redis.call('HINCRBYFLOAT', KEYS[9], ARGV[13 + 2 * n], 1)
-local inc = redis.call('GET', KEYS[5])
-if not inc then return {1, '', ''} end
-local ikey = ARGV[5] .. inc
-local ref = redis.call('HGET', ikey, 'ladder:' .. ARGV[1])
-if ref then
-  local entry = cjson.decode(ref)
-  entry['outcome'] = outcome
-  entry['detail'] = ARGV[9]
-  entry['finished_at'] = tonumber(now)
-  redis.call('HSET', ikey, 'ladder:' .. ARGV[1], cjson.encode(entry))
+local function record_end(ikey)
+  local ref = redis.call('HGET', ikey, 'ladder:' .. ARGV[1])
+  if ref then
+    local entry = cjson.decode(ref)
+    entry['outcome'] = outcome
+    entry['detail'] = ARGV[9]
+    entry['finished_at'] = tonumber(now)
+    redis.call('HSET', ikey, 'ladder:' .. ARGV[1], cjson.encode(entry))
+  end
 end
+local inc = redis.call('GET', KEYS[5])
+if not inc then
+  -- The incident was closed under the running ladder (by a human): its record still gets the end.
+  local closed = redis.call('HGET', KEYS[4], 'incident_id')
+  if closed then record_end(ARGV[5] .. closed) end
+  return {1, '', ''}
+end
+local ikey = ARGV[5] .. inc
+record_end(ikey)
 local state = ARGV[11 + 2 * n]
 if state == 'resolved' then
   close_incident(inc, ikey, KEYS[5], KEYS[6], KEYS[7], KEYS[8], redis.call('HGET', ikey, 'host_id'), now,
@@ -407,6 +415,7 @@ def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "", *, war
             ACTIVE_TTL,
             "1" if warning else "0",
         ],
+        client=conn,
     )
     ref = ref.decode() if isinstance(ref, bytes) else ref
     if code == 0:
@@ -436,6 +445,7 @@ def close(conn: redis.Redis, host_id: str, *, by: str, reason: str, expected: st
             ACTIVE_TTL,
             expected,
         ],
+        client=conn,
     )
     if code == 0:
         return Closed(None)
@@ -503,6 +513,7 @@ def end_ladder(
             store.encode_audit(audit),
             metrics.field("remediator_ladders", {"outcome": outcome}),
         ],
+        client=conn,
     )
     if code == -1:
         return Ended(False, withdrawn=True)

@@ -87,8 +87,9 @@ for i = 1, n do
       -- with the whole runbook (it re-plans at its next boundary, skipping what already failed).
       w.upgrade = true
     end
-    if kind == 'h' and redis.call('GET', KEYS[k + 3]) == active and not w.force then
-      -- A resolve asked this ladder to stop and the alert fires again: the ladder goes on.
+    if kind == 'h' and inc and redis.call('GET', KEYS[k + 3]) == active and not w.force then
+      -- A resolve asked this ladder to stop and the alert fires again: the ladder goes on. Not when a
+      -- human closed the incident (it is closed already, inc is nil): a human's stop stands.
       verdicts[i] = {5, active}
       w.withdraw, w.active = true, active
     else

@@ -158,7 +158,13 @@ class VastProvider:
         announced: int | None = None
         for _ in range(VAST_MAX_PAGES):
             data = self._page(params)
-            rows.extend(_rows(data["instances"], f"vast: {host_of(self.url)}"))
+            rows.extend(
+                _stated(
+                    _rows(data["instances"], f"vast: {host_of(self.url)}"),
+                    ("actual_status", "cur_state"),
+                    f"vast: {host_of(self.url)}",
+                )
+            )
             total = data.get("total_instances")
             if announced is None and isinstance(total, int) and not isinstance(total, bool):
                 announced = total
@@ -262,7 +268,7 @@ class LambdaProvider:
             raise ProviderError(f"{where} answered an error{scrub(said or _said(error), [self._api_key])}")
         if not isinstance(data.get("data"), list):
             raise ProviderError(f"{where} answered without a 'data' list")
-        return _rows(data["data"], where)
+        return _stated(_rows(data["data"], where), ("status",), where)
 
     def instance_states(self, instance_ids: Iterable[str]) -> dict[str, CloudState]:
         """States of several instances from one trustworthy listing, where an id not listed is terminated;
@@ -291,6 +297,15 @@ def _said(*texts: Any) -> str:
     """``: <the provider's own words>``, shortened, for a reason; "" when it said nothing."""
     words = " ".join(str(t) for t in texts if t not in (None, ""))
     return f": {words[:ERROR_TEXT_CHARS]!r}" if words else ""
+
+
+def _stated(rows: list[dict[str, Any]], fields: tuple[str, ...], where: str) -> list[dict[str, Any]]:
+    """The rows of a listing; ProviderError when one carries none of the state ``fields``: a listing
+    that is not the API's shape cannot prove that an instance missing from it is gone (terminated)."""
+    for row in rows:
+        if not any(row.get(name) for name in fields):
+            raise ProviderError(f"{where} listed an instance without {' or '.join(fields)}")
+    return rows
 
 
 def providers_from_settings(settings: Settings) -> dict[str, Provider]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import redis
 from rq import Queue
 
 from remediator import incidents, keys
@@ -218,3 +219,52 @@ def test_a_closed_incident_takes_its_host_out_of_the_fleet_window_at_once(redis_
     assert redis_conn.zscore(keys.FLEET_CRITICAL, "h1") is not None
     resolve_host(redis_conn, Q, "h1")
     assert redis_conn.zscore(keys.FLEET_CRITICAL, "h1") is None
+
+
+def test_incident_scripts_run_on_the_connection_they_are_given(redis_url):
+    """The scripts are registered once per process; each call must still run on its caller's client (a
+    killed worker's, another database's), not on the first client that ever registered them."""
+    first = redis.Redis.from_url(redis_url)
+    where = first.connection_pool.connection_kwargs
+    other = redis.Redis(host=where["host"], port=where["port"], db=1)
+    try:
+        start(first)
+        end(first, "h1", "escalated")  # registers END_LUA with ``first``
+        start(other)
+        ended = end(other, "h1", "healthy")
+        assert ended.ok and ended.state == "monitoring"
+        assert incidents.current(other, "h1").state == IncidentState.MONITORING
+        assert incidents.current(first, "h1").state == IncidentState.HELD  # untouched
+        assert resolve_host(other, Q, "h1")["action"] == "incident closed"
+        assert incidents.current(first, "h1").state == IncidentState.HELD
+    finally:
+        other.flushdb()
+        first.close()
+        other.close()
+
+
+def test_a_firing_alert_does_not_withdraw_the_stop_of_a_human_close(redis_conn):
+    """A human closed the incident while its ladder ran: the ladder is asked to stop and the incident
+    is closed at once. A re-sent firing alert must not take the stop back (that is for a resolved
+    alert, whose incident stays open until the ladder stops): the ladder would go on under a closed
+    incident, pausing selfplay and paging for a host nothing tracks any more."""
+    first = start(redis_conn).accepted[0]
+    incidents.close(redis_conn, "h1", by="cli (root)", reason="fixed by hand")
+    again = start(redis_conn)
+    assert again.accepted == [] and again.skipped[0]["reason"].startswith("already remediating")
+    assert redis_conn.get(keys.CANCEL.format("h1")).decode() == first["ladder_id"]
+    ended = end(redis_conn, "h1", "stopped")
+    assert ended.ok and not ended.withdrawn
+    assert incidents.get(redis_conn, first["incident_id"]).state == IncidentState.RESOLVED
+    assert redis_conn.get(keys.ACTIVE.format("h1")) is None
+
+
+def test_a_ladder_that_ends_after_a_human_closed_its_incident_has_its_end_on_the_incident(redis_conn):
+    """The closed incident's record must not show its ladder as still running (the status page and
+    the API list an incident's ladders with their outcomes)."""
+    first = start(redis_conn).accepted[0]
+    incidents.close(redis_conn, "h1", by="cli (root)", reason="fixed by hand")
+    assert end(redis_conn, "h1", "stopped").ok
+    ladder = incidents.get(redis_conn, first["incident_id"]).ladders[0]
+    assert ladder.ladder_id == first["ladder_id"] and ladder.outcome == "stopped"
+    assert ladder.finished_at is not None

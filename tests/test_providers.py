@@ -400,6 +400,20 @@ def test_lambda_non_2xx_answer_is_unknown(server: HTTPServer) -> None:
     assert "HTTP 304" in result.reason
 
 
+def test_a_listing_whose_rows_carry_no_state_cannot_say_an_instance_is_terminated(server: HTTPServer) -> None:
+    """Rows without their state fields (an API change, a broken proxy) make the listing unreadable: an
+    instance missing from it is unknown, not terminated (found by the property test, I8)."""
+    server.expect_request("/api/v1/instances").respond_with_json({"data": [{"id": "a"}]})
+    lambda_ = {"lambda": LambdaProvider(server.url_for(""), LAMBDA_KEY, retry=FAST)}
+    result = instance_state(lambda_, "lambda", "gone")
+    assert result.state is CloudState.UNKNOWN and "without status" in result.reason
+    server.clear()
+    serve_vast(server, [{**vast_row(1, None, cur_state=""), "actual_status": None}])
+    vast = {"vast": VastProvider(server.url_for(""), VAST_KEY, retry=1)}
+    result = instance_state(vast, "vast", "31337")
+    assert result.state is CloudState.UNKNOWN and "without actual_status or cur_state" in result.reason
+
+
 # -- configuration and not_asked -------------------------------------------------------------------------
 
 

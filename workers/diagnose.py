@@ -16,7 +16,7 @@ from remediator import keys
 from remediator.clients import Session
 from remediator.coordinator import HostRecord
 from remediator.exceptions import CoordinatorError, SSHError
-from remediator.ssh import quote_template
+from remediator.ssh import CommandResult, quote_template
 from workers.context import Context
 
 LOG_TAIL_LINES = 50
@@ -96,6 +96,14 @@ class Diagnosis:
         return out
 
 
+def answered(echo: CommandResult) -> bool:
+    """Whether ``echo OK`` got through: exit 0 and ``OK`` as its last line. A login banner printed before
+    it (a motd, a shell rc file) does not make a host unreachable. Diagnosis and wait_reachable decide
+    reachability with this one test: were they to disagree, a ladder would re-diagnose without end."""
+    lines = echo.stdout.strip().splitlines()
+    return echo.ok and bool(lines) and lines[-1].strip() == "OK"
+
+
 def diagnose(ctx: Context, host_id: str) -> Diagnosis:
     diag = Diagnosis(host_id=host_id, at=time.time())
     try:
@@ -151,7 +159,7 @@ def _on_host(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
     try:
         with ctx.clients.ssh(record) as session:
             echo = session.run("echo OK", timeout=ctx.settings.ssh_connect_timeout)
-            diag.ssh_reachable = echo.ok and echo.stdout.strip() == "OK"
+            diag.ssh_reachable = answered(echo)
             diag.sources["ssh"] = f"ssh {record.ssh_user}@{record.address}:{record.ssh_port} echo OK"
             _inspect(ctx, diag, record, session)
     except SSHError as exc:

@@ -69,12 +69,9 @@ class Ladder:
             return "locked: another worker is advancing this ladder"
         token = bind(host_id=self.host_id, ladder_id=self.ladder_id, job_id=self.ctx.job_id)
         try:
-            self._update(
-                status="running",
-                fence=fence,
-                heartbeat=f"{time.time():.3f}",
-                job_id=self.ctx.job_id or self.state.get("job_id"),
-            )
+            # Fenced like every later write: a worker that froze while taking the lock, past its TTL,
+            # must not mark as running a ladder its successor may have ended meanwhile.
+            self._commit(status="running", fence=fence, job_id=self.ctx.job_id or self.state.get("job_id"))
             result = self._loop(fence)
             if self.state.get("resumes"):
                 self.ctx.conn.hdel(keys.HOST.format(self.host_id), "resumes", "resumed_at")  # it ran

@@ -28,6 +28,7 @@ def run(lad: LadderRun) -> StepOutcome:
             evidence = {"command": s.agent_restart_command, "exit_status": first.exit_status}
             if first.ok:
                 return StepOutcome("ran", "restart command succeeded", evidence)
+            lad.guard()  # the fallback is a mutation of its own: not for a worker that lost the host
             fallback = session.run(s.agent_fallback_command, timeout=60)
             evidence.update(
                 fallback=s.agent_fallback_command,

@@ -6,10 +6,10 @@ succeeded (a successful checklist copy is imported instead, and a human decides)
 checklist is filled in from what the ladder saw — the unsynced games count only when counted since the
 host's last sync and within INVENTORY_FRESH — the rules are asked whether retirement may be automatic,
 and when the checklist's prerequisites hold the loss is documented with game count and time range (to
-the local ledger, which survives a coordinator outage, and to the coordinator's training log).
-Retirement itself happens only with ``acknowledge_loss: true``, where the rules allow it, and once both
-records are written. Otherwise the step declines and the ladder escalates to a human with the checklist
-attached.
+the local ledger, which survives a coordinator outage, and to the coordinator's training log, whose
+answer must say ``"recorded": true``). Retirement itself happens only with ``acknowledge_loss: true``,
+where the rules allow it, and once both records are written. Otherwise the step declines and the
+ladder escalates to a human with the checklist attached.
 """
 
 from __future__ import annotations
@@ -155,10 +155,16 @@ def _document_loss(lad: LadderRun, record: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"ledger": s.ledger_file}
     if not lad.scratch.get("training_log_updated"):
         try:
-            lad.ctx.coordinator.record_data_loss({**record, "checklist": checklist(lad)})
-            lad.remember(training_log_updated=True)
+            answer = lad.ctx.coordinator.record_data_loss({**record, "checklist": checklist(lad)})
         except CoordinatorError as exc:
             result["coordinator_error"] = str(exc)
+        else:
+            # Only an answer that says the entry was recorded is one: a 2xx from something else (a proxy's
+            # empty 200, a catch-all route) would retire a host whose loss is in no training log.
+            if isinstance(answer, dict) and answer.get("recorded") is True:
+                lad.remember(training_log_updated=True)
+            else:
+                result["coordinator_error"] = f"the training log did not confirm it: {str(answer)[:100]}"
     return result
 
 

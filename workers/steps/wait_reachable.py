@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from remediator.exceptions import CoordinatorError, SSHError
+from workers.diagnose import answered
 from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = False
@@ -56,22 +57,53 @@ def _instance(lad: LadderRun) -> str:
 
 
 def verify(lad: LadderRun) -> Verdict:
+    paced = _paced(lad)
+    if paced is not None:
+        return paced
     record = lad.record
     if record is None:
         try:
             lad.ctx.coordinator.host(lad.host_id)
         except CoordinatorError as exc:
             return _still_waiting(lad, "coordinator", {"coordinator_error": str(exc)})
-        return Verdict("ok", "coordinator answers again: diagnosing afresh", final="rediagnose")
+        return _back(lad, "coordinator", "coordinator answers again: diagnosing afresh")
     try:
         with lad.ctx.clients.ssh(record) as session:
-            session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
+            echo = session.run("echo OK", timeout=lad.ctx.settings.ssh_connect_timeout)
     except SSHError as exc:
         evidence: dict[str, object] = {"ssh_error": str(exc)}
         if lad.facts.get("cloud_state") == "unknown":
             evidence["cloud_detail"] = lad.diagnosis.get("cloud_detail")
         return _still_waiting(lad, "host", evidence, also=f"; {_instance(lad)}")
-    return Verdict("ok", "host reachable again: diagnosing afresh", final="rediagnose")
+    if not answered(echo):  # the test diagnosis applies, or the two would send each other back and forth
+        return _still_waiting(
+            lad, "host", {"ssh_error": f"echo OK: exit {echo.exit_status}, no OK"}, also=f"; {_instance(lad)}"
+        )
+    return _back(lad, "host", "host reachable again: diagnosing afresh")
+
+
+def _paced(lad: LadderRun) -> Verdict | None:
+    """At most one re-check per recheck interval. After a re-diagnosis that finds the host unreachable
+    again, this step's attempt is already claimed and the ladder comes straight here: without this, a
+    host that answers the re-check but not the diagnosis is checked in a tight loop."""
+    last = lad.scratch.get("rechecked_at")
+    if last is not None and time.time() - float(last) < lad.ctx.rules.ladder.recheck_interval_seconds:
+        return Verdict("pending", "re-checked less than a recheck interval ago; re-check scheduled")
+    lad.remember(rechecked_at=time.time())
+    return None
+
+
+def _back(lad: LadderRun, what: str, detail: str) -> Verdict:
+    """Reachable again: diagnose afresh -- unless no diagnosis has reached it for longer than the rules'
+    limit (a host that answers one check and drops again before the next diagnosis, over and over)."""
+    waited = time.time() - (lad.scratch.get("unreachable_since") or time.time())
+    if waited >= lad.ctx.rules.ladder.unreachable_escalate_after_minutes * 60:
+        return Verdict(
+            "failed",
+            f"{what} answers a re-check, but no diagnosis has reached it for {waited / 60:.1f} min",
+            {"waited_seconds": round(waited, 1)},
+        )
+    return Verdict("ok", detail, final="rediagnose")
 
 
 def _still_waiting(lad: LadderRun, what: str, evidence: dict[str, object], also: str = "") -> Verdict:
