@@ -27,43 +27,22 @@ import json
 import secrets
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import redis
 
 from remediator import keys, metrics, store
+from remediator.states import (  # noqa: F401 -- the incident's vocabulary, read as incidents.*
+    HEALED_OUTCOMES,
+    HOLDING_OUTCOMES,
+    IncidentState,
+    Outcome,
+    state_after,
+)
 
 INCIDENT_TTL = 30 * 86400  # seconds an incident (open or closed) is kept after its last change
 HISTORY_KEEP = 20  # incident ids kept per host
 CLEANUP_DUE = 60.0  # seconds after which the sweeper re-queues a closed incident's unfinished cleanup
-
-
-class IncidentState(StrEnum):
-    OPEN = "open"
-    REMEDIATING = "remediating"
-    HELD = "held"
-    MONITORING = "monitoring"
-    RESOLVED = "resolved"
-
-
-# Ladder outcomes after which the host waits for a human (re-sends start nothing).
-HOLDING_OUTCOMES = frozenset({"escalated", "failed", "recovered", "retired"})
-
-
-def state_after(outcome: str, *, global_dry_run: bool) -> IncidentState:
-    """Where an incident goes when one of its ladders ends with ``outcome``.
-
-    A one-off dry run (a human's ``remediate --dry-run``) leaves the incident open, so a real alert
-    still acts; in a dry-run deployment a dry-run ladder holds it like an escalation (re-sends would
-    otherwise diagnose the host again and again)."""
-    if outcome == "stopped":
-        return IncidentState.RESOLVED
-    if outcome in ("healthy", "prevented"):
-        return IncidentState.MONITORING
-    if outcome in HOLDING_OUTCOMES or (outcome == "dry-run" and global_dry_run):
-        return IncidentState.HELD
-    return IncidentState.OPEN
 
 
 def new_incident_id() -> str:

@@ -11,6 +11,7 @@ from helpers import alert
 from remediator import outcomes, store
 from remediator.rules.loader import load_rules
 from workers import learning
+from workers.state import LadderState
 
 WEDGED = "agent-wedged"  # the agent runs but does not sync: force_sync first, then restart, by the runbook
 
@@ -128,9 +129,11 @@ def test_a_ladders_end_counts_each_rung_it_entered_and_the_one_that_healed(redis
         store.append_audit(redis_conn, host, step, outcome, "", ladder_id=ladder)
     store.append_audit(redis_conn, host, "force_sync", "ran", "", ladder_id="another-ladder")
     state = {"plan": RUNBOOK_PLAN, "rung": "1", "facts": WEDGED_FACTS}
-    learning.record(redis_conn, host, ladder, state, "healthy")
-    learning.record(redis_conn, host, ladder, {**state, "rung": "2"}, "recovered")
-    learning.record(redis_conn, host, ladder, state, "stopped")  # cut short: not counted
+    learning.record(redis_conn, host, ladder, LadderState.from_hash(state), "healthy")
+    learning.record(redis_conn, host, ladder, LadderState.from_hash({**state, "rung": "2"}), "recovered")
+    learning.record(
+        redis_conn, host, ladder, LadderState.from_hash(state), "stopped"
+    )  # cut short: not counted
     table = outcomes.table(redis_conn)[WEDGED]
     assert table["force_sync"]["tried"] == 2 and table["force_sync"]["healed"] == 0
     assert table["restart_agent"]["tried"] == 2 and table["restart_agent"]["healed"] == 1

@@ -119,7 +119,7 @@ def budget(lad: LadderRun, step: str, attempt: int) -> Decision:
     if not limits:
         return None
     conn = lad.ctx.conn
-    member = f"{lad.ladder_id}:{lad.state.get('rung') or 0}:{step}:{attempt}"
+    member = f"{lad.ladder_id}:{lad.state.rung}:{step}:{attempt}"
     tripped = controls.spend(conn, limits, step=step, host_id=lad.host_id, member=member)
     if tripped is None:
         return None

@@ -19,12 +19,14 @@ from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, Lock
 from remediator.intake import queue_cleanup, queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
+from remediator.states import HEALED_OUTCOMES, Outcome
 from workers import gates, learning
 from workers.context import Context
 from workers.diagnose import diagnose
 from workers.plan import gentle, plan_for, signature, unchanged_steps, without
+from workers.state import LadderState, Phase
 from workers.steps import STEPS
-from workers.steps.base import LadderRun, StepOutcome, Verdict
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict
 
 log = logging.getLogger("remediator.ladder")
 
@@ -40,28 +42,24 @@ class Ladder:
         self.ctx = ctx
         self.host_id = host_id
         self.ladder_id = ladder_id
-        self.state: dict[str, Any] = {}
+        self.state = LadderState()
         self.lock: HostLock | None = None
 
     # -- entry ---------------------------------------------------------------------------------
     def advance(self) -> str:
         conn = self.ctx.conn
-        self.state = store.get_host(conn, self.host_id)
+        self._read()
         active = conn.get(keys.ACTIVE.format(self.host_id))
-        if (
-            active is None
-            or active.decode() != self.ladder_id
-            or self.state.get("ladder_id") != self.ladder_id
-        ):
+        if active is None or active.decode() != self.ladder_id or self.state.ladder_id != self.ladder_id:
             return "superseded: another ladder owns this host"
-        if self.ctx.job_id and self.state.get("job_id") not in (self.ctx.job_id, None, ""):
-            return f"stale job: the ladder moved on to job {self.state.get('job_id')}"
+        if self.ctx.job_id and self.state.job_id not in (self.ctx.job_id, ""):
+            return f"stale job: the ladder moved on to job {self.state.job_id}"
         self.lock = HostLock(conn, self.host_id, self.ctx.settings.lock_ttl)
         try:
             fence = self.lock.acquire()
         except LockNotAcquired:
             metrics.count(conn, "remediator_lock_contention")
-            if self.ctx.job_id and self.state.get("job_id") == self.ctx.job_id:
+            if self.ctx.job_id and self.state.job_id == self.ctx.job_id:
                 # This is the ladder's current job: the holder is the job that handed over to it and
                 # has not released yet (or a worker that lost the lock, which can no longer commit).
                 # Try again shortly instead of dropping the ladder until the sweeper notices.
@@ -71,9 +69,9 @@ class Ladder:
         try:
             # Fenced like every later write: a worker that froze while taking the lock, past its TTL,
             # must not mark as running a ladder its successor may have ended meanwhile.
-            self._commit(status="running", fence=fence, job_id=self.ctx.job_id or self.state.get("job_id"))
+            self._commit(status="running", fence=fence, job_id=self.ctx.job_id or self.state.job_id)
             result = self._loop(fence)
-            if self.state.get("resumes"):
+            if self.state.resumes:
                 self.ctx.conn.hdel(keys.HOST.format(self.host_id), "resumes", "resumed_at")  # it ran
             return result
         except LockLost:
@@ -100,49 +98,38 @@ class Ladder:
     def _loop(self, fence: int) -> str:
         policy = self.ctx.rules.ladder
         for _ in range(MAX_PHASES_PER_JOB):
-            self.state = store.get_host(self.ctx.conn, self.host_id)
+            self._read()
             cancel = self.ctx.conn.get(keys.CANCEL.format(self.host_id))
             if cancel is not None and cancel.decode() == self.ladder_id:
-                stopped = self._finish("stopped", self.state.get("cancel_reason") or "cancelled")
+                stopped = self._finish(Outcome.STOPPED, self.state.cancel_reason or "cancelled")
                 if stopped is not None:
                     return stopped
                 continue  # a firing alert withdrew the cancel: the ladder goes on
-            started = float(self.state.get("started_at") or time.time())
-            phase = self.state.get("phase") or "diagnose"
-            if self.state.get("upgraded") == "1" and phase != "diagnose":
+            started = self.state.started_at or time.time()
+            phase = self.state.phase
+            if self.state.upgraded and phase != Phase.DIAGNOSE:
                 # A prevention ladder whose host went critical: plan again with the whole runbook.
-                self._commit(upgraded="", phase="diagnose", step="diagnose")
+                self._commit(upgraded=False, phase=Phase.DIAGNOSE, step="diagnose")
                 self._run_view(fence).audit("ladder", "upgraded", "the host went critical: the full ladder")
                 continue
             late = time.time() - started > policy.deadline_minutes * 60
-            if late and self.state.get("step") != "escalate":
-                if self._gentle:
-                    return self._finish("prevention-failed", "prevention ran out of time")
+            if late and self.state.step != "escalate":
+                if self.state.gentle:
+                    return self._finish(Outcome.PREVENTION_FAILED, "prevention ran out of time")
                 self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
             lad = self._run_view(fence)
-            token = bind(step="diagnose" if phase == "diagnose" else self.state.get("step"), phase=phase)
+            token = bind(step="diagnose" if phase == Phase.DIAGNOSE else self.state.step, phase=phase)
             try:
-                if phase != "diagnose":
+                if phase != Phase.DIAGNOSE:
                     self._time_checks(lad, started)
-                if phase == "diagnose":
-                    result = self._diagnose(lad)
-                elif phase == "run":
-                    result = self._run(lad)
-                elif phase == "verify":
-                    result = self._verify(lad)
-                else:
-                    result = self._finish("failed", f"unknown phase {phase!r}")
+                handler = self._phases.get(phase)
+                result = handler(self, lad) if handler else self._finish(Outcome.FAILED, f"in phase {phase}")
             finally:
                 log_context.reset(token)
             if result is not None:
                 return result
         return self._schedule(0.0, "continuing in a new job")
-
-    @property
-    def _gentle(self) -> bool:
-        """A prevention ladder (a warning of the rules' alerts.prevent): non-invasive steps only."""
-        return self.state.get("gentle") == "1"
 
     def _run_view(self, fence: int) -> LadderRun:
         assert self.lock is not None
@@ -158,12 +145,12 @@ class Ladder:
         facts = diag.facts()
         if not diag.known_to_coordinator:
             lad.audit("diagnose", "failed", "the coordinator does not know this host", **diag.summary())
-            return self._finish("failed", "host unknown to the coordinator")
+            return self._finish(Outcome.FAILED, "host unknown to the coordinator")
         lad.remember(diagnosis={**diag.summary(), "record": diag.record})
         if diag.ssh_reachable:
             lad.remember(unreachable_since=None)  # reached: a later wait starts its own clock
         plan = plan_for(facts)
-        if self._gentle:
+        if self.state.gentle:
             plan = gentle(plan, self.ctx.rules)
         plan = learning.order(lad, plan, facts)  # the rules' learning: observed success first, if enabled
         skipped = self._unchanged(plan, facts)
@@ -180,20 +167,20 @@ class Ladder:
             skipped_unchanged=skipped or None,
         )
         metrics.count(self.ctx.conn, "remediator_steps", step="diagnose", result="done")
-        if not self._gentle:  # a warning is not a critical host: no fleet window, no storm
+        if not self.state.gentle:  # a warning is not a critical host: no fleet window, no storm
             fleet.after_diagnosis(self.ctx, self.host_id, facts, dry_run=lad.dry_run)
-        if not plan and self._gentle and facts.get("coordinator_state") != "healthy":
-            return self._finish("prevention-failed", "nothing a prevention ladder may do would help")
+        if not plan and self.state.gentle and facts.get("coordinator_state") != "healthy":
+            return self._finish(Outcome.PREVENTION_FAILED, "nothing a prevention ladder may do would help")
         if not plan:
-            return self._finish("healthy", "the host is healthy: nothing to do")
+            return self._finish(Outcome.HEALTHY, "the host is healthy: nothing to do")
         if lad.dry_run:
             return self._dry_run(lad, plan)
-        self._commit(step=plan[0][0], phase="run")
+        self._commit(step=plan[0][0], phase=Phase.RUN)
         return None
 
     def _unchanged(self, plan: list[list[str]], facts: dict[str, Any]) -> list[str]:
         """In a retry of an incident, the steps that already failed in it under the same facts."""
-        incident_id = self.state.get("incident_id")
+        incident_id = self.state.incident_id
         incident = incidents.get(self.ctx.conn, incident_id) if incident_id else None
         if incident is None:
             return []
@@ -209,7 +196,7 @@ class Ladder:
                 outcome = STEPS[step].run(self._run_view(lad.fence))
                 lad.audit(step, "planned", outcome.detail, **outcome.evidence)
         self._commit(plan=plan)
-        return self._finish("dry-run", "plan recorded; nothing was changed")
+        return self._finish(Outcome.DRY_RUN, "plan recorded; nothing was changed")
 
     def _silence(self) -> None:
         """Before acting on the host: silence its other alerts, when the rules ask for it."""
@@ -239,18 +226,16 @@ class Ladder:
         return self._schedule(interval, decision.why, status=decision.status)
 
     def _run(self, lad: LadderRun) -> str | None:
-        step = self.state["step"]
-        attempt = int(self.state.get("attempt") or 1)
+        step, attempt = self.state.step, self.state.attempt
         module = STEPS[step]
         if module.MUTATES and not lad.dry_run:
             gated = self._gated(lad, step, attempt)
-            if gated is not None or self.state.get("step") != step:
+            if gated is not None or self.state.step != step:
                 return gated  # waiting, or the ladder moved on (refused, escalating)
             self._silence()
         # The rung is part of the attempt's name: a step the plan holds twice (force_sync alone, then
         # again after restart_agent) is a new action in its second rung, not a resumed first one.
-        rung = int(self.state.get("rung") or 0)
-        intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{rung}:{step}:{attempt}")
+        intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{self.state.rung}:{step}:{attempt}")
         self.lock.check()
         if not self.ctx.conn.set(intent, lad.fence, nx=True, ex=7 * 86400):
             lad.audit(
@@ -259,7 +244,7 @@ class Ladder:
                 f"attempt {attempt} already ran under fence "
                 f"{self.ctx.conn.get(intent).decode()}: verifying instead of repeating",
             )
-            self._commit(phase="verify", verify_started_at=f"{time.time():.3f}")
+            self._commit(phase=Phase.VERIFY, verify_started_at=f"{time.time():.3f}")
             return None
         t0 = time.monotonic()
         try:
@@ -270,14 +255,14 @@ class Ladder:
             self.ctx.conn.delete(intent)
             return self._coordinator_down(lad, step, exc)
         except CoordinatorError as exc:
-            outcome = StepOutcome("failed", f"coordinator: {exc}")
+            outcome = StepOutcome(StepResult.FAILED, f"coordinator: {exc}")
         finally:
             if module.MUTATES and not lad.dry_run:  # it no longer runs: free its concurrency slot
                 controls.release(
                     self.ctx.conn,
                     self.ctx.rules.budget,
                     step=step,
-                    member=f"{self.ladder_id}:{self.state.get('rung') or 0}:{step}:{attempt}",
+                    member=f"{self.ladder_id}:{self.state.rung}:{step}:{attempt}",
                 )
         if lad.scratch.get("coordinator_down_since"):
             lad.remember(coordinator_down_since=None)
@@ -287,23 +272,23 @@ class Ladder:
         log.info("%s attempt %d %s: %s", step, attempt, outcome.result, outcome.detail)
         tried = lad.scratch.get("tried", [])
         lad.remember(tried=[*tried, f"{step}#{attempt}: {outcome.result}"])
-        if outcome.result == "declined":
+        if outcome.result == StepResult.DECLINED:
             return self._climb(lad, outcome.detail)
-        if outcome.result == "failed":
+        if outcome.result == StepResult.FAILED:
             return self._retry_or_climb(lad, outcome.detail)
-        self._commit(phase="verify", verify_started_at=f"{time.time():.3f}")
+        self._commit(phase=Phase.VERIFY, verify_started_at=f"{time.time():.3f}")
         wait = self._wait_for(step)
         return self._schedule(wait, f"verifying {step}") if wait > 0 else None
 
     def _verify(self, lad: LadderRun) -> str | None:
-        step = self.state["step"]
+        step = self.state.step
         policy = self.ctx.rules.ladder
         try:
             verdict = STEPS[step].verify(lad)
         except CoordinatorError as exc:
-            verdict = Verdict("pending", f"coordinator: {exc}")
-        started = float(self.state.get("verify_started_at") or time.time())
-        if verdict.status == "pending":
+            verdict = Verdict(Check.PENDING, f"coordinator: {exc}")
+        started = self.state.verify_started_at or time.time()
+        if verdict.status == Check.PENDING:
             limit = STEPS[step].VERIFY_TIMEOUT
             limit = (
                 policy.verify_timeout_seconds if limit is None else max(limit, policy.verify_timeout_seconds)
@@ -313,40 +298,39 @@ class Ladder:
                 # A pending check is never re-run at once: that would spin a worker on it.
                 return self._schedule(max(self._wait_for(step), policy.verify_wait_seconds), verdict.detail)
             verdict = Verdict(
-                "failed",
+                Check.FAILED,
                 f"not verified within {limit:g}s: {verdict.detail}",
                 verdict.evidence,
             )
         lad.audit(step, f"verify-{verdict.status}", verdict.detail, **verdict.evidence)
         log.info("%s verify %s: %s", step, verdict.status, verdict.detail)
-        if verdict.status == "failed":
+        if verdict.status == Check.FAILED:
             return self._retry_or_climb(lad, verdict.detail)
-        if verdict.final == "rediagnose":
+        if verdict.rediagnose:
             # The unreachable clock keeps running until a diagnosis reaches the host: a host that
             # answers one echo and drops again must still escalate after the rules' limit.
-            self._commit(phase="diagnose", step="diagnose")
+            self._commit(phase=Phase.DIAGNOSE, step="diagnose")
             return None
         if verdict.final:
             return self._finish(verdict.final, verdict.detail)
-        plan = self.state.get("plan") or []
-        rung, pos = int(self.state.get("rung") or 0), int(self.state.get("pos") or 0) + 1
+        plan, rung, pos = self.state.plan, self.state.rung, self.state.pos + 1
         if rung < len(plan) and pos < len(plan[rung]):
-            self._commit(pos=pos, step=plan[rung][pos], phase="run", attempt=1)
+            self._commit(pos=pos, step=plan[rung][pos], phase=Phase.RUN, attempt=1)
             return None
         return self._climb(lad, f"{step} succeeded but did not restore sync")
 
     def _time_checks(self, lad: LadderRun, started: float) -> None:
         """Time-based escalation: the pages the rules decide on as the ladder ages, under the incident's
         one page (a second rule, or a later ladder, sends nothing new). A prevention ladder pages nobody."""
-        if lad.dry_run or self._gentle:
+        if lad.dry_run or self.state.gentle:
             return
         facts = {
             **lad.facts,
             **fleet.fleet_facts(self.ctx, refresh=False),
             "minutes_in_ladder": round((time.time() - started) / 60, 2),
-            "ladder_step": self.state.get("step") or "none",
+            "ladder_step": self.state.step or "none",
             "ladder_outcome": "running",
-            "attempts": int(self.state.get("attempt") or 0),
+            "attempts": self.state.attempt,
             "selfplay_paused": bool(self.ctx.conn.sismember(keys.PAUSED, self.host_id)),
         }
         for page in self.ctx.rules.decide(facts).pages:
@@ -381,15 +365,14 @@ class Ladder:
         return self._schedule(policy.recheck_interval_seconds, f"coordinator unavailable during {step}")
 
     def _retry_or_climb(self, lad: LadderRun, why: str) -> str | None:
-        step = self.state["step"]
-        attempt = int(self.state.get("attempt") or 1)
-        if not STEPS[step].SINGLE_ATTEMPT and attempt < self.ctx.rules.ladder.attempts_per_step:
-            self._commit(attempt=attempt + 1, phase="run")
+        attempt = self.state.attempt
+        if not STEPS[self.state.step].SINGLE_ATTEMPT and attempt < self.ctx.rules.ladder.attempts_per_step:
+            self._commit(attempt=attempt + 1, phase=Phase.RUN)
             return None
         return self._climb(lad, why)
 
     def _climb(self, lad: LadderRun, why: str) -> str | None:
-        step = self.state.get("step")
+        step = self.state.step
         incident_id = lad.incident_id
         if incident_id and step in STEPS and step != "escalate":
             # Remembered for the incident: a retry repeats this step only when its preconditions change.
@@ -401,20 +384,19 @@ class Ladder:
                 why=why,
                 ladder_id=self.ladder_id,
             )
-        plan = self.state.get("plan") or []
-        rung = int(self.state.get("rung") or 0) + 1
-        if self.state.get("step") == "escalate" or rung >= len(plan):
-            if self._gentle:  # no page, no hold: the critical alert, if it comes, takes it from here
-                return self._finish("prevention-failed", f"prevention did not help: {why}")
-            return self._finish("failed", f"ladder exhausted: {why}")
+        plan, rung = self.state.plan, self.state.rung + 1
+        if step == "escalate" or rung >= len(plan):
+            if self.state.gentle:  # no page, no hold: the critical alert, if it comes, takes it from here
+                return self._finish(Outcome.PREVENTION_FAILED, f"prevention did not help: {why}")
+            return self._finish(Outcome.FAILED, f"ladder exhausted: {why}")
         if plan[rung][0] == "escalate":
             lad.remember(escalation_reason=why)
-        self._commit(rung=rung, pos=0, step=plan[rung][0], phase="run", attempt=1)
+        self._commit(rung=rung, pos=0, step=plan[rung][0], phase=Phase.RUN, attempt=1)
         return None
 
     def _goto(self, step: str, reason: str) -> None:
         self._run_view(0).remember(escalation_reason=reason)
-        self._commit(step=step, phase="run", attempt=1)
+        self._commit(step=step, phase=Phase.RUN, attempt=1)
 
     def _wait_for(self, step: str) -> float:
         policy = self.ctx.rules.ladder
@@ -424,15 +406,15 @@ class Ladder:
         return policy.verify_wait_seconds if wait == "verify" else 0.0
 
     # -- persistence -----------------------------------------------------------------------------
+    def _read(self) -> None:
+        self.state = LadderState.from_hash(store.get_host(self.ctx.conn, self.host_id))
+
     def _commit(self, **fields: Any) -> None:
         """Write ladder state only while we still hold the lock (fencing)."""
         assert self.lock is not None
         self.lock.check()
-        self._update(heartbeat=f"{time.time():.3f}", **fields)
-        self.state.update({k: (str(v) if isinstance(v, int) else v) for k, v in fields.items()})
-
-    def _update(self, **fields: Any) -> None:
-        store.update_host(self.ctx.conn, self.host_id, **fields)
+        self.state.apply(**fields)  # first: a field that is not the ladder's is refused before any write
+        store.update_host(self.ctx.conn, self.host_id, heartbeat=f"{time.time():.3f}", **fields)
 
     def _schedule(self, delay: float, why: str, *, status: str | None = None) -> str:
         """Free the worker: the next advance runs as a new job ``delay`` seconds from now."""
@@ -453,13 +435,13 @@ class Ladder:
             pipe.execute()
         return f"waiting: {why} (next check in {delay:g}s, job {job_id})"
 
-    def _finish(self, outcome: str, detail: str) -> str | None:
+    def _finish(self, outcome: Outcome, detail: str) -> str | None:
         """End the ladder and move its incident on; None when a stop was withdrawn (go on)."""
         assert self.lock is not None
         conn = self.ctx.conn
         lad = self._run_view(0)
-        if outcome == "healthy" and self._gentle and lad.scratch.get("tried"):
-            outcome = "prevented"  # a warning's ladder healed the host before it went critical
+        if outcome == Outcome.HEALTHY and self.state.gentle and lad.scratch.get("tried"):
+            outcome = Outcome.PREVENTED  # a warning's ladder healed the host before it went critical
         next_state = incidents.state_after(outcome, global_dry_run=self.ctx.dry_run)
         ended = incidents.end_ladder(
             conn,
@@ -474,7 +456,7 @@ class Ladder:
                 outcome=outcome,
                 outcome_detail=detail,
                 finished_at=f"{time.time():.3f}",
-                phase="done",
+                phase=Phase.DONE,
                 heartbeat=f"{time.time():.3f}",
             ),
             next_state,
@@ -496,13 +478,16 @@ class Ladder:
             # Another worker owns the host now (or this one lost its lock): it is not ours to end.
             raise LockLost(f"lost the lock on host {self.host_id} before ending its ladder")
         learning.record(conn, self.host_id, self.ladder_id, self.state, outcome)
-        self.state.update(status="finished", outcome=outcome, phase="done")
+        self.state.apply(status="finished", outcome=outcome, phase=Phase.DONE)
         controls.forget_approval(conn, self.host_id, self.ladder_id)
         if conn.hlen(keys.SILENCES) and (client := self.ctx.clients.silences()) is not None:
             silences.expire(conn, client, ladder_id=self.ladder_id)
         log.info("ladder %s: %s (incident %s: %s)", outcome, detail, ended.incident, ended.state)
-        if outcome in ("healthy", "prevented") and not lad.dry_run:
+        if outcome in HEALED_OUTCOMES and not lad.dry_run:
             fleet.host_recovered(self.ctx, self.host_id)
         if ended.state == incidents.IncidentState.RESOLVED and ended.incident:
             queue_cleanup(conn, self.ctx.settings.queue, ended.incident)
         return f"{outcome}: {detail}"
+
+    # The flow, phase by phase (each returns a final word, or None to go on in this job).
+    _phases = {Phase.DIAGNOSE: _diagnose, Phase.RUN: _run, Phase.VERIFY: _verify}

@@ -21,13 +21,17 @@ from typing import Any
 import redis
 
 from remediator import metrics, outcomes, store
+from remediator.states import HEALED_OUTCOMES, Outcome
+from workers.state import LadderState
 from workers.steps.base import LadderRun
 
 log = logging.getLogger("remediator.learning")
 
 NON_DESTRUCTIVE = frozenset({"force_sync", "restart_agent"})  # what learning may put in another order
-HEALED = frozenset({"healthy", "prevented"})  # ladder outcomes that mean the host syncs again
-NOT_COUNTED = frozenset({"stopped", "dry-run"})  # nobody learns from a ladder cut short or not acting
+HEALED = HEALED_OUTCOMES  # ladder outcomes that mean the host syncs again
+NOT_COUNTED = frozenset(
+    {Outcome.STOPPED, Outcome.DRY_RUN}
+)  # nobody learns from a ladder cut short or not acting
 AUDIT_TAIL = 300  # newest audit entries read at a ladder's end to find when each rung began
 
 
@@ -98,7 +102,7 @@ def order(lad: LadderRun, plan: list[list[str]], facts: dict[str, Any]) -> list[
     return [plan[i] for i in ranked] + plan[n:]
 
 
-def record(conn: redis.Redis, host_id: str, ladder_id: str, state: dict[str, Any], outcome: str) -> None:
+def record(conn: redis.Redis, host_id: str, ladder_id: str, state: LadderState, outcome: str) -> None:
     """At a ladder's end: count each rung it entered, and the one that healed the host. Never raises:
     the ladder has ended by then, and statistics must not turn that into a failed job."""
     try:
@@ -107,11 +111,11 @@ def record(conn: redis.Redis, host_id: str, ladder_id: str, state: dict[str, Any
         log.warning("outcome of ladder %s not counted: %s", ladder_id, exc)
 
 
-def _record(conn: redis.Redis, host_id: str, ladder_id: str, state: dict[str, Any], outcome: str) -> None:
-    plan = state.get("plan") or []
-    if outcome in NOT_COUNTED or state.get("dry_run") in ("1", True) or not plan:
+def _record(conn: redis.Redis, host_id: str, ladder_id: str, state: LadderState, outcome: str) -> None:
+    plan = state.plan
+    if outcome in NOT_COUNTED or state.dry_run or not plan:
         return
-    rung = min(int(state.get("rung") or 0), len(plan) - 1)
+    rung = min(state.rung, len(plan) - 1)
     began: dict[str, float] = {}  # lead step -> when it first ran, since the ladder's last diagnosis
     for entry in store.get_audit(conn, host_id, -AUDIT_TAIL, -1):
         if entry.get("ladder_id") != ladder_id:
@@ -120,7 +124,7 @@ def _record(conn: redis.Redis, host_id: str, ladder_id: str, state: dict[str, An
             began.clear()  # a new plan: rungs count from here
         elif entry.get("outcome") in ("ran", "failed", "resumed"):
             began.setdefault(entry["step"], float(entry.get("ts") or time.time()))
-    sig = signature(state.get("facts") or {})
+    sig = signature(state.facts)
     now = time.time()
     for index, steps in enumerate(plan[: rung + 1]):
         lead = steps[0]

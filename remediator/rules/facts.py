@@ -10,22 +10,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from remediator.defaults import LADDER_STEPS
+from remediator.states import Outcome
 
 Scope = Literal["host", "fleet"]
 
 COORDINATOR_STATES: tuple[str, ...] = ("healthy", "lagging", "critical", "unknown")
 CLOUD_STATES: tuple[str, ...] = ("running", "stopped", "terminated", "unknown", "not_asked")
 LADDER_STEP_VALUES: tuple[str, ...] = (*LADDER_STEPS, "none")
+# "running" while a ladder runs, "none" before any; a dry run's end is not a fact rules act on.
 LADDER_OUTCOMES: tuple[str, ...] = (
     "running",
-    "healthy",
-    "recovered",
-    "escalated",
-    "retired",
-    "stopped",
-    "failed",
-    "prevented",
-    "prevention-failed",
+    *(outcome.value for outcome in Outcome if outcome is not Outcome.DRY_RUN),
     "none",
 )
 

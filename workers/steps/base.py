@@ -5,13 +5,32 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from remediator import keys, store
 from remediator.coordinator import HostRecord
+from remediator.states import Outcome
 from workers.context import Context
+from workers.state import LadderState
 
 VerifyWait = Literal["verify", "recheck", "none"]
+
+
+class StepResult(StrEnum):
+    """What running a step did (``StepOutcome.result``); the audit trail records it as the outcome."""
+
+    RAN = "ran"  # the action was taken (or planned, in a dry run) and must be verified
+    FAILED = "failed"  # it could not be taken: try again, or climb
+    DECLINED = "declined"  # the step chose not to act: climb without counting an attempt
+
+
+class Check(StrEnum):
+    """A verification's verdict (``Verdict.status``)."""
+
+    OK = "ok"
+    PENDING = "pending"  # not yet: check again later
+    FAILED = "failed"
 
 
 class Step(Protocol):
@@ -42,19 +61,21 @@ class StepOutcome:
     """Result of running a step. ``ran``: the action was taken (or planned, in a dry run) and must be
     verified; ``failed``: it could not be taken; ``declined``: the step chose not to act (go on)."""
 
-    result: str
+    result: StepResult
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """``ok``, ``pending`` (check again later) or ``failed``; ``final`` ends the ladder with that outcome."""
+    """``ok``, ``pending`` (check again later) or ``failed``. ``final`` ends the ladder with that
+    outcome; ``rediagnose`` sends it back to diagnosis (the host answers again: plan afresh)."""
 
-    status: str
+    status: Check
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
-    final: str | None = None
+    final: Outcome | None = None
+    rediagnose: bool = False
 
 
 @dataclass
@@ -64,17 +85,17 @@ class LadderRun:
     ctx: Context
     host_id: str
     ladder_id: str
-    state: dict[str, Any]
+    state: LadderState
     fence: int
     guard: Callable[[], None] = lambda: None  # raises LockLost once this worker no longer holds the host
 
     @property
     def incident_id(self) -> str | None:
-        return self.state.get("incident_id") or None
+        return self.state.incident_id or None
 
     @property
     def facts(self) -> dict[str, Any]:
-        return self.state.get("facts") or {}
+        return self.state.facts
 
     @property
     def diagnosis(self) -> dict[str, Any]:
@@ -87,7 +108,7 @@ class LadderRun:
 
     @property
     def dry_run(self) -> bool:
-        return self.state.get("dry_run") == "1" or self.ctx.dry_run
+        return self.state.dry_run or self.ctx.dry_run
 
     @property
     def scratch(self) -> dict[str, Any]:

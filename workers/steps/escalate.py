@@ -10,7 +10,8 @@ from __future__ import annotations
 from remediator import paging
 from remediator.fleet import page_host
 from remediator.paging import PageState
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from remediator.states import Outcome
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 from workers.steps.retire import checklist
 
 MUTATES = False
@@ -66,27 +67,27 @@ def run(lad: LadderRun) -> StepOutcome:
     reason = _reason(lad)
     if lad.dry_run:
         decision = lad.ctx.rules.decide({**lad.facts, "ladder_outcome": "escalated"})
-        return StepOutcome("ran", f"would page: {reason}", {"rules_matched": list(decision.matched)})
+        return StepOutcome(StepResult.RAN, f"would page: {reason}", {"rules_matched": list(decision.matched)})
     result = _page(lad)
     lad.remember(page=result.dedup_key, paged=result.paged)
     evidence = {"rules_matched": lad.scratch.get("rules_matched"), "pages": [result.as_dict()]}
     if result.paged:
-        return StepOutcome("ran", f"escalated to a human (paged): {reason}", evidence)
+        return StepOutcome(StepResult.RAN, f"escalated to a human (paged): {reason}", evidence)
     if result.state == PageState.UNDELIVERABLE:
         return StepOutcome(
             "ran", f"escalated; no pager is configured, on record in the log only: {reason}", evidence
         )
     if result.reason == "being delivered":
-        return StepOutcome("ran", f"escalating: the page is being delivered: {reason}", evidence)
+        return StepOutcome(StepResult.RAN, f"escalating: the page is being delivered: {reason}", evidence)
     # Not "escalated": nobody was woken. The step is tried again (attempts_per_step) under the same
     # dedup key, and a later step's page does not find it "already open".
-    return StepOutcome("failed", f"could not reach a human ({result.reason}): {reason}", evidence)
+    return StepOutcome(StepResult.FAILED, f"could not reach a human ({result.reason}): {reason}", evidence)
 
 
 def verify(lad: LadderRun) -> Verdict:
-    final = "recovered" if lad.scratch.get("recovered_games") else "escalated"
+    final = Outcome.RECOVERED if lad.scratch.get("recovered_games") else Outcome.ESCALATED
     if lad.dry_run:
-        return Verdict("ok", "dry run: nobody was paged", final=final)
+        return Verdict(Check.OK, "dry run: nobody was paged", final=final)
     key = lad.scratch.get("page")
     record = paging.get(lad.ctx.conn, key) if key else None
     if record is None or not (record.paged or record.state == PageState.UNDELIVERABLE):
@@ -94,12 +95,14 @@ def verify(lad: LadderRun) -> Verdict:
         result = _page(lad)
         lad.remember(page=result.dedup_key, paged=result.paged)
         if result.reason == "being delivered":
-            return Verdict("pending", "the page is being delivered", {"page": result.as_dict()})
+            return Verdict(Check.PENDING, "the page is being delivered", {"page": result.as_dict()})
         if not result.paged and result.state != PageState.UNDELIVERABLE:
-            return Verdict("failed", f"could not reach a human ({result.reason})", {"page": result.as_dict()})
+            return Verdict(
+                Check.FAILED, f"could not reach a human ({result.reason})", {"page": result.as_dict()}
+            )
         record = paging.get(lad.ctx.conn, result.dedup_key)
     if record is not None and record.state == PageState.UNDELIVERABLE:
         return Verdict(
-            "ok", "no pager is configured: the escalation is on record in the log only", final=final
+            Check.OK, "no pager is configured: the escalation is on record in the log only", final=final
         )
-    return Verdict("ok", "a human has been paged", {"page": key}, final=final)
+    return Verdict(Check.OK, "a human has been paged", {"page": key}, final=final)

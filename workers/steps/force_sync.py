@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from remediator.states import Outcome
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
 MUTATES = True
 SINGLE_ATTEMPT = False
@@ -26,13 +27,15 @@ def run(lad: LadderRun) -> StepOutcome:
     baseline = record.last_sync if record else None
     lad.remember(force_sync_baseline=baseline, force_sync_at=time.time())
     if lad.dry_run:
-        return StepOutcome("ran", "would POST /sync/hosts/<host>/sync {force: true}", {"last_sync": baseline})
+        return StepOutcome(
+            StepResult.RAN, "would POST /sync/hosts/<host>/sync {force: true}", {"last_sync": baseline}
+        )
     lad.guard()
     try:
         lad.ctx.coordinator.force_sync(lad.host_id)
     except CoordinatorUnavailable as exc:
         return _coordinator_down(exc)
-    return StepOutcome("ran", "sync requested", {"last_sync_before": baseline})
+    return StepOutcome(StepResult.RAN, "sync requested", {"last_sync_before": baseline})
 
 
 def _coordinator_down(exc: CoordinatorUnavailable) -> StepOutcome:
@@ -49,10 +52,12 @@ def verify(lad: LadderRun) -> Verdict:
     try:
         record = lad.ctx.coordinator.host(lad.host_id)
     except CoordinatorError as exc:
-        return Verdict("pending", f"coordinator unavailable: {exc}")
+        return Verdict(Check.PENDING, f"coordinator unavailable: {exc}")
     if record is None:
-        return Verdict("failed", "host no longer known to the coordinator")
+        return Verdict(Check.FAILED, "host no longer known to the coordinator")
     evidence = {"last_sync_before": baseline, "last_sync": record.last_sync, "state": record.state}
     if record.last_sync and record.last_sync > baseline and record.state != "critical" and not record.retired:
-        return Verdict("ok", "last_sync advanced and the host left critical", evidence, final="healthy")
-    return Verdict("pending", "last_sync has not advanced yet", evidence)
+        return Verdict(
+            Check.OK, "last_sync advanced and the host left critical", evidence, final=Outcome.HEALTHY
+        )
+    return Verdict(Check.PENDING, "last_sync has not advanced yet", evidence)

@@ -26,7 +26,7 @@ from remediator.hosts import recovery_path
 from remediator.ssh import quote_template
 from workers.diagnose import INVENTORY_SOURCE
 from workers.host_inventory import inventory
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
 MUTATES = True
 SINGLE_ATTEMPT = False
@@ -104,7 +104,7 @@ def run(lad: LadderRun) -> StepOutcome:
     s = lad.ctx.settings
     record = lad.record
     if record is None:
-        return StepOutcome("failed", "no host record from diagnosis")
+        return StepOutcome(StepResult.FAILED, "no host record from diagnosis")
     dest = recovery_path(s.recovery_dir, lad.host_id)
     # What the host holds before the copy: the copy is checked against it, file by file.
     before, before_error = (None, None) if lad.dry_run else host_inventory(lad)
@@ -121,9 +121,11 @@ def run(lad: LadderRun) -> StepOutcome:
         incidents.update(lad.ctx.conn, lad.incident_id, rsync_ok=f"{time.time():.3f}")
     if result.exit_status != 0:
         evidence["stderr"] = result.stderr[-300:]
-        return StepOutcome("failed", "rsync failed", evidence)
+        return StepOutcome(StepResult.FAILED, "rsync failed", evidence)
     if lad.dry_run:
-        return StepOutcome("ran", f"rsync --dry-run ok; would import with {s.import_command!r}", evidence)
+        return StepOutcome(
+            StepResult.RAN, f"rsync --dry-run ok; would import with {s.import_command!r}", evidence
+        )
     after, after_error = host_inventory(lad)
     last_sync = lad.diagnosis.get("last_sync") or 0.0
     local = inventory(str(dest), last_sync)
@@ -160,10 +162,12 @@ def run_import(lad: LadderRun, dest: Any, digest: str, evidence: dict[str, Any])
         proc = lad.ctx.clients.run_import(argv, defaults.IMPORT_TIMEOUT)
     except subprocess.TimeoutExpired:
         evidence["import_exit"] = None
-        return StepOutcome("failed", f"import command timed out after {defaults.IMPORT_TIMEOUT}s", evidence)
+        return StepOutcome(
+            StepResult.FAILED, f"import command timed out after {defaults.IMPORT_TIMEOUT}s", evidence
+        )
     except OSError as exc:  # the command is not there, or not executable
         evidence["import_exit"] = None
-        return StepOutcome("failed", f"import command could not run: {exc}", evidence)
+        return StepOutcome(StepResult.FAILED, f"import command could not run: {exc}", evidence)
     evidence["import_exit"] = proc.returncode
     for line in reversed(proc.stdout.strip().splitlines()):
         try:
@@ -173,7 +177,7 @@ def run_import(lad: LadderRun, dest: Any, digest: str, evidence: dict[str, Any])
             continue
     if proc.returncode != 0:
         evidence["import_stderr"] = proc.stderr[-300:]
-        return StepOutcome("failed", "import command failed", evidence)
+        return StepOutcome(StepResult.FAILED, "import command failed", evidence)
     lad.ctx.conn.set(
         keys.IMPORTED.format(lad.host_id),
         json.dumps(
@@ -186,14 +190,14 @@ def run_import(lad: LadderRun, dest: Any, digest: str, evidence: dict[str, Any])
         ),
         ex=IMPORTED_TTL,
     )
-    return StepOutcome("ran", "data copied and imported", evidence)
+    return StepOutcome(StepResult.RAN, "data copied and imported", evidence)
 
 
 def verify(lad: LadderRun) -> Verdict:
     """OK only for a recovery on record whose copy was checked against the host: every file the host
     had is in it, byte for byte, and it holds at least the unsynced games diagnosis counted."""
     if lad.dry_run:
-        return Verdict("ok", "dry run: nothing copied")
+        return Verdict(Check.OK, "dry run: nothing copied")
     rec = lad.scratch.get("recovery") or {}
     expected = (lad.facts or {}).get("unsynced_games")
     evidence = {
@@ -204,15 +208,15 @@ def verify(lad: LadderRun) -> Verdict:
         "checksum_error": rec.get("checksum_error"),
     }
     if not rec:
-        return Verdict("failed", "no recovery is on record for this attempt", evidence)
+        return Verdict(Check.FAILED, "no recovery is on record for this attempt", evidence)
     if not rec.get("checksums_compared"):
         why = rec.get("checksum_error") or "no checksum inventory of the host"
-        return Verdict("failed", f"the copy could not be checked against the host: {why}", evidence)
+        return Verdict(Check.FAILED, f"the copy could not be checked against the host: {why}", evidence)
     if rec.get("missing_files"):
-        return Verdict("failed", "files the host had are missing from the copy", evidence)
+        return Verdict(Check.FAILED, "files the host had are missing from the copy", evidence)
     if rec.get("checksum_mismatches"):
-        return Verdict("failed", "recovered files differ from the host's", evidence)
+        return Verdict(Check.FAILED, "recovered files differ from the host's", evidence)
     if expected is not None and (rec.get("unsynced_games") or 0) < expected:
-        return Verdict("failed", "fewer unsynced games recovered than diagnosis counted", evidence)
+        return Verdict(Check.FAILED, "fewer unsynced games recovered than diagnosis counted", evidence)
     lad.remember(recovered_games=rec.get("unsynced_games") or 0)
-    return Verdict("ok", "recovered data matches the host's", evidence)
+    return Verdict(Check.OK, "recovered data matches the host's", evidence)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from remediator.exceptions import SSHError
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
 MUTATES = True
 SINGLE_ATTEMPT = False
@@ -16,7 +16,7 @@ def run(lad: LadderRun) -> StepOutcome:
     s = lad.ctx.settings
     record = lad.record
     if record is None:
-        return StepOutcome("failed", "no host record from diagnosis")
+        return StepOutcome(StepResult.FAILED, "no host record from diagnosis")
     if lad.dry_run:
         return StepOutcome(
             "ran", f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})"
@@ -27,7 +27,7 @@ def run(lad: LadderRun) -> StepOutcome:
             first = session.run(s.agent_restart_command, timeout=60)
             evidence = {"command": s.agent_restart_command, "exit_status": first.exit_status}
             if first.ok:
-                return StepOutcome("ran", "restart command succeeded", evidence)
+                return StepOutcome(StepResult.RAN, "restart command succeeded", evidence)
             lad.guard()  # the fallback is a mutation of its own: not for a worker that lost the host
             fallback = session.run(s.agent_fallback_command, timeout=60)
             evidence.update(
@@ -36,26 +36,26 @@ def run(lad: LadderRun) -> StepOutcome:
                 stderr=(first.stderr + fallback.stderr)[-300:],
             )
             if fallback.ok:
-                return StepOutcome("ran", "restart failed; fallback command succeeded", evidence)
-            return StepOutcome("failed", "restart and fallback commands both failed", evidence)
+                return StepOutcome(StepResult.RAN, "restart failed; fallback command succeeded", evidence)
+            return StepOutcome(StepResult.FAILED, "restart and fallback commands both failed", evidence)
     except SSHError as exc:
-        return StepOutcome("failed", f"ssh: {exc}")
+        return StepOutcome(StepResult.FAILED, f"ssh: {exc}")
 
 
 def verify(lad: LadderRun) -> Verdict:
     s = lad.ctx.settings
     record = lad.record
     if record is None:
-        return Verdict("failed", "no host record")
+        return Verdict(Check.FAILED, "no host record")
     try:
         with lad.ctx.clients.ssh(record) as session:
             check = session.run(s.agent_check_command, timeout=30)
     except SSHError as exc:
-        return Verdict("failed", f"ssh: {exc}")
+        return Verdict(Check.FAILED, f"ssh: {exc}")
     if check.ok:
-        return Verdict("ok", "sync agent is running", {"check": s.agent_check_command})
+        return Verdict(Check.OK, "sync agent is running", {"check": s.agent_check_command})
     return Verdict(
-        "failed",
+        Check.FAILED,
         "sync agent is not running after the restart",
         {"check": s.agent_check_command, "exit_status": check.exit_status},
     )

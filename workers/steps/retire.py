@@ -23,7 +23,8 @@ from typing import Any
 from remediator import incidents
 from remediator.exceptions import CoordinatorError, SSHError
 from remediator.hosts import recovery_path
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from remediator.states import Outcome
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
 MUTATES = True
 SINGLE_ATTEMPT = True
@@ -177,10 +178,12 @@ def run(lad: LadderRun) -> StepOutcome:
         evidence: dict[str, Any] = {"checklist": checklist(lad)}
         if lad.scratch.get("rsync_exit") == 0 and not lad.dry_run:
             evidence["import"] = _import_copy(lad)
-        return StepOutcome("declined", f"not retiring: the data may be recoverable: {why}", evidence)
+        return StepOutcome(StepResult.DECLINED, f"not retiring: the data may be recoverable: {why}", evidence)
     record = loss_record(lad)
     if lad.dry_run:
-        return StepOutcome("ran", "would document the loss and retire if the rules allow", {"loss": record})
+        return StepOutcome(
+            StepResult.RAN, "would document the loss and retire if the rules allow", {"loss": record}
+        )
     items = checklist(lad)
     ready = prerequisites_met(items)
     # Asked before anything is written: may this host be retired without a human, once documented?
@@ -204,11 +207,13 @@ def run(lad: LadderRun) -> StepOutcome:
             "declined", "retirement is not allowed automatically by the rules: paging a human", evidence
         )
     if not checklist_complete(items):
-        return StepOutcome("declined", "the loss could not be documented everywhere: not retiring", evidence)
+        return StepOutcome(
+            StepResult.DECLINED, "the loss could not be documented everywhere: not retiring", evidence
+        )
     lad.guard()
     lad.ctx.coordinator.retire(lad.host_id, reason="data_loss", acknowledge_loss=True)
     lad.remember(retired=True)
-    return StepOutcome("ran", "host retired with acknowledge_loss", evidence)
+    return StepOutcome(StepResult.RAN, "host retired with acknowledge_loss", evidence)
 
 
 def _import_copy(lad: LadderRun) -> dict[str, Any]:
@@ -223,14 +228,14 @@ def _import_copy(lad: LadderRun) -> dict[str, Any]:
         return {"skipped": "nothing new since the last import"}
     evidence: dict[str, Any] = {"files": local["file_count"], "unsynced_games": local["unsynced_games"]}
     outcome = run_import(lad, dest, digest, evidence)
-    lad.remember(recovered_games=local["unsynced_games"] if outcome.result == "ran" else 0)
+    lad.remember(recovered_games=local["unsynced_games"] if outcome.result == StepResult.RAN else 0)
     return {"result": outcome.result, "detail": outcome.detail, **evidence}
 
 
 def verify(lad: LadderRun) -> Verdict:
     if lad.dry_run:
-        return Verdict("ok", "dry run")
+        return Verdict(Check.OK, "dry run")
     record = lad.ctx.coordinator.host(lad.host_id)
     if record is not None and (record.retired or record.state == "retired"):
-        return Verdict("ok", "coordinator shows the host retired", final="retired")
-    return Verdict("pending", "coordinator does not show the host retired yet")
+        return Verdict(Check.OK, "coordinator shows the host retired", final=Outcome.RETIRED)
+    return Verdict(Check.PENDING, "coordinator does not show the host retired yet")

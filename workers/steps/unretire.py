@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from workers.steps import force_sync
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from workers.steps.base import LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
 MUTATES = True
 SINGLE_ATTEMPT = False
@@ -14,11 +14,11 @@ PRECONDITIONS: tuple[str, ...] = ("host_retired", "ssh_reachable")
 
 def run(lad: LadderRun) -> StepOutcome:
     if lad.dry_run:
-        return StepOutcome("ran", "would POST /admin/unretire, then force a sync")
+        return StepOutcome(StepResult.RAN, "would POST /admin/unretire, then force a sync")
     lad.guard()
     lad.ctx.coordinator.unretire(lad.host_id)
     outcome = force_sync.run(lad)
-    return StepOutcome("ran", "unretired; sync requested", outcome.evidence)
+    return StepOutcome(StepResult.RAN, "unretired; sync requested", outcome.evidence)
 
 
 def verify(lad: LadderRun) -> Verdict:

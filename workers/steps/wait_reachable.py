@@ -14,7 +14,7 @@ import time
 
 from remediator.exceptions import CoordinatorError, SSHError
 from workers.diagnose import answered
-from workers.steps.base import LadderRun, StepOutcome, Verdict, VerifyWait
+from workers.steps.base import Check, LadderRun, StepOutcome, Verdict, VerifyWait
 
 MUTATES = False
 SINGLE_ATTEMPT = True
@@ -88,7 +88,7 @@ def _paced(lad: LadderRun) -> Verdict | None:
     host that answers the re-check but not the diagnosis is checked in a tight loop."""
     last = lad.scratch.get("rechecked_at")
     if last is not None and time.time() - float(last) < lad.ctx.rules.ladder.recheck_interval_seconds:
-        return Verdict("pending", "re-checked less than a recheck interval ago; re-check scheduled")
+        return Verdict(Check.PENDING, "re-checked less than a recheck interval ago; re-check scheduled")
     lad.remember(rechecked_at=time.time())
     return None
 
@@ -99,11 +99,11 @@ def _back(lad: LadderRun, what: str, detail: str) -> Verdict:
     waited = time.time() - (lad.scratch.get("unreachable_since") or time.time())
     if waited >= lad.ctx.rules.ladder.unreachable_escalate_after_minutes * 60:
         return Verdict(
-            "failed",
+            Check.FAILED,
             f"{what} answers a re-check, but no diagnosis has reached it for {waited / 60:.1f} min",
             {"waited_seconds": round(waited, 1)},
         )
-    return Verdict("ok", detail, final="rediagnose")
+    return Verdict(Check.OK, detail, rediagnose=True)
 
 
 def _still_waiting(lad: LadderRun, what: str, evidence: dict[str, object], also: str = "") -> Verdict:
@@ -113,5 +113,5 @@ def _still_waiting(lad: LadderRun, what: str, evidence: dict[str, object], also:
     limit = lad.ctx.rules.ladder.unreachable_escalate_after_minutes * 60
     evidence = {**evidence, "waited_seconds": round(waited, 1)}
     if waited >= limit:
-        return Verdict("failed", f"{what} still unreachable after {waited / 60:.1f} min{also}", evidence)
-    return Verdict("pending", f"{what} still unreachable{also}; re-check scheduled", evidence)
+        return Verdict(Check.FAILED, f"{what} still unreachable after {waited / 60:.1f} min{also}", evidence)
+    return Verdict(Check.PENDING, f"{what} still unreachable{also}; re-check scheduled", evidence)
