@@ -56,7 +56,7 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-from remediator.sim.testing import make_sim_cluster, sim_cluster  # noqa: E402, F401
+pytest_plugins = ["sim_fixtures"]  # the simulated cluster's fixtures: sim_cluster, make_sim_cluster
 
 
 @pytest.fixture(scope="session")

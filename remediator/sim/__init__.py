@@ -2,8 +2,8 @@
 
 ``SimCluster`` starts a coordinator (the DESIGN.md contract), one real OpenSSH ``sshd`` per host with a
 sync agent, self-play game files and command shims, fake Vast.ai and Lambda Cloud APIs, and offers
-fault injection. See ``remediator.sim.cluster`` for the layout and ``remediator.sim.testing`` for the
-pytest fixtures.
+fault injection. See ``remediator.sim.cluster`` for the layout; its pytest fixtures
+are in ``tests/sim_fixtures.py`` (the product never imports pytest).
 """
 
 from remediator.sim.cluster import COUNTERS, SimCluster, SimHost, UnsyncedGames

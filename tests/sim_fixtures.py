@@ -1,4 +1,4 @@
-"""pytest fixtures for the simulated cluster (registered in tests/conftest.py).
+"""pytest fixtures for the simulated cluster: a tests plugin (tests/conftest.py lists it in pytest_plugins).
 
 ``sim_cluster``: a started 3-host ``SimCluster`` under the test's tmp_path, stopped afterwards; give
 ``@pytest.mark.parametrize("sim_cluster", [5], indirect=True)`` (a host count) or
