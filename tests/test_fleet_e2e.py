@@ -9,7 +9,7 @@ from e2e import FAST_RULES, make_stack
 from helpers import alert, wait_for
 
 from remediator import store
-from remediator.fleet import FLEET
+from workers.fleet import FLEET
 
 
 def fleet_events(stack) -> list[tuple[str, str]]:

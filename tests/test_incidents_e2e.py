@@ -21,10 +21,10 @@ from helpers import WEBHOOK_TOKEN, alert, wait_for
 from pager_standin import PagerDutyStandIn
 
 from remediator import incidents, keys, paging, store
-from remediator.fleet import FLEET
 from remediator.incidents import IncidentState
 from remediator.ports import free_ports
 from remediator.sim.alertmanager import AlertmanagerProcess
+from workers.fleet import FLEET
 
 # How long the escalated host's alert keeps being re-sent; 600 (ten minutes) is the figure,
 # run by hand: INCIDENT_RESEND_SECONDS=600 pytest tests/test_incidents_e2e.py -k re_sent

@@ -312,7 +312,7 @@ def test_a_fleet_evaluation_that_outlived_its_lock_pauses_nothing(make, monkeypa
     storm's hosts, h2 heals, is resumed and its incident closes. When the frozen evaluation wakes, it
     must not act on what it read a minute ago. Before the fix it paused h2 again -- a host with no open
     incident, which nothing would ever resume."""
-    from remediator import fleet
+    from workers import fleet
 
     h = make(["h1", "h2", "h3"], rules={"fleet.storm_threshold": 2, "incident.healthy_for_minutes": 0.1})
     h.world.break_agent("h1", "dies_after_restart")  # stays critical, its unsynced games at risk

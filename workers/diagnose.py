@@ -16,6 +16,7 @@ from remediator import keys
 from remediator.clients import Session
 from remediator.coordinator import HostRecord
 from remediator.exceptions import CoordinatorError, SSHError
+from remediator.providers import CloudState, instance_state
 from remediator.ssh import CommandResult, quote_template
 from workers.context import Context
 
@@ -138,7 +139,6 @@ def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
     if not record.provider or not record.instance_id:
         diag.sources["cloud"] = "no provider/instance_id in the host record"
         return
-    from remediator.providers import CloudState, instance_state
 
     found = instance_state(ctx.clients.providers(), record.provider, record.instance_id)
     diag.cloud_state = str(found.state.value)

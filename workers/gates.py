@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from remediator import controls, fleet
+from remediator import controls
+from remediator.paging import PageKind, page
+from workers import fleet
 from workers.steps.base import LadderRun
 
 
@@ -132,7 +134,6 @@ def budget(lad: LadderRun, step: str, attempt: int) -> Decision:
 
 def page_budget(lad: LadderRun, item: controls.Freeze) -> None:
     """One page per budget trip (its dedup key is the freeze's), resolved when a human unfreezes."""
-    from remediator.paging import PageKind, page
 
     page(
         lad.ctx.conn,

@@ -6,10 +6,11 @@ import logging
 import time
 from typing import Any
 
-from remediator import keys, store
+from remediator import incidents, keys, paging, store
 from remediator.exceptions import CoordinatorError
-from remediator.intake import LadderRequest, start_ladders
+from remediator.intake import DISCOVERY, LadderRequest, start_ladders
 from remediator.ops import ladder_limit, retry_after
+from workers import fleet
 from workers.context import Context
 from workers.ladder import Ladder
 
@@ -30,7 +31,6 @@ def run_ladder(host_id: str, ladder_id: str) -> str:
 
 def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:
     """Runbook Diagnosis 1: ask the coordinator which hosts are critical; start one ladder each."""
-    from remediator.intake import DISCOVERY
 
     ctx = Context.current()
     try:
@@ -69,7 +69,6 @@ def finish_incident(incident_id: str) -> dict[str, Any]:
 
     Every part is idempotent; a part that fails (the coordinator or every pager down) fails the job and
     the sweeper tries again later, backing off, until all of it is done."""
-    from remediator import fleet, incidents, paging
 
     ctx = Context.current()
     conn = ctx.conn

@@ -14,13 +14,13 @@ import logging
 import time
 from typing import Any
 
-from remediator import controls, fleet, incidents, keys, metrics, silences, store
+from remediator import controls, incidents, keys, metrics, silences, store
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LockLost, LockNotAcquired
 from remediator.intake import queue_cleanup, queue_ladder_job
 from remediator.locks import HostLock
 from remediator.logs import bind, log_context
 from remediator.states import HEALED_OUTCOMES, Outcome
-from workers import gates, learning
+from workers import fleet, gates, learning
 from workers.context import Context
 from workers.diagnose import diagnose
 from workers.plan import gentle, plan_for, signature, unchanged_steps, without

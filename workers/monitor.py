@@ -17,13 +17,14 @@ from typing import Any
 
 import redis
 
-from remediator import fleet, incidents, keys, paging
+from remediator import incidents, keys, paging
 from remediator.clients import clients_for
 from remediator.config import Settings
 from remediator.exceptions import CoordinatorError
 from remediator.incidents import IncidentState
 from remediator.intake import LadderRequest, queue_cleanup, start_ladders
 from remediator.ops import ladder_limit
+from workers import fleet
 from workers.context import Context, rules_for
 
 log = logging.getLogger("remediator.monitor")

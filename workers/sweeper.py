@@ -23,7 +23,11 @@ from remediator import incidents, keys, silences, store
 from remediator.clients import clients_for
 from remediator.config import Settings
 from remediator.exceptions import LockNotAcquired
+from remediator.incidents import IncidentState, end_ladder
 from remediator.intake import fetch_job, queue_cleanup, queue_ladder_job
+from remediator.locks import HostLock
+from workers.context import Context
+from workers.fleet import page_host
 from workers.monitor import monitor
 
 log = logging.getLogger("remediator.sweeper")
@@ -146,10 +150,6 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
 
 def give_up(conn: redis.Redis, settings: Settings, host: str, ladder_id: str, why: str) -> None:
     """End a ladder that cannot run: failed, its incident held, a human paged."""
-    from remediator.fleet import page_host
-    from remediator.incidents import IncidentState, end_ladder
-    from remediator.locks import HostLock
-    from workers.context import Context
 
     lock = HostLock(conn, host, settings.lock_ttl, renew=False)
     try:

@@ -8,9 +8,9 @@ dedup key. While a storm is open, the host is added to the storm's page instead 
 from __future__ import annotations
 
 from remediator import paging
-from remediator.fleet import page_host
 from remediator.paging import PageState
 from remediator.states import Outcome
+from workers.fleet import page_host
 from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 from workers.steps.retire import checklist
 

@@ -24,7 +24,9 @@ from remediator import incidents
 from remediator.exceptions import CoordinatorError, SSHError
 from remediator.hosts import recovery_path
 from remediator.states import Outcome
+from workers.host_inventory import inventory
 from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
+from workers.steps.recover_data import last_import, manifest_digest, run_import
 
 MUTATES = True
 SINGLE_ATTEMPT = True
@@ -218,8 +220,6 @@ def run(lad: LadderRun) -> StepOutcome:
 
 def _import_copy(lad: LadderRun) -> dict[str, Any]:
     """A host thought lost whose data the checklist's rsync copied: import the copy (once)."""
-    from workers.host_inventory import inventory
-    from workers.steps.recover_data import last_import, manifest_digest, run_import
 
     dest = recovery_path(lad.ctx.settings.recovery_dir, lad.host_id)
     local = inventory(str(dest), lad.diagnosis.get("last_sync") or 0.0)
