@@ -55,4 +55,6 @@ LADDER_STEPS: tuple[str, ...] = (
     "retire",
     "escalate",
 )
+# Steps a host's progress shows only when its ladder plans or runs them (most ladders never wait).
+CONDITIONAL_STEPS = frozenset({"wait_reachable"})
 HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"

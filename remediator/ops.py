@@ -15,12 +15,11 @@ from typing import Any
 import redis
 
 from remediator import advice, controls, incidents, keys, paging, store
-from remediator.defaults import LADDER_STEPS
+from remediator.defaults import CONDITIONAL_STEPS, LADDER_STEPS
 from remediator.intake import LadderLimit, LadderRequest, queue_cleanup, start_ladders
 
 # The ladder as the status page draws it, in the runbook's order of preference.
 PROGRESS_TAIL = 200  # newest audit entries read per host for the hosts list's progress
-OPTIONAL_STEPS = {"wait_reachable"}  # drawn only when a ladder plans or runs it
 
 _FLOAT_FIELDS = {"started_at", "updated_at", "finished_at", "next_check_at", "heartbeat", "verify_started_at"}
 _INT_FIELDS = {"attempt", "rung", "pos", "fence"}
@@ -192,7 +191,7 @@ def ladder_progress(state: dict[str, Any], audit: list[dict[str, Any]]) -> list[
     out = []
     for step in LADDER_STEPS:
         seen = [e for e in entries if e.get("step") == step]
-        if step in OPTIONAL_STEPS and not seen and step not in plan_steps and step != current:
+        if step in CONDITIONAL_STEPS and not seen and step not in plan_steps and step != current:
             continue
         mark = "idle"
         if seen:
