@@ -4,7 +4,7 @@
 
 A minimal Flask app that parses the JSON body and does one plain ``Queue.enqueue`` per alert (no
 authentication, schema, dedup, rate limit, state or audit), served under gunicorn with exactly the
-options of ``remediator serve`` (``remediator.server.gunicorn_options``). Needs REDIS_URL.
+options of ``remediator serve`` (``remediator.web.server.gunicorn_options``). Needs REDIS_URL.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class BaselineApplication(BaseApplication):
 
 
 def main() -> None:
-    from remediator.server import gunicorn_options
+    from remediator.web.server import gunicorn_options
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bind", required=True)

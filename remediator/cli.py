@@ -57,7 +57,7 @@ def main() -> None:
 @click.option("--timeout", type=int, default=30, show_default=True, help="request timeout, seconds")
 def serve(bind: str, workers: int | None, threads: int, timeout: int) -> None:
     """Run the webhook receiver and API under gunicorn."""
-    from remediator.server import run_gunicorn
+    from remediator.web.server import run_gunicorn
 
     settings = _settings()
     run_gunicorn(

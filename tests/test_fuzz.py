@@ -230,7 +230,7 @@ def assert_no_key_contains(conn: redis.Redis, value: str) -> None:
 # ---------------------------------------------------------------- the reference oracle for the webhook
 
 _SCHEMA = json.loads(
-    resources.files("remediator").joinpath("schemas/alertmanager-webhook-v4.json").read_text("utf-8")
+    resources.files("remediator.web").joinpath("schemas/alertmanager-webhook-v4.json").read_text("utf-8")
 )
 PAYLOAD_SCHEMA = Draft202012Validator(_SCHEMA)
 

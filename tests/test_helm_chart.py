@@ -838,7 +838,7 @@ def test_receiver_rolls_out_without_ever_having_fewer_ready_pods(
         sleep = container["lifecycle"]["preStop"]["exec"]["command"]
         assert sleep[0] == "sleep" and int(sleep[1]) > 0, case
         # The grace period covers the preStop pause and gunicorn's own graceful stop.
-        from remediator.server import gunicorn_options
+        from remediator.web.server import gunicorn_options
 
         graceful = gunicorn_options(bind="x", workers=1, threads=1, timeout=1)["graceful_timeout"]
         assert spec["terminationGracePeriodSeconds"] >= int(sleep[1]) + graceful, case

@@ -397,7 +397,7 @@ def test_the_served_spec_embeds_the_receivers_webhook_schema(spec):
     from importlib import resources
 
     shipped = json.loads(
-        resources.files("remediator")
+        resources.files("remediator.web")
         .joinpath("schemas", "alertmanager-webhook-v4.json")
         .read_text(encoding="utf-8")
     )

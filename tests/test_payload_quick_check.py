@@ -6,7 +6,7 @@ from helpers import alert, payload
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from remediator.payload import _quick_check, _validator
+from remediator.web.payload import _quick_check, _validator
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 json_values = st.recursive(

@@ -175,14 +175,14 @@ def test_worker_started_while_redis_is_down_waits_for_it_instead_of_crashing(tmp
     try:
         wait_for(
             lambda: "Redis unavailable" in (tmp_path / "worker.log").read_text(),
-            timeout=30,
+            timeout=90,  # a cold interpreter importing the worker on 2 busy cores
             what="the worker to say it waits for Redis",
         )
         assert proc.poll() is None
         server.start()
         wait_for(
             lambda: redis.Redis.from_url(server.url).keys("rq:worker:*"),
-            timeout=30,
+            timeout=90,
             what="the worker to register once Redis is up",
         )
     finally:

@@ -24,12 +24,12 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
 from remediator import disclosure, keys, ops, outcomes
-from remediator.api import JOB_ID
-from remediator.auth import check_any, check_authorization
 from remediator.defaults import AUDIT_MAX_ENTRIES, AUDIT_PAGE_ENTRIES
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.hosts import is_valid_host_id
 from remediator.requeue import HTTP_CODES, failed_job_ids, ladder_of, requeue_failed, requeue_job
+from remediator.web.api import JOB_ID
+from remediator.web.auth import check_any, check_authorization
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 log = logging.getLogger("remediator.ui")

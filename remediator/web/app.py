@@ -26,7 +26,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config.update(test_config)
 
-    from remediator import api, extensions, health, openapi, receiver, security, ui
+    from remediator import extensions
+    from remediator.web import api, health, openapi, receiver, security, ui
 
     extensions.init_app(app)
     security.init_app(app)

@@ -20,7 +20,7 @@ WEBHOOK_SCHEMA = "AlertmanagerWebhookV4"
 
 
 def _load(name: str) -> dict[str, Any]:
-    return json.loads(resources.files("remediator").joinpath("schemas", name).read_text(encoding="utf-8"))
+    return json.loads(resources.files("remediator.web").joinpath("schemas", name).read_text(encoding="utf-8"))
 
 
 def _rewrite_refs(node: Any, old: str, new: str) -> Any:

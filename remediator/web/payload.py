@@ -44,7 +44,7 @@ class Alert:
 
 @cache
 def _schema() -> dict[str, Any]:
-    text = resources.files("remediator").joinpath("schemas/alertmanager-webhook-v4.json").read_text()
+    text = resources.files("remediator.web").joinpath("schemas/alertmanager-webhook-v4.json").read_text()
     return json.loads(text)
 
 

@@ -18,11 +18,11 @@ import redis
 from flask import Blueprint, Response, request
 
 from remediator import disclosure, metrics, ops, outcomes
-from remediator.auth import check_any, check_authorization
 from remediator.defaults import AUDIT_MAX_ENTRIES, AUDIT_PAGE_ENTRIES
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.hosts import is_valid_host_id
 from remediator.requeue import HTTP_CODES, requeue_failed, requeue_job
+from remediator.web.auth import check_any, check_authorization
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 log = logging.getLogger("remediator.api")

@@ -12,12 +12,12 @@ import redis
 from flask import Blueprint, make_response, request
 
 from remediator import controls, keys, metrics
-from remediator.auth import check_authorization
 from remediator.connections import confirm_replicated
 from remediator.extensions import get_redis, get_rules, get_settings
 from remediator.intake import LadderRequest, resolve_host, start_ladders
 from remediator.ops import ladder_limit, retry_after
-from remediator.payload import Alert, HostIdError, PayloadError, parse_payload
+from remediator.web.auth import check_authorization
+from remediator.web.payload import Alert, HostIdError, PayloadError, parse_payload
 
 bp = Blueprint("receiver", __name__)
 log = logging.getLogger("remediator.receiver")
