@@ -77,3 +77,24 @@ class RulesMeaningError(RulesFileError):
 
 class RuleTestFileError(RulesFileError):
     """A rule unit-test file (``remediator rules test``) is malformed."""
+
+
+class PayloadError(RemediatorError, ValueError):
+    """The payload is malformed; ``field`` names where (e.g. ``alerts[3].labels``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class HostIdError(RemediatorError, ValueError):
+    """A host_id label fails validation (answered 422)."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field}: invalid host id")
+        self.field = field
+
+
+class TransportFailure(RemediatorError):
+    """No answer at all after every attempt; the message is safe to show (no URL path, no secret)."""

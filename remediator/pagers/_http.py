@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from remediator.exceptions import TransportFailure
+
 log = logging.getLogger(__name__)
 
 # Answers worth asking again: rate limited, or the server (or a proxy in front of it) is struggling.
@@ -43,10 +45,6 @@ class RetryPolicy:
             with contextlib.suppress(ValueError):
                 wait = float(response.headers.get("Retry-After", ""))
         return max(0.0, min(wait, self.max_backoff))
-
-
-class TransportFailure(Exception):
-    """No answer at all after every attempt; the message is safe to show (no URL path, no secret)."""
 
 
 def host_of(url: str) -> str:

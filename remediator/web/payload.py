@@ -12,24 +12,8 @@ from typing import Any
 
 import jsonschema
 
+from remediator.exceptions import HostIdError, PayloadError
 from remediator.hosts import is_valid_host_id
-
-
-class PayloadError(ValueError):
-    """The payload is malformed; ``field`` names where (e.g. ``alerts[3].labels``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
-class HostIdError(ValueError):
-    """A host_id label fails validation (answered 422)."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(f"{field}: invalid host id")
-        self.field = field
 
 
 @dataclass(frozen=True)
