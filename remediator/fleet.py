@@ -14,13 +14,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from remediator import controls, incidents, keys, store
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, Frozen
 from remediator.paging import PageKind, PageResult, page, resolve
+
+if TYPE_CHECKING:
+    from workers.context import Context  # for types only: workers imports this module
 
 log = logging.getLogger("remediator.fleet")
 
@@ -49,7 +52,7 @@ def _fleet(conn: Any) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in conn.hgetall(keys.FLEET).items()}
 
 
-def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
+def fleet_facts(ctx: Context, refresh: bool = True) -> dict[str, Any]:
     conn = ctx.conn
     window = ctx.rules.fleet.window_minutes * 60
     fleet = _fleet(conn)
@@ -66,7 +69,8 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
         fleet = _fleet(conn)
     at_risk = 0
     unrecoverable = 0
-    critical = conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf")
+    # redis-py types a range as maybe with scores.
+    critical = cast("list[bytes]", conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"))
     # One round trip for all critical hosts: this runs at every phase of every ladder.
     reader = conn.pipeline(transaction=False)
     for host in critical:
@@ -86,7 +90,7 @@ def fleet_facts(ctx: Any, refresh: bool = True) -> dict[str, Any]:
     }
 
 
-def _check_provider(ctx: Any) -> bool:
+def _check_provider(ctx: Context) -> bool:
     statuses = ctx.clients.provider_statuses()
     ok = all(v is not False for v in statuses.values())
     ctx.conn.hset(
@@ -101,7 +105,7 @@ def _check_provider(ctx: Any) -> bool:
     return ok
 
 
-def _check_network(ctx: Any) -> bool:
+def _check_network(ctx: Context) -> bool:
     """Runbook Escalation 1: probe the coordinator, every host's SSH port and the configured endpoints."""
     from dataclasses import asdict
 
@@ -129,7 +133,7 @@ def _check_network(ctx: Any) -> bool:
     return result.ok
 
 
-def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any], *, dry_run: bool = False) -> None:
+def after_diagnosis(ctx: Context, host_id: str, facts: dict[str, Any], *, dry_run: bool = False) -> None:
     """Record the host in (or out of) the critical window, then evaluate the fleet."""
     if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
         ctx.conn.zrem(keys.FLEET_CRITICAL, host_id)
@@ -140,7 +144,7 @@ def after_diagnosis(ctx: Any, host_id: str, facts: dict[str, Any], *, dry_run: b
     evaluate(ctx, dry_run=dry_run)
 
 
-def resume_host(ctx: Any, host_id: str, why: str) -> bool:
+def resume_host(ctx: Context, host_id: str, why: str) -> bool:
     """Resume selfplay on a host the remediator paused; True when nothing is left paused by us.
 
     Raises CoordinatorError when the coordinator did not take the resume, Frozen while the fleet is
@@ -162,7 +166,7 @@ def resume_host(ctx: Any, host_id: str, why: str) -> bool:
     return True
 
 
-def host_recovered(ctx: Any, host_id: str) -> None:
+def host_recovered(ctx: Context, host_id: str) -> None:
     """A ladder ended healthy: leave the window, resume selfplay if we paused it, maybe end the storm."""
     conn = ctx.conn
     conn.zrem(keys.FLEET_CRITICAL, host_id)
@@ -176,7 +180,7 @@ def host_recovered(ctx: Any, host_id: str) -> None:
     evaluate(ctx)
 
 
-def host_closed(ctx: Any, host_id: str) -> None:
+def host_closed(ctx: Context, host_id: str) -> None:
     """A host's incident closed (its alert resolved, a human closed it, or it stayed healthy): it leaves
     the window and selfplay the remediator paused there resumes. Raises CoordinatorError when the
     resume was not taken, so the cleanup is tried again."""
@@ -184,7 +188,7 @@ def host_closed(ctx: Any, host_id: str) -> None:
     resume_host(ctx, host_id, "incident closed")
 
 
-def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) -> dict[str, Any]:
+def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) -> dict[str, Any]:
     """One fleet evaluation at a time; a caller that finds one under way waits up to ``wait`` seconds,
     then leaves the fleet to it and to the incident monitor, which evaluates on every pass (so the
     evaluation that ends a storm never depends on one ladder's timing, and a worker killed holding the
@@ -205,7 +209,7 @@ def evaluate(ctx: Any, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) 
             log.warning("fleet lock expired during an evaluation")
 
 
-def _evaluate(ctx: Any, *, dry_run: bool, ours: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+def _evaluate(ctx: Context, *, dry_run: bool, ours: Callable[[], bool] = lambda: True) -> dict[str, Any]:
     """``ours``: whether this evaluation still holds the fleet lock. One that lost it (its worker froze
     past FLEET_LOCK_TTL while others evaluated) acts on nothing: what it saw may be stale by now."""
     conn = ctx.conn
@@ -220,8 +224,11 @@ def _evaluate(ctx: Any, *, dry_run: bool, ours: Callable[[], bool] = lambda: Tru
         facts = {**fleet_facts(ctx, refresh=False), "storm_active": True}
         affected = sorted(
             h.decode()
-            for h in conn.zrangebyscore(
-                keys.FLEET_CRITICAL, time.time() - rules.fleet.window_minutes * 60, "+inf"
+            for h in cast(
+                "list[bytes]",
+                conn.zrangebyscore(
+                    keys.FLEET_CRITICAL, time.time() - rules.fleet.window_minutes * 60, "+inf"
+                ),
             )
         )
         decision = rules.decide(facts)
@@ -235,7 +242,7 @@ def _evaluate(ctx: Any, *, dry_run: bool, ours: Callable[[], bool] = lambda: Tru
     return done
 
 
-def _open_storm(ctx: Any, facts: dict[str, Any]) -> str:
+def _open_storm(ctx: Context, facts: dict[str, Any]) -> str:
     """Runbook Escalation: several hosts critical at once. Returns the storm's id."""
     conn = ctx.conn
     fleet = _fleet(conn)
@@ -252,7 +259,7 @@ def _open_storm(ctx: Any, facts: dict[str, Any]) -> str:
     return storm_id
 
 
-def _storm_checks(ctx: Any, facts: dict[str, Any], storm_id: str) -> dict[str, Any]:
+def _storm_checks(ctx: Context, facts: dict[str, Any], storm_id: str) -> dict[str, Any]:
     """Runbook Escalation 1 and 2, once per storm: the cluster network and the cloud providers."""
     conn = ctx.conn
     fleet = _fleet(conn)
@@ -268,7 +275,7 @@ def _storm_checks(ctx: Any, facts: dict[str, Any], storm_id: str) -> dict[str, A
 
 
 def _storm_page(
-    ctx: Any, decision: Any, facts: dict[str, Any], storm_id: str, affected: list[str]
+    ctx: Context, decision: Any, facts: dict[str, Any], storm_id: str, affected: list[str]
 ) -> dict[str, Any]:
     """Runbook Escalation 3: one page per storm (host pages are the ladders'); its hosts kept current."""
     conn = ctx.conn
@@ -310,7 +317,7 @@ def _storm_page(
 
 
 def page_host(
-    ctx: Any,
+    ctx: Context,
     host_id: str,
     incident_id: str,
     *,
@@ -364,7 +371,7 @@ def _in_page(conn: Any, key: str, host: str) -> bool:
     return bool(raw) and host in json.loads(raw)
 
 
-def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
+def _pause(ctx: Context, storm_id: str, affected: list[str]) -> dict[str, Any]:
     """Runbook Escalation 4: pause selfplay on exactly the affected hosts that are not paused yet."""
     conn = ctx.conn
     # Still in the window (a host whose incident closed since ``affected`` was read has left it), and
@@ -395,7 +402,7 @@ def _pause(ctx: Any, storm_id: str, affected: list[str]) -> dict[str, Any]:
     return {"paused": new}
 
 
-def _end_storm(ctx: Any, storm_id: str) -> dict[str, Any]:
+def _end_storm(ctx: Context, storm_id: str) -> dict[str, Any]:
     """The last host left the storm: resolve its page and forget its network and provider verdicts."""
     conn = ctx.conn
     resolved = resolve(conn, ctx.settings, storm_page_key(storm_id))
