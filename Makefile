@@ -39,9 +39,11 @@ demo: system venv
 dev: venv
 	$(VENV)/bin/remediator dev
 
+# mypy reads its settings (files, the strict modules) from pyproject.toml.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -123,6 +123,7 @@ def dev(bind: str, rq_workers: int) -> None:
     workdir = tempfile.mkdtemp(prefix="remediator-dev-")
     if binary:
         embedded = EmbeddedRedis(os.path.join(workdir, "redis"), binary=binary).start()
+        assert embedded.process is not None  # start() returns once its server answers
         env["REDIS_URL"] = embedded.url
         click.echo(f"embedded redis-server at {embedded.url} (pid {embedded.process.pid})")
     if not env.get("REMEDIATOR_WEBHOOK_TOKEN") and not env.get("REMEDIATOR_WEBHOOK_TOKEN_FILE"):

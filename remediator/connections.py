@@ -86,6 +86,12 @@ def redis_from_settings(
     return redis.Redis.from_url(settings.redis_url, **common)
 
 
+def text(raw: bytes | str) -> str:
+    """A reply as text. The clients made here return bytes (no ``decode_responses``); redis-py types
+    every reply ``bytes | str`` since it cannot tell."""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def _url_kwargs(settings: Settings) -> dict[str, Any]:
     """What REDIS_URL says about the master under Sentinel: db, credentials, TLS and its options."""
     if not settings.redis_url:

@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from remediator import keys, store
+from remediator.connections import text
 from remediator.rules.types import BudgetLimit
 
 FLEET = "*"  # the freeze of the whole fleet (never a valid host id)
@@ -65,14 +66,15 @@ class Freeze:
         }
 
 
-def _freeze(raw: bytes) -> Freeze:
+def _freeze(raw: bytes | str) -> Freeze:
     return Freeze(**json.loads(raw))
 
 
 def freezes(conn: redis.Redis) -> list[Freeze]:
     """Every freeze in force or scheduled (expired ones are dropped), the fleet's first."""
     now = time.time()
-    found, expired = [], []
+    found: list[Freeze] = []
+    expired: list[Freeze] = []
     for raw in conn.hvals(keys.FREEZES):
         item = _freeze(raw)
         (expired if item.expired(now) else found).append(item)
@@ -146,7 +148,7 @@ def holds(conn: redis.Redis, host_id: str | None = None) -> list[str]:
     """Hold alerts firing for the fleet, or for this host."""
     found = []
     for raw in conn.hkeys(keys.HOLDS):
-        name, _, scope = raw.decode().rpartition("|")
+        name, _, scope = text(raw).rpartition("|")
         if scope in (FLEET, host_id):
             found.append(name if scope == FLEET else f"{name} ({scope})")
     return sorted(found)
@@ -156,7 +158,7 @@ def holds_all(conn: redis.Redis) -> dict[str, list[str]]:
     """Scope (FLEET or a host id) -> the hold alerts firing for it."""
     out: dict[str, list[str]] = {}
     for raw in conn.hkeys(keys.HOLDS):
-        name, _, scope = raw.decode().rpartition("|")
+        name, _, scope = text(raw).rpartition("|")
         out.setdefault(scope, []).append(name)
     return out
 
@@ -301,7 +303,7 @@ def approval(conn: redis.Redis, host_id: str) -> Approval | None:
     raw = conn.hgetall(keys.APPROVAL.format(host_id))
     if not raw:
         return None
-    data = {k.decode(): v.decode() for k, v in raw.items()}
+    data = {text(k): text(v) for k, v in raw.items()}
     return Approval(
         host_id=host_id,
         ladder_id=data["ladder_id"],

@@ -1,5 +1,13 @@
 """Every exception the remediator raises on purpose, in one flat list."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from remediator.rules.source import Problem
+
 
 class RemediatorError(Exception):
     """Base of the remediator's own errors."""
@@ -57,7 +65,7 @@ class ProviderError(RemediatorError):
 class RulesFileError(RulesError):
     """A rules or rule-test file is invalid; ``problems`` holds every finding (file, line, key, message)."""
 
-    def __init__(self, problems: list[object] | tuple[object, ...]) -> None:
+    def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = tuple(problems)
         super().__init__("\n".join(str(problem) for problem in self.problems))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Flask, current_app
@@ -10,8 +10,11 @@ from flask import Flask, current_app
 from remediator.config import Settings
 from remediator.connections import redis_from_settings
 
+if TYPE_CHECKING:
+    from remediator.rules import RulesWatcher
 
-def rules_source(settings: Settings) -> Any:
+
+def rules_source(settings: Settings) -> RulesWatcher:
     """A watcher on REMEDIATOR_RULES_FILE, or on the shipped rules when it is unset; reloads on change."""
     from remediator import metrics
     from remediator.rules import RulesWatcher

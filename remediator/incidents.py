@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from remediator import keys, metrics, store
+from remediator.connections import text
 from remediator.incidents_lua import CLOSE_LUA, END_LUA, RESOLVE_LUA
 from remediator.states import (  # noqa: F401 -- the incident's vocabulary, read as incidents.*
     HEALED_OUTCOMES,
@@ -97,8 +99,8 @@ class Incident:
         return self.state != IncidentState.RESOLVED
 
     @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> Incident:
-        data = {k.decode(): v.decode() for k, v in raw.items()}
+    def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> Incident:
+        data = {text(k): text(v) for k, v in raw.items()}
         ladders = [
             LadderRef(**json.loads(value)) for name, value in data.items() if name.startswith("ladder:")
         ]
@@ -151,7 +153,7 @@ def get(conn: redis.Redis, incident_id: str) -> Incident | None:
 
 def current_id(conn: redis.Redis, host_id: str) -> str | None:
     raw = conn.get(keys.HOST_INCIDENT.format(host_id))
-    return raw.decode() if raw else None
+    return text(raw) if raw else None
 
 
 def current(conn: redis.Redis, host_id: str) -> Incident | None:
@@ -162,7 +164,7 @@ def current(conn: redis.Redis, host_id: str) -> Incident | None:
 
 def history(conn: redis.Redis, host_id: str, limit: int = 10) -> list[Incident]:
     """The host's most recent incidents (open or closed), newest first."""
-    ids = [i.decode() for i in conn.lrange(keys.HOST_INCIDENTS.format(host_id), -limit, -1)]
+    ids = [text(i) for i in conn.lrange(keys.HOST_INCIDENTS.format(host_id), -limit, -1)]
     pipe = conn.pipeline(transaction=False)
     for incident_id in ids:
         pipe.hgetall(keys.INCIDENT.format(incident_id))
@@ -172,7 +174,7 @@ def history(conn: redis.Redis, host_id: str, limit: int = 10) -> list[Incident]:
 
 def open_incidents(conn: redis.Redis) -> dict[str, str]:
     """Host id -> open incident id, for every host with an open incident."""
-    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.OPEN_INCIDENTS).items()}
+    return {text(k): text(v) for k, v in conn.hgetall(keys.OPEN_INCIDENTS).items()}
 
 
 def update(conn: redis.Redis | Any, incident_id: str, **fields: Any) -> None:
@@ -184,7 +186,7 @@ def update(conn: redis.Redis | Any, incident_id: str, **fields: Any) -> None:
         if value is not None
     }
     if mapping:
-        conn.hset(key, mapping=mapping)
+        conn.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, ...] takes no dict[str, str]
     conn.expire(key, INCIDENT_TTL)
 
 
@@ -376,7 +378,9 @@ def end_ladder(
 
 def cleanup_due(conn: redis.Redis, older_than: float = CLEANUP_DUE) -> list[str]:
     """Closed incidents whose recovery bookkeeping has not finished ``older_than`` seconds after closing."""
-    return [i.decode() for i in conn.zrangebyscore(keys.CLEANUP, "-inf", time.time() - older_than)]
+    # redis-py types a range as maybe with scores.
+    due = cast("list[bytes]", conn.zrangebyscore(keys.CLEANUP, "-inf", time.time() - older_than))
+    return [i.decode() for i in due]
 
 
 def cleanup_done(conn: redis.Redis, incident_id: str) -> None:

@@ -275,6 +275,7 @@ def _job_fields(queue: Queue, req: LadderRequest, ladder_id: str, enqueued_at: d
     (origin, enqueued_at, the Redis version). ``Queue.create_job`` would give the same hash at twice
     the CPU (it checks the serializer against a typing Protocol per job). tests/test_intake.py
     compares the hash with one rq enqueued itself, so an rq upgrade that changes it fails there."""
+    args: tuple[str, ...]
     if req.host_id is None:
         func, args, kwargs = DISCOVERY_JOB, (ladder_id,), {"dry_run": req.dry_run}
         description = f"discover critical hosts ({req.alertname or 'manual'})"

@@ -56,6 +56,8 @@ PROBE_HOSTS = PREFIX + ":probe:hosts"  # hash: host id -> JSON of what the last 
 PROBE_LOCK = PREFIX + ":probe:lock"  # string: the token of the worker running a fleet probe pass
 LEARNING = PREFIX + ":learning"  # hash: "<signature>|<lead step>|tried|healed" -> ladders counted
 
+PER_HOST: tuple[str, ...]
+GLOBAL: tuple[str, ...]
 PER_HOST = (LOCK, FENCE, HOST, AUDIT, ACTIVE, CANCEL, DONE, LADDER_STARTS, INVENTORY, SCRATCH)
 PER_HOST += (IMPORTED, APPROVAL, HOST_INCIDENT, HOST_INCIDENTS)
 GLOBAL = (HOSTS, OPEN_INCIDENTS, CLEANUP, FLEET_CRITICAL, FLEET, PAUSED, PAGES, PAGE_TRIGGERS)

@@ -19,6 +19,8 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, generate_latest, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from remediator.connections import text
+
 WEBHOOK_REQUESTS = Counter("remediator_webhook_requests_total", "Webhook requests by answer code.", ["code"])
 ALERTS = Counter(
     "remediator_alerts_total", "Alerts received, by alert status and what was done.", ["status", "outcome"]
@@ -142,11 +144,12 @@ def redis_metric_families(conn: redis.Redis) -> list[Metric]:
     """The worker-side metrics, read from Redis. Every metric is present, with no samples if unused."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for raw_field, raw_value in conn.hgetall(COUNTS).items():
-        name, _, label_text = raw_field.decode().partition("|")
+        name, _, label_text = text(raw_field).partition("|")
         labels = dict(pair.split("=", 1) for pair in label_text.split(",") if pair)
         samples.setdefault(name, []).append((labels, float(raw_value)))
-    families = []
+    families: list[Metric] = []
     for name, (doc, labelnames, kind) in REDIS_METRICS.items():
+        family: CounterMetricFamily | HistogramMetricFamily
         if kind == "counter":
             family = CounterMetricFamily(name, doc, labels=labelnames)
             for labels, value in samples.get(name, []):

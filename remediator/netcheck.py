@@ -94,13 +94,13 @@ def probe(
             for future in pending:
                 failures[futures[future]] = f"no answer within {timeout:g} s"
             for future in done:
-                exc = future.exception()
-                if exc is None:
+                error = future.exception()
+                if error is None:
                     reachable += 1
-                elif isinstance(exc, TimeoutError):
+                elif isinstance(error, TimeoutError):
                     failures[futures[future]] = f"no answer within {timeout:g} s"
                 else:
-                    failures[futures[future]] = _reason(exc)
+                    failures[futures[future]] = _reason(error)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
     total = len(targets)

@@ -10,11 +10,12 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from remediator import advice, controls, incidents, keys, paging, store
+from remediator.connections import text
 from remediator.defaults import CONDITIONAL_STEPS, LADDER_STEPS
 from remediator.intake import LadderLimit, LadderRequest, queue_cleanup, start_ladders
 
@@ -216,8 +217,12 @@ def fleet_summary(conn: redis.Redis, window_minutes: float, storm_threshold: int
     """The fleet view from Redis: critical hosts in the window, storm, paused hosts, open pages."""
     now = time.time()
     window = window_minutes * 60
-    critical = conn.zrangebyscore(keys.FLEET_CRITICAL, now - window, "+inf", withscores=True)
-    fleet = {k.decode(): v.decode() for k, v in conn.hgetall(keys.FLEET).items()}
+    # redis-py cannot tell from withscores=True that each member comes with its score.
+    critical = cast(
+        "list[tuple[bytes, float]]",
+        conn.zrangebyscore(keys.FLEET_CRITICAL, now - window, "+inf", withscores=True),
+    )
+    fleet = {text(k): text(v) for k, v in conn.hgetall(keys.FLEET).items()}
     pages = [
         {
             "dedup_key": record.dedup_key,
@@ -256,7 +261,7 @@ def fleet_summary(conn: redis.Redis, window_minutes: float, storm_threshold: int
         "storm_started_at": _typed("started_at", fleet.get("storm_started_at", "")),
         "cluster_network_ok": fleet.get("network_ok") != "0",
         "provider_status_ok": fleet.get("provider_ok") != "0",
-        "paused_hosts": sorted(h.decode() for h in conn.smembers(keys.PAUSED)),
+        "paused_hosts": sorted(text(h) for h in conn.smembers(keys.PAUSED)),
         "open_pages": pages,
         "open_incidents": sorted(host_incidents, key=lambda i: i["host_id"]),
     }

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from remediator import keys
+from remediator.connections import text
 
 TIMES_KEPT = 200  # newest seconds-to-healthy samples kept per signature and step
 
@@ -39,7 +40,7 @@ def table(conn: redis.Redis) -> dict[str, dict[str, dict[str, Any]]]:
     """signature -> lead step -> {tried, healed, success_rate, median_seconds_to_healthy}."""
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for raw, value in conn.hgetall(keys.LEARNING).items():
-        signature, step, what = raw.decode().rsplit("|", 2)
+        signature, step, what = text(raw).rsplit("|", 2)
         counts.setdefault((signature, step), {})[what] = int(value)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for (signature, step), c in sorted(counts.items()):

@@ -22,6 +22,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any
@@ -31,6 +32,7 @@ import redis
 from remediator import keys, metrics
 from remediator.clients import clients_for
 from remediator.config import Settings
+from remediator.connections import text
 from remediator.pagers import EVERY_PAGER_FAILED, UNDELIVERABLE, deliver, delivered
 from remediator.pagers.base import Page
 
@@ -80,8 +82,8 @@ class PageRecord:
     resolved_at: float | None = None
 
     @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> PageRecord:
-        data = {k.decode(): v.decode() for k, v in raw.items()}
+    def from_hash(cls, raw: Mapping[bytes | str, bytes | str]) -> PageRecord:
+        data = {text(k): text(v) for k, v in raw.items()}
         return cls(
             dedup_key=data["dedup_key"],
             kind=PageKind(data.get("kind", "host")),
@@ -160,7 +162,7 @@ def get(conn: redis.Redis, dedup_key: str) -> PageRecord | None:
 
 def open_pages(conn: redis.Redis) -> list[PageRecord]:
     """Pages delivered and not yet resolved at their pagers (what a human is looking at)."""
-    records = [get(conn, k.decode()) for k in sorted(conn.smembers(keys.PAGES))]
+    records = [get(conn, text(k)) for k in sorted(conn.smembers(keys.PAGES))]
     return [r for r in records if r is not None]
 
 
@@ -184,7 +186,7 @@ def _save(conn: redis.Redis, dedup_key: str, **fields: Any) -> None:
             mapping[name] = value.value
         elif value is not None:
             mapping[name] = str(value)
-    conn.hset(key, mapping=mapping)
+    conn.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, ...] takes no dict[str, str]
     conn.expire(key, PAGE_TTL)
 
 
@@ -293,7 +295,7 @@ def _summary_text() -> str:
 def _fold(conn: redis.Redis, settings: Settings, rules: Any, record: PageRecord) -> PageResult:
     """Over the page budget: carry this page in the one open summary page instead of a new trigger."""
     current = conn.hget(keys.FLEET, "summary_page")
-    summary_key = current.decode() if current else ""
+    summary_key = text(current) if current else ""
     open_summary = get(conn, summary_key) if summary_key else None
     if open_summary is None or open_summary.state == PageState.RESOLVED:
         summary_key = f"remediator/summary/{secrets.token_hex(6)}"

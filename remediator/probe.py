@@ -17,6 +17,7 @@ import redis
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from remediator import keys
+from remediator.connections import text
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,14 @@ def last_pass(conn: redis.Redis) -> dict[str, float] | None:
     if b"finished_at" not in raw:
         return None
     wanted = ("started_at", "finished_at", "hosts")
-    return {k.decode(): float(v) for k, v in raw.items() if k.decode() in wanted}
+    return {text(k): float(v) for k, v in raw.items() if text(k) in wanted}
 
 
 def findings(conn: redis.Redis) -> dict[str, HostProbe]:
     """Each host's finding in the last pass."""
     out = {}
     for host, raw in conn.hgetall(keys.PROBE_HOSTS).items():
-        out[host.decode()] = HostProbe(**json.loads(raw))
+        out[text(host)] = HostProbe(**json.loads(raw))
     return out
 
 

@@ -26,6 +26,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from remediator import keys, store
+from remediator.connections import text
 from remediator.hosts import is_valid_host_id
 from remediator.intake import (
     DISCOVERY,
@@ -140,7 +141,7 @@ def _requeue_ladder(
                     state_ladder, state_dry = pipe.hmget(host_key, "ladder_id", "dry_run")
                     dry_run = default_dry_run or (state_ladder == ladder_id.encode() and state_dry == b"1")
                     break
-                active_id = active.decode()
+                active_id = text(active)
                 if active_id != ladder_id:
                     return Requeued(
                         job.id,
@@ -159,7 +160,7 @@ def _requeue_ladder(
                         host,
                         ladder_id,
                     )
-                current = (pipe.hget(host_key, "job_id") or b"").decode()
+                current = text(pipe.hget(host_key, "job_id") or b"")
                 status = job_status(conn, current)
                 if status in LIVE:
                     pipe.unwatch()
@@ -226,7 +227,7 @@ def _requeue_discovery(
     failed = FailedJobRegistry(queue=queue)
     guard = conn.get(keys.ACTIVE.format(DISCOVERY))
     if guard is not None:
-        guard_id = guard.decode()
+        guard_id = text(guard)
         if guard_id != job.id or job_status(conn, guard_id) in LIVE:
             failed.remove(job)
             return Requeued(

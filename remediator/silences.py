@@ -25,6 +25,7 @@ import redis
 import requests
 
 from remediator import keys
+from remediator.connections import text
 from remediator.hosts import is_valid_host_id
 
 log = logging.getLogger("remediator.silences")
@@ -141,7 +142,7 @@ def expire(
             continue
         if stale:
             active = conn.get(keys.ACTIVE.format(silence.host_id))
-            if active is not None and active.decode() == silence.ladder_id:
+            if active is not None and text(active) == silence.ladder_id:
                 continue
         try:
             client.expire(silence.silence_id)
@@ -158,7 +159,7 @@ def _expire_untracked(conn: redis.Redis, client: AlertmanagerSilences) -> list[s
     """Silences the remediator made in Alertmanager that Redis does not know of (a worker killed between
     creating one and recording it) and whose ladder no longer runs: expired, never left to run out."""
     known = {s.silence_id for s in tracked(conn)}
-    done = []
+    done: list[str] = []
     try:
         found = client.active()
     except (requests.RequestException, ValueError):
@@ -169,7 +170,7 @@ def _expire_untracked(conn: redis.Redis, client: AlertmanagerSilences) -> list[s
             continue
         host = next((m.get("value") for m in silence.get("matchers", []) if m.get("name") == "host_id"), None)
         active = conn.get(keys.ACTIVE.format(host)) if is_valid_host_id(host) else None
-        if active is not None and active.decode() == match.group(1):
+        if active is not None and text(active) == match.group(1):
             continue
         try:
             client.expire(silence["id"])

@@ -159,6 +159,8 @@ def rsync_pull(
     settings: Settings, record: HostRecord, dest: Path, *, dry_run: bool = False, timeout: float | None = None
 ) -> RsyncResult:
     """Copy the host's data dir into ``dest``. Never deletes on either side; ``--dry-run`` copies nothing."""
+    if not record.address:
+        raise SSHError(f"coordinator has no address for host {record.host_id}")
     dest.mkdir(parents=True, exist_ok=True)
     argv = [
         "rsync",

@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
 
 from remediator import keys
+from remediator.connections import text
 from remediator.defaults import (
     AUDIT_ENTRY_MAX_BYTES,
     AUDIT_MAX_ENTRIES,
@@ -142,7 +143,7 @@ def host_fields(now: float, **fields: Any) -> dict[str, str]:
 def update_host(conn: redis.Redis | Pipeline, host_id: str, **fields: Any) -> None:
     """Set fields of the host's state hash (and bump it in the hosts index)."""
     now = time.time()
-    conn.hset(keys.HOST.format(host_id), mapping=host_fields(now, **fields))
+    conn.hset(keys.HOST.format(host_id), mapping=host_fields(now, **fields))  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, ...] takes no dict[str, str]
     conn.expire(keys.HOST.format(host_id), HOST_KEYS_TTL)
     conn.zadd(keys.HOSTS, {host_id: now})
 
@@ -181,7 +182,7 @@ def append_audit(
 
 def get_host(conn: redis.Redis, host_id: str) -> dict[str, Any]:
     raw = conn.hgetall(keys.HOST.format(host_id))
-    return {k.decode(): _decode(k.decode(), v.decode()) for k, v in raw.items()}
+    return {text(k): _decode(text(k), text(v)) for k, v in raw.items()}
 
 
 def decode_audit(raw: bytes | str) -> dict[str, Any]:
@@ -197,7 +198,8 @@ def get_audit(conn: redis.Redis, host_id: str, start: int = 0, end: int = -1) ->
 
 def list_hosts(conn: redis.Redis, limit: int = 1000) -> list[dict[str, Any]]:
     """Hosts the remediator has state for, most recently updated first."""
-    ids = [h.decode() for h in conn.zrevrange(keys.HOSTS, 0, limit - 1)]
+    # redis-py types a range as maybe with scores.
+    ids = [h.decode() for h in cast("list[bytes]", conn.zrevrange(keys.HOSTS, 0, limit - 1))]
     pipe = conn.pipeline(transaction=False)
     for host_id in ids:
         pipe.hgetall(keys.HOST.format(host_id))

@@ -15,9 +15,13 @@ import multiprocessing
 import os
 import signal
 import threading
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 from remediator.config import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 log = logging.getLogger("remediator.worker")
 
@@ -27,7 +31,6 @@ STOP_TIMEOUT = 15.0  # seconds the loops get to finish the pass in hand when the
 
 def run_loops(settings: Settings, parent: int) -> None:
     """The background process: sweeper, monitor and probe until SIGTERM, or until the worker is gone."""
-    from remediator.connections import redis_from_settings
     from remediator.logs import configure_logging
     from workers.probe import Prober
     from workers.sweeper import Sweeper
@@ -36,8 +39,8 @@ def run_loops(settings: Settings, parent: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when its loops stop
-    sweeper = Sweeper(redis_from_settings(settings), settings)
-    prober = Prober(redis_from_settings(settings), settings)  # the fleet probe, if the rules enable it
+    sweeper = Sweeper(_connect(settings), settings)
+    prober = Prober(_connect(settings), settings)  # the fleet probe, if the rules enable it
     sweeper.start()
     prober.start()
     while not stop.wait(PARENT_CHECK_INTERVAL):
@@ -47,7 +50,15 @@ def run_loops(settings: Settings, parent: int) -> None:
     prober.stop()
 
 
-def start(settings: Settings) -> Any:
+def _connect(settings: Settings) -> redis.Redis:
+    from remediator.connections import redis_from_settings
+
+    conn = redis_from_settings(settings)
+    assert conn is not None  # the worker that started the loops connected with the same settings
+    return conn
+
+
+def start(settings: Settings) -> BaseProcess:
     """Start the loops' process; returns it (``stop`` it when the worker stops)."""
     context = multiprocessing.get_context("spawn")
     process = context.Process(
@@ -57,7 +68,7 @@ def start(settings: Settings) -> Any:
     return process
 
 
-def stop(process: Any) -> None:
+def stop(process: BaseProcess | None) -> None:
     if process is None or not process.is_alive():
         return
     process.terminate()  # SIGTERM: the loops finish the pass in hand

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 import redis
 from rq import Queue, get_current_job
@@ -14,10 +14,13 @@ from remediator.config import Settings
 from remediator.connections import redis_from_settings
 from remediator.coordinator import Coordinator
 
-_rules_sources: dict[str | None, Any] = {}
+if TYPE_CHECKING:
+    from remediator.rules import RuleSet, RulesWatcher
+
+_rules_sources: dict[str | None, RulesWatcher] = {}
 
 
-def rules_for(settings: Settings) -> Any:
+def rules_for(settings: Settings) -> RuleSet:
     """The current rules (reloaded when the file changes), cached per process."""
     source = _rules_sources.get(settings.rules_file)
     if source is None:
@@ -60,7 +63,7 @@ class Context:
         return Queue(self.settings.queue, connection=self.conn)
 
     @property
-    def rules(self) -> Any:
+    def rules(self) -> RuleSet:
         return rules_for(self.settings)
 
     @property

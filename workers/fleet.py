@@ -15,11 +15,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from remediator import controls, incidents, keys, store
+from remediator.connections import text
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, Frozen
 from remediator.paging import PageKind, PageResult, page, resolve
 from workers.context import Context
@@ -48,7 +49,7 @@ def storm_page_key(storm_id: str) -> str:
 
 
 def _fleet(conn: redis.Redis) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.FLEET).items()}
+    return {text(k): text(v) for k, v in conn.hgetall(keys.FLEET).items()}
 
 
 def fleet_facts(ctx: Context, refresh: bool = True) -> dict[str, Any]:
@@ -68,7 +69,8 @@ def fleet_facts(ctx: Context, refresh: bool = True) -> dict[str, Any]:
         fleet = _fleet(conn)
     at_risk = 0
     unrecoverable = 0
-    critical = conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf")
+    # redis-py types a range as maybe with scores.
+    critical = cast("list[bytes]", conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"))
     # One round trip for all critical hosts: this runs at every phase of every ladder.
     reader = conn.pipeline(transaction=False)
     for host in critical:
@@ -126,7 +128,7 @@ def _check_network(ctx: Context) -> bool:
         reachable=result.reachable,
         total=result.total,
     )
-    return result.ok
+    return bool(result.ok)
 
 
 def after_diagnosis(ctx: Context, host_id: str, facts: dict[str, Any], *, dry_run: bool = False) -> None:
@@ -220,8 +222,11 @@ def _evaluate(ctx: Context, *, dry_run: bool, ours: Callable[[], bool] = lambda:
         facts = {**fleet_facts(ctx, refresh=False), "storm_active": True}
         affected = sorted(
             h.decode()
-            for h in conn.zrangebyscore(
-                keys.FLEET_CRITICAL, time.time() - rules.fleet.window_minutes * 60, "+inf"
+            for h in cast(
+                "list[bytes]",
+                conn.zrangebyscore(
+                    keys.FLEET_CRITICAL, time.time() - rules.fleet.window_minutes * 60, "+inf"
+                ),
             )
         )
         decision = rules.decide(facts)
@@ -361,7 +366,7 @@ def page_host(
 
 def _in_page(conn: redis.Redis, key: str, host: str) -> bool:
     raw = conn.hget(keys.PAGE.format(key), "hosts")
-    return bool(raw) and host in json.loads(raw)
+    return raw is not None and host in json.loads(raw)
 
 
 def _pause(ctx: Context, storm_id: str, affected: list[str]) -> dict[str, Any]:

@@ -15,17 +15,20 @@ stat or open -- is *unparseable*, and never counts as "no data": when it was mod
 meaning for the data that could be read.
 """
 
+from __future__ import annotations  # annotations stay strings: the host's python3 may be older
+
 import hashlib
 import json
 import os
 import sqlite3
 import sys
+from typing import Any
 
 UNPARSEABLE_LISTED = 20  # unparseable files named in the output at most (newest first); all are counted
 REASON_CHARS = 120  # characters of an error message kept as the reason a file is unparseable
 
 
-def _games(path, last_sync):
+def _games(path: str, last_sync: float) -> tuple[int, float | None, float | None, int]:
     """(unsynced count, first created_at, last created_at, all games) of one SQLite games file.
 
     Raises sqlite3.Error when the file is not one (or is damaged)."""
@@ -43,7 +46,7 @@ def _games(path, last_sync):
     return row[0], row[1], row[2], total
 
 
-def _sha256(path):
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -51,19 +54,20 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _why(exc):
+def _why(exc: BaseException) -> str:
     return (type(exc).__name__ + ": " + str(exc))[:REASON_CHARS]
 
 
-def inventory(data_dir, last_sync=0.0, checksums=True):
-    files = {}
+def inventory(data_dir: str, last_sync: float = 0.0, checksums: bool = True) -> dict[str, Any]:
+    files: dict[str, dict[str, Any]] = {}
     unsynced = 0
     games_total = 0
-    first = None
-    last = None
+    first: float | None = None
+    last: float | None = None
     total_bytes = 0
     unsynced_bytes = 0
-    unparseable = []  # (modified_at, path, size, reason, after_last_sync)
+    # (modified_at, path, size, reason, after_last_sync)
+    unparseable: list[tuple[float | None, str, int | None, str | None, bool | None]] = []
     unparseable_bytes = 0
     unsynced_unparseable_bytes = 0
     for root, _dirs, names in os.walk(data_dir):
@@ -78,8 +82,8 @@ def inventory(data_dir, last_sync=0.0, checksums=True):
                 unparseable.append((None, rel, None, "cannot stat: " + _why(exc), None))
                 continue
             size = st.st_size
-            entry = {"size": size}
-            reason = None
+            entry: dict[str, Any] = {"size": size}
+            reason: str | None = None
             if checksums:
                 try:
                     entry["sha256"] = _sha256(path)
@@ -89,7 +93,7 @@ def inventory(data_dir, last_sync=0.0, checksums=True):
                 except OSError as exc:  # there, but unreadable: listed without a checksum
                     entry["sha256"] = None
                     reason = _why(exc)
-            games = None
+            games: tuple[int, float | None, float | None, int] | None = None
             if reason is None and name.endswith(".db"):
                 try:
                     games = _games(path, last_sync)
@@ -103,6 +107,7 @@ def inventory(data_dir, last_sync=0.0, checksums=True):
                 entry["games"] = total
                 games_total += total
                 if count:
+                    assert lo is not None and hi is not None  # MIN and MAX of at least one game
                     unsynced += count
                     unsynced_bytes += size
                     first = lo if first is None else min(first, lo)

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from remediator import controls, incidents, keys, metrics, silences, store
+from remediator.connections import text
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LockLost, LockNotAcquired
 from remediator.intake import queue_cleanup, queue_ladder_job
 from remediator.locks import HostLock
@@ -50,7 +51,7 @@ class Ladder:
         conn = self.ctx.conn
         self._read()
         active = conn.get(keys.ACTIVE.format(self.host_id))
-        if active is None or active.decode() != self.ladder_id or self.state.ladder_id != self.ladder_id:
+        if active is None or text(active) != self.ladder_id or self.state.ladder_id != self.ladder_id:
             return "superseded: another ladder owns this host"
         if self.ctx.job_id and self.state.job_id not in (self.ctx.job_id, ""):
             return f"stale job: the ladder moved on to job {self.state.job_id}"
@@ -100,7 +101,7 @@ class Ladder:
         for _ in range(MAX_PHASES_PER_JOB):
             self._read()
             cancel = self.ctx.conn.get(keys.CANCEL.format(self.host_id))
-            if cancel is not None and cancel.decode() == self.ladder_id:
+            if cancel is not None and text(cancel) == self.ladder_id:
                 stopped = self._finish(Outcome.STOPPED, self.state.cancel_reason or "cancelled")
                 if stopped is not None:
                     return stopped
@@ -115,7 +116,9 @@ class Ladder:
             late = time.time() - started > policy.deadline_minutes * 60
             if late and self.state.step != "escalate":
                 if self.state.gentle:
-                    return self._finish(Outcome.PREVENTION_FAILED, "prevention ran out of time")
+                    ended = self._finish(Outcome.PREVENTION_FAILED, "prevention ran out of time")
+                    assert ended is not None  # only a stop can be withdrawn
+                    return ended
                 self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
             lad = self._run_view(fence)
@@ -189,7 +192,7 @@ class Ladder:
             return []
         return unchanged_steps(plan, facts, incident.tried)
 
-    def _dry_run(self, lad: LadderRun, plan: list[list[str]]) -> str:
+    def _dry_run(self, lad: LadderRun, plan: list[list[str]]) -> str | None:
         """Record what would be done, rung by rung, running each step in its mutation-free form."""
         for rung in plan:
             for step in rung:
@@ -236,13 +239,14 @@ class Ladder:
         # The rung is part of the attempt's name: a step the plan holds twice (force_sync alone, then
         # again after restart_agent) is a new action in its second rung, not a resumed first one.
         intent = keys.DONE.format(self.host_id, f"{self.ladder_id}:{self.state.rung}:{step}:{attempt}")
+        assert self.lock is not None
         self.lock.check()
         if not self.ctx.conn.set(intent, lad.fence, nx=True, ex=7 * 86400):
             lad.audit(
                 step,
                 "resumed",
                 f"attempt {attempt} already ran under fence "
-                f"{self.ctx.conn.get(intent).decode()}: verifying instead of repeating",
+                f"{text(self.ctx.conn.get(intent) or b'')}: verifying instead of repeating",
             )
             self._commit(phase=Phase.VERIFY, verify_started_at=f"{time.time():.3f}")
             return None

@@ -43,6 +43,8 @@ SCHEDULER_TAKEOVER_INTERVAL = 5.0  # seconds between two tries to take a freed s
 class RemediatorScheduler(RQScheduler):
     """rq's scheduler (one per queue across the fleet, by lock), waiting out Redis failures."""
 
+    _connection: redis.Redis | None  # type: ignore[assignment]  # rq's untyped __init__ leaves it typed None
+
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         super().__init__(*args, **kwargs)
@@ -53,6 +55,7 @@ class RemediatorScheduler(RQScheduler):
         # way every other client is built (after the fork, in the scheduler's own process).
         if self._connection is None:
             self._connection = redis_from_settings(self.settings)
+        assert self._connection is not None  # the worker that started it had a Redis from the same settings
         return self._connection
 
     def work(self) -> None:
@@ -107,7 +110,8 @@ class RemediatorWorker(Worker):
 
     def teardown(self) -> None:
         if self.is_horse:
-            return super().teardown()
+            super().teardown()
+            return
         if self.scheduler:
             self.stop_scheduler()
         self._ride_out("register its death", self.register_death)
@@ -116,7 +120,8 @@ class RemediatorWorker(Worker):
     # -- Redis failures while a job runs --------------------------------------------------------------
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:
-            return super().heartbeat(timeout, pipeline)
+            super().heartbeat(timeout, pipeline)
+            return
         self._ride_out("send its heartbeat", super().heartbeat, timeout)
         self._ride_out("take the scheduler over", self._take_over_scheduler)
 
@@ -136,7 +141,8 @@ class RemediatorWorker(Worker):
 
     def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
         if pipeline is not None:
-            return super().set_current_job_working_time(current_job_working_time, pipeline)
+            super().set_current_job_working_time(current_job_working_time, pipeline)
+            return
         self._ride_out(
             "record the job's working time", super().set_current_job_working_time, current_job_working_time
         )

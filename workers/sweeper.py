@@ -22,6 +22,7 @@ from rq.job import Job, JobStatus
 from remediator import incidents, keys, silences, store
 from remediator.clients import clients_for
 from remediator.config import Settings
+from remediator.connections import text
 from remediator.exceptions import LockNotAcquired
 from remediator.incidents import IncidentState, end_ladder
 from remediator.intake import fetch_job, queue_cleanup, queue_ladder_job
@@ -83,16 +84,16 @@ def sweep(conn: redis.Redis, settings: Settings) -> list[str]:
             continue
         ladder_id = state.get("ladder_id")
         active = conn.get(keys.ACTIVE.format(host))
-        if not ladder_id or active is None or active.decode() != ladder_id:
+        if not ladder_id or active is None or text(active) != ladder_id:
             continue
         if conn.exists(keys.LOCK.format(host)):
             continue  # a live worker holds it (a dead one's lock expires after REMEDIATOR_LOCK_TTL)
         job_id = state.get("job_id")
         job = fetch_job(conn, job_id)
         status = job.get_status() if job else None
-        if status == JobStatus.QUEUED and not _popped_and_stuck(conn, queue, job_id, now):
+        if job and status == JobStatus.QUEUED and not _popped_and_stuck(conn, queue, job.id, now):
             continue
-        if status == JobStatus.STARTED and not _abandoned(job, settings.lock_ttl, now):
+        if job and status == JobStatus.STARTED and not _abandoned(job, settings.lock_ttl, now):
             continue
         if status == JobStatus.SCHEDULED and now < float(state.get("next_check_at") or 0) + LATE_GRACE:
             continue

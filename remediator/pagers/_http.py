@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -69,7 +70,7 @@ def request(
     *,
     policy: RetryPolicy,
     what: str,
-    **kwargs: object,
+    **kwargs: Any,
 ) -> requests.Response:
     """Send a request, retrying connection errors and RETRY_STATUS answers with backoff.
 

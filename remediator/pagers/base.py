@@ -58,7 +58,8 @@ class Page:
 class Pager(Protocol):
     """Something that wakes a human; both calls raise PagerError when the page did not get through."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def trigger(self, page: Page) -> None: ...
 

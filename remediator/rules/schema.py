@@ -65,7 +65,9 @@ def _explain(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str]]:
     """The key paths at fault, each with a message a person can act on."""
     path: KeyPath = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
-    value = error.instance
+    # Both are set on an error that validation raised (Unset only on one built by hand).
+    value: Any = error.instance
+    expected: Any = error.validator_value
     kind = error.validator
     if kind == "additionalProperties":
         allowed = sorted(schema.get("properties", {}))
@@ -76,33 +78,33 @@ def _explain(error: jsonschema.ValidationError) -> list[tuple[KeyPath, str]]:
         ]
     if kind == "required":
         present = value if isinstance(value, dict) else {}
-        missing = [name for name in error.validator_value if name not in present]
+        missing = [name for name in expected if name not in present]
         return [(path, f"missing required key(s): {', '.join(missing)}")]
     if kind == "type":
-        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        wanted = expected if isinstance(expected, list) else [expected]
         return [
             (path, f"must be {' or '.join(_JSON_TYPES[name] for name in wanted)}, not {_describe(value)}")
         ]
     if kind == "enum" and "propertyNames" in error.schema_path:
-        return [((*path, value), f"unknown key {value!r} (allowed: {', '.join(error.validator_value)})")]
+        return [((*path, value), f"unknown key {value!r} (allowed: {', '.join(expected)})")]
     if kind == "enum":
-        options = ", ".join(str(option) for option in error.validator_value)
+        options = ", ".join(str(option) for option in expected)
         return [(path, f"{value!r} is not one of: {options}")]
     if kind == "const" and "description" in schema:
         return [(path, f"{_show(value)} is not allowed: {schema['description']}")]
     if kind == "const":
-        return [(path, f"must be {error.validator_value!r}, not {value!r}")]
+        return [(path, f"must be {expected!r}, not {value!r}")]
     if kind in ("minProperties", "maxProperties", "propertyNames") and "description" in schema:
         return [(path, schema["description"])]
     if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         relation = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
-        return [(path, f"must be {relation} {error.validator_value}, not {value!r}")]
+        return [(path, f"must be {relation} {expected}, not {value!r}")]
     if kind == "uniqueItems":
         return [(path, "lists the same item more than once")]
     if kind == "minItems":
-        return [(path, f"must list at least {error.validator_value} item(s)")]
+        return [(path, f"must list at least {expected} item(s)")]
     if kind == "pattern":
-        return [(path, f"{value!r} does not match {error.validator_value!r}")]
+        return [(path, f"{value!r} does not match {expected!r}")]
     return [(path, error.message)]
 
 

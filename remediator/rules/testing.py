@@ -141,8 +141,8 @@ def _fact_problems(document: Document) -> list[Problem]:
             spec = FACTS.get(fact)
             if spec is None:
                 problems.append(document.problem(path, f"unknown fact {fact!r} (known: {', '.join(FACTS)})"))
-            elif value is not None and (message := bad_value(fact, spec, value)):
-                problems.append(document.problem(path, message))
+            elif value is not None and (wrong := bad_value(fact, spec, value)):
+                problems.append(document.problem(path, wrong))
         if any(check in test["expect"] for check in ALERT_CHECKS) and "alertname" not in test["facts"]:
             message = (
                 "starts_ladder and feeds_fleet are asked of facts.alertname, which this test does not give"

@@ -16,8 +16,8 @@ try:
     from remediator.sim import procs
     from remediator.sim.layout import HOST_ROOT_ENV, HostPaths
 except ImportError:  # run by file (agent, shims) without the package on sys.path
-    import procs  # type: ignore[no-redef]
-    from layout import HOST_ROOT_ENV, HostPaths  # type: ignore[no-redef]
+    import procs  # type: ignore[no-redef,import-not-found]
+    from layout import HOST_ROOT_ENV, HostPaths  # type: ignore[no-redef,import-not-found]
 
 AGENT_RESTARTS = "agent_restarts"  # counter: (re)starts through systemctl or start_sync.sh
 AGENT_KILLS = "agent_kills"  # counter: agents that got SIGTERM (systemctl stop/restart, pkill), counted

@@ -294,7 +294,7 @@ class SimCluster(Observation, Injection):
             if host.hang is not None:
                 host.hang.stop()
                 host.hang = None
-        self._parallel(lambda h: h.sshd and h.sshd.stop(defaults.STOP_TIMEOUT), self._hosts.values())
+        self._parallel(lambda h: h.sshd.stop(defaults.STOP_TIMEOUT) if h.sshd else None, self._hosts.values())
         # Agents started over SSH are nobody's children here: find them (and anything else) by path,
         # and whatever a session left running in the background by its host's mark.
         marked = [p for h in self._hosts.values() for p in procs.with_env(HOST_ROOT_ENV, str(h.root))]

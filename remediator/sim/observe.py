@@ -37,7 +37,7 @@ COUNTERS = (
 
 
 class UnsyncedGames(NamedTuple):
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count on purpose: callers read .count
     first_at: float | None  # unix seconds of the oldest unsynced game
     last_at: float | None  # unix seconds of the newest unsynced game
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, ThreadedWSGIServer, WSGIRequestHandler, make_server
 
 POLL_INTERVAL = 0.05  # seconds between two looks of serve_forever for a shutdown request
 
@@ -30,10 +30,10 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
-        self._server = make_server(
-            self.host, self.port, self.app, threaded=True, request_handler=_QuietHandler
-        )
-        self._server.daemon_threads = True
+        server = make_server(self.host, self.port, self.app, threaded=True, request_handler=_QuietHandler)
+        assert isinstance(server, ThreadedWSGIServer)  # what threaded=True makes
+        server.daemon_threads = True
+        self._server = server
         self.port = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(POLL_INTERVAL,), name=self.name, daemon=True

@@ -29,9 +29,9 @@ try:
     from remediator.sim import agentctl, procs
     from remediator.sim.layout import HOST_ROOT_ENV, NO_SYSTEMCTL, NO_SYSTEMD, HostPaths
 except ImportError:  # run by file without the package on sys.path (the normal case)
-    import agentctl  # type: ignore[no-redef]
-    import procs  # type: ignore[no-redef]
-    from layout import HOST_ROOT_ENV, NO_SYSTEMCTL, NO_SYSTEMD, HostPaths  # type: ignore[no-redef]
+    import agentctl  # type: ignore[no-redef,import-not-found]
+    import procs  # type: ignore[no-redef,import-not-found]
+    from layout import HOST_ROOT_ENV, NO_SYSTEMCTL, NO_SYSTEMD, HostPaths  # type: ignore[no-redef,import-not-found]
 
 UNIT = "ringrift-sync-agent"
 PROCPS = {"pgrep": "/usr/bin/pgrep", "pkill": "/usr/bin/pkill"}

@@ -51,7 +51,8 @@ class GameStore:
         return {r[0] for r in rows}
 
     def count(self, host_id: str | None = None, source: str | None = None) -> int:
-        query, args = "SELECT COUNT(*) FROM games WHERE 1=1", []
+        query = "SELECT COUNT(*) FROM games WHERE 1=1"
+        args: list[str] = []
         if host_id is not None:
             query, args = query + " AND host_id = ?", [*args, host_id]
         if source is not None:

@@ -29,10 +29,10 @@ try:
     from remediator.sim import agentctl, games, procs
     from remediator.sim.layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths
 except ImportError:  # run by file without the package on sys.path (the normal case)
-    import agentctl  # type: ignore[no-redef]
-    import games  # type: ignore[no-redef]
-    import procs  # type: ignore[no-redef]
-    from layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths  # type: ignore[no-redef]
+    import agentctl  # type: ignore[no-redef,import-not-found]
+    import games  # type: ignore[no-redef,import-not-found]
+    import procs  # type: ignore[no-redef,import-not-found]
+    from layout import DIES_AFTER_RESTART, DISK_FULL, HostPaths  # type: ignore[no-redef,import-not-found]
 
 TRIGGER_POLL = 0.1  # seconds between two looks for a force-sync request
 DIES_AFTER = 0.5  # seconds an agent with the "dies after restart" fault lives

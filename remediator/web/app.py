@@ -53,7 +53,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if (
             redact.secrets
             and not response.direct_passthrough
-            and response.mimetype.startswith(("application/json", "text/"))
+            and (response.mimetype or "").startswith(("application/json", "text/"))
         ):
             text = response.get_data(as_text=True)
             cleaned = redact(text)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 
@@ -46,8 +45,13 @@ def _validator() -> jsonschema.protocols.Validator:
 # True only where the schema holds (they may say False more often, e.g. for 1.0 as an integer): a
 # body they accept is valid, anything else goes to jsonschema, which decides and words the error.
 # A keyword outside that handful turns the quick check off rather than guess.
+class Check(Protocol):
+    """A compiled predicate. A Protocol, not a Callable, so the lambdas below may bind their
+    arguments as defaults (``lambda v, n=arg: ...``), which a ``Callable[[Any], bool]`` rejects."""
 
-Check = Callable[[Any], bool]
+    def __call__(self, value: Any, /) -> bool: ...
+
+
 _ANNOTATIONS = frozenset({"$schema", "$id", "$defs", "title", "description"})
 _TYPES: dict[str, type] = {"object": dict, "array": list, "string": str, "integer": int}
 

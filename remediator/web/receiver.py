@@ -198,7 +198,7 @@ def _store(alerts: list[Alert]) -> dict[str, Any]:
         )
     if recorded:
         fleet = {f"alert:{a['alertname']}": f"{a['status']} {now:.3f}" for a in recorded}
-        conn.hset(keys.FLEET, mapping=fleet)
+        conn.hset(keys.FLEET, mapping=fleet)  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, ...] takes no dict[str, str]
 
     limit = ladder_limit(rules)
     # The sightings go into the intake's script: a worker that runs one of these ladders sees them.

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import MutableMapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -28,7 +29,7 @@ class JsonAccessLogger(Logger):
         for handler in self.access_log.handlers:
             handler.setFormatter(logging.Formatter("%(message)s"))
 
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+    def access(self, resp: Any, req: Any, environ: MutableMapping[str, Any], request_time: Any) -> None:
         if not self.cfg.accesslog:
             return
         entry = {

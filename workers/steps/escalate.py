@@ -75,7 +75,9 @@ def run(lad: LadderRun) -> StepOutcome:
         return StepOutcome(StepResult.RAN, f"escalated to a human (paged): {reason}", evidence)
     if result.state == PageState.UNDELIVERABLE:
         return StepOutcome(
-            "ran", f"escalated; no pager is configured, on record in the log only: {reason}", evidence
+            StepResult.RAN,
+            f"escalated; no pager is configured, on record in the log only: {reason}",
+            evidence,
         )
     if result.reason == "being delivered":
         return StepOutcome(StepResult.RAN, f"escalating: the page is being delivered: {reason}", evidence)

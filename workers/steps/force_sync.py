@@ -40,7 +40,7 @@ def run(lad: LadderRun) -> StepOutcome:
 
 def _coordinator_down(exc: CoordinatorUnavailable) -> StepOutcome:
     return StepOutcome(
-        "ran",
+        StepResult.RAN,
         "coordinator unavailable: sync not requested; re-checking until the verify timeout",
         {"coordinator_error": str(exc), "sync_requested": False},
     )

@@ -147,7 +147,7 @@ def run(lad: LadderRun) -> StepOutcome:
         evidence["import"] = {"skipped": f"nothing new since the import of {previous.get('at')}"}
         lad.remember(recovery=evidence)
         return StepOutcome(
-            "ran", "data copied; nothing new since the last import, not imported again", evidence
+            StepResult.RAN, "data copied; nothing new since the last import, not imported again", evidence
         )
     outcome = run_import(lad, dest, digest, evidence)
     lad.remember(recovery=evidence)

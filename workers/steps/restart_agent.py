@@ -19,7 +19,7 @@ def run(lad: LadderRun) -> StepOutcome:
         return StepOutcome(StepResult.FAILED, "no host record from diagnosis")
     if lad.dry_run:
         return StepOutcome(
-            "ran", f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})"
+            StepResult.RAN, f"would run {s.agent_restart_command!r} (fallback {s.agent_fallback_command!r})"
         )
     lad.guard()
     try:

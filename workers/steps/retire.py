@@ -140,6 +140,7 @@ def _document_loss(lad: LadderRun, record: dict[str, Any]) -> dict[str, Any]:
     """Write the ledger line first (local, always works), then tell the coordinator (training log)."""
     s = lad.ctx.settings
     if not lad.scratch.get("loss_documented"):
+        assert s.ledger_file is not None  # Settings.from_env defaults it under the recovery dir
         ledger = Path(s.ledger_file)
         ledger.parent.mkdir(parents=True, exist_ok=True)
         # This line is the documentation of the loss: the checklist it carries says so.
@@ -199,14 +200,16 @@ def run(lad: LadderRun) -> StepOutcome:
     evidence = {"loss": loss_record(lad), **documented}
     if not ready:
         return StepOutcome(
-            "declined",
+            StepResult.DECLINED,
             "the checklist is not complete (unsynced games not counted since the last sync, or no rsync "
             "attempted): the loss is not documented, paging a human",
             evidence,
         )
     if not allowed:
         return StepOutcome(
-            "declined", "retirement is not allowed automatically by the rules: paging a human", evidence
+            StepResult.DECLINED,
+            "retirement is not allowed automatically by the rules: paging a human",
+            evidence,
         )
     if not checklist_complete(items):
         return StepOutcome(

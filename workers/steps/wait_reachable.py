@@ -14,7 +14,7 @@ import time
 
 from remediator.exceptions import CoordinatorError, SSHError
 from workers.diagnose import answered
-from workers.steps.base import Check, LadderRun, StepOutcome, Verdict, VerifyWait
+from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
 MUTATES = False
 SINGLE_ATTEMPT = True
@@ -28,12 +28,12 @@ def run(lad: LadderRun) -> StepOutcome:
     lad.remember(unreachable_since=since)
     if lad.record is None:
         return StepOutcome(
-            "ran",
+            StepResult.RAN,
             "coordinator unavailable during diagnosis: waiting to diagnose again",
             {"coordinator_error": (lad.diagnosis.get("sources") or {}).get("coordinator")},
         )
     return StepOutcome(
-        "ran",
+        StepResult.RAN,
         f"host unreachable and {_instance(lad)}: waiting for it to come back",
         {
             "ssh_error": lad.diagnosis.get("ssh_error"),
