@@ -176,7 +176,13 @@ def _count_pages(conn: redis.Redis, outcomes: dict[str, str], action: str) -> No
 
 def _save(conn: redis.Redis, dedup_key: str, **fields: Any) -> None:
     key = keys.PAGE.format(dedup_key)
-    mapping = {}
+    conn.hset(key, mapping=_encoded(fields))  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, ...] takes no dict[str, str]
+    conn.expire(key, PAGE_TTL)
+
+
+def _encoded(fields: Mapping[str, Any]) -> dict[str, str]:
+    """A page hash's fields as stored: JSON for dicts and lists, 1/0 for flags, None left out."""
+    mapping: dict[str, str] = {}
     for name, value in fields.items():
         if isinstance(value, dict | list) or (value is None and name == "targets"):
             mapping[name] = json.dumps(value, sort_keys=True, default=str)
@@ -186,8 +192,7 @@ def _save(conn: redis.Redis, dedup_key: str, **fields: Any) -> None:
             mapping[name] = value.value
         elif value is not None:
             mapping[name] = str(value)
-    conn.hset(key, mapping=mapping)  # type: ignore[arg-type]  # redis-py's Mapping[FieldT, ...] takes no dict[str, str]
-    conn.expire(key, PAGE_TTL)
+    return mapping
 
 
 def _record(
@@ -336,6 +341,20 @@ def flush_updates(conn: redis.Redis, settings: Settings, rules: Any) -> list[str
     return sent
 
 
+# A delivery's end, written only while the delivery is still this caller's (its lock) and the page was
+# not resolved meanwhile: a worker that stalled past its lock must not mark as open a page that another
+# has since delivered and resolved. KEYS: lock, page hash, open pages. ARGV: token, dedup key, then
+# field, value pairs. 1 when written.
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'state') == 'resolved' then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('SADD', KEYS[3], ARGV[2])
+return 1
+"""
+_UNLOCK = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
 def _send(conn: redis.Redis, settings: Settings, record: PageRecord, what: str) -> PageResult:
     lock = keys.PAGE_LOCK.format(record.dedup_key)
     token = secrets.token_hex(8)
@@ -347,7 +366,13 @@ def _send(conn: redis.Redis, settings: Settings, record: PageRecord, what: str) 
         if what == "trigger" and fresh.state == PageState.DELIVERED:
             return PageResult(record.dedup_key, True, fresh.state.value, reason="already delivered")
         _save(conn, record.dedup_key, attempts=fresh.attempts + 1, dirty=False)
-        outcomes = deliver(fresh.as_page(), clients_for(settings).pagers(), fresh.targets, action="trigger")
+        outcomes = deliver(
+            fresh.as_page(),
+            clients_for(settings).pagers(),
+            fresh.targets,
+            action="trigger",
+            proceed=lambda: conn.get(lock) == token.encode(),
+        )
         _count_pages(conn, outcomes, "trigger")
         now = time.time()
         if delivered(outcomes):
@@ -355,31 +380,46 @@ def _send(conn: redis.Redis, settings: Settings, record: PageRecord, what: str) 
             fields["outcomes"] = outcomes
             if fresh.delivered_at is None:
                 fields["delivered_at"] = f"{now:.3f}"
-                if fresh.kind != PageKind.SUMMARY:
-                    conn.zadd(keys.PAGE_TRIGGERS, {record.dedup_key: now})
-                    conn.zremrangebyscore(keys.PAGE_TRIGGERS, "-inf", now - TRIGGER_WINDOW)
-            _save(conn, record.dedup_key, **fields)
-            conn.sadd(keys.PAGES, record.dedup_key)
+            if not _commit(conn, lock, token, record.dedup_key, fields):
+                return _taken_over(record, outcomes)
+            if fresh.delivered_at is None and fresh.kind != PageKind.SUMMARY:
+                conn.zadd(keys.PAGE_TRIGGERS, {record.dedup_key: now})
+                conn.zremrangebyscore(keys.PAGE_TRIGGERS, "-inf", now - TRIGGER_WINDOW)
             return PageResult(record.dedup_key, True, PageState.DELIVERED.value, what, outcomes=outcomes)
         if what == "update":
-            _save(conn, record.dedup_key, dirty=True)  # the page itself is still delivered
+            if not _commit(conn, lock, token, record.dedup_key, {"dirty": True}):  # still delivered
+                return _taken_over(record, outcomes)
             return PageResult(
                 record.dedup_key, True, fresh.state.value, reason="update failed", outcomes=outcomes
             )
         failed = outcomes.get(UNDELIVERABLE) == EVERY_PAGER_FAILED
         state = PageState.FAILED if failed else PageState.UNDELIVERABLE
-        _save(conn, record.dedup_key, state=state, outcomes=outcomes)
-        conn.sadd(keys.PAGES, record.dedup_key)
+        if not _commit(conn, lock, token, record.dedup_key, {"state": state, "outcomes": outcomes}):
+            return _taken_over(record, outcomes)
         return PageResult(
             record.dedup_key, False, state.value, reason=outcomes[UNDELIVERABLE], outcomes=outcomes
         )
     finally:
-        conn.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-            1,
-            lock,
-            token,
-        )
+        conn.eval(_UNLOCK, 1, lock, token)
+
+
+def _commit(conn: redis.Redis, lock: str, token: str, dedup_key: str, fields: dict[str, Any]) -> bool:
+    """Write a delivery's end (see ``_COMMIT``); False when the delivery was no longer ours."""
+    pairs = [item for name, value in _encoded(fields).items() for item in (name, value)]
+    keys_ = [lock, keys.PAGE.format(dedup_key), keys.PAGES]
+    done = conn.eval(_COMMIT, 3, *keys_, token, dedup_key, *pairs)
+    if done:
+        conn.expire(keys.PAGE.format(dedup_key), PAGE_TTL)
+    return bool(done)
+
+
+def _taken_over(record: PageRecord, outcomes: dict[str, str]) -> PageResult:
+    """This caller lost the page's delivery mid-way (it stalled past its lock, or the page was resolved
+    meanwhile): what it sent is on record in the log; the page's state is the other caller's to write."""
+    log.warning("page %s: delivery taken over before its end was written", record.dedup_key)
+    return PageResult(
+        record.dedup_key, delivered(outcomes), record.state.value, reason="taken over", outcomes=outcomes
+    )
 
 
 def resolve(
@@ -389,7 +429,19 @@ def resolve(
     page; the page itself is resolved when no host is left in it.
 
     Returns ``{"resolved": bool, ...}``; ``resolved`` False with ``retry`` True when a pager failed
-    (the caller tries again later; the page stays open)."""
+    (the caller tries again later; the page stays open), also while another caller is delivering it:
+    a resolve never crosses a delivery, so a page is never triggered again after it was resolved."""
+    lock = keys.PAGE_LOCK.format(dedup_key)
+    token = secrets.token_hex(8)
+    if not conn.set(lock, token, nx=True, ex=DELIVERY_LOCK_TTL):
+        return {"dedup_key": dedup_key, "resolved": False, "retry": True, "reason": "being delivered"}
+    try:
+        return _resolve(conn, settings, dedup_key, host)
+    finally:
+        conn.eval(_UNLOCK, 1, lock, token)
+
+
+def _resolve(conn: redis.Redis, settings: Settings, dedup_key: str, host: str | None) -> dict[str, Any]:
     record = get(conn, dedup_key)
     if record is None or record.state == PageState.RESOLVED:
         return {"dedup_key": dedup_key, "resolved": False, "reason": "no open page"}

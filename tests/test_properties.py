@@ -604,3 +604,29 @@ def test_invariants_hold_under_generated_alerts_faults_and_kills(machine_context
     )
     print("seen: " + ", ".join(f"{k} {v}" for k, v in sorted(SEEN.items())))
     assert ran >= sequences, f"only {ran} sequences ran; the budget is {sequences}"
+
+
+def test_a_worker_stalled_past_its_page_delivery_does_not_reopen_a_resolved_storm_page(machine_context):
+    """Found by the long run: a worker froze 120 s while delivering a storm page (past its delivery
+    lock); meanwhile the sweeper delivered it, the storm ended and the page was resolved. The woken
+    worker went on to the next pager and marked the page open again, so it was never resolved."""
+    state = Remediation()
+    state.start(
+        retirement="manual",
+        silences=True,
+        dry_run=False,
+        no_systemd={"h1"},
+        banner={"h1"},
+        old_fallback=False,
+        broken={"h2": "dead"},
+        alerted={"h1"},
+    )
+    state.advance(seconds=2.0)
+    state.fire_cluster()
+    state.fire_cluster()
+    state.stall_worker_at(call="pager.webhook", seconds=120.0)
+    state.lose_host(games=1, host="h1")
+    state.change_service(pager="webhook", service="coordinator_down")
+    state.fire_cluster()
+    state.invariants_hold()
+    state.teardown()  # settles and checks that everything closed: no page left open

@@ -7,7 +7,7 @@ a page is logged at ERROR and reported as undeliverable, never silently dropped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from remediator.config import Settings
 from remediator.exceptions import PagerError
@@ -43,6 +43,7 @@ PAGERS: dict[str, type[PagerDutyPager] | type[WebhookPager] | type[AlertmanagerP
 ACTIONS = frozenset({"trigger", "resolve"})
 SENT = "sent"
 NOT_CONFIGURED = "not configured"
+TAKEN_OVER = "not sent: another worker took the delivery over"
 # The key deliver() adds to its outcomes when no pager took the page.
 UNDELIVERABLE = "undeliverable"
 EVERY_PAGER_FAILED = "every configured pager failed"
@@ -63,18 +64,26 @@ def deliver(
     pagers: Mapping[str, Pager],
     targets: Iterable[str] | None = None,
     action: str = "trigger",
+    proceed: Callable[[], bool] | None = None,
 ) -> dict[str, str]:
     """Send the page to each targeted pager; return each target's outcome.
 
     Outcomes are ``"sent"``, ``"failed: <reason>"`` or ``"not configured"``; ``targets=None`` means
     every configured pager. When no pager took the page the result also holds
     ``"undeliverable": <why>`` and the page is logged at ERROR, so it is on record either way.
+
+    ``proceed`` is asked before each pager: once it says no (the caller no longer holds the page's
+    delivery), no further pager is called and the rest are ``TAKEN_OVER``.
     """
     if action not in ACTIONS:
         raise ValueError(f"deliver(action={action!r}): use one of {sorted(ACTIONS)}")
     names = list(dict.fromkeys(pagers if targets is None else targets))
     outcomes: dict[str, str] = {}
     for name in names:
+        if proceed is not None and not proceed():
+            outcomes.update({rest: TAKEN_OVER for rest in names if rest not in outcomes})
+            log.warning("page %s: %s stopped: another worker took the delivery over", page.dedup_key, action)
+            return outcomes
         pager = pagers.get(name)
         if pager is None:
             if name not in PAGERS:
