@@ -11,7 +11,7 @@ SYSTEM_BINARIES := redis-server sshd ssh rsync prometheus-alertmanager chromium 
 	promtool
 SYSTEM_PACKAGES := redis-server openssh-server openssh-client rsync prometheus-alertmanager chromium \
 	podman runc mmdebstrap prometheus
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15  # the slowest tests, in every log: the suite must stay well under 30 min
 IMAGE_TEST := RUN_IMAGE=1 $(PY) -m pytest tests/image $(PYTEST_ARGS)
 
 .PHONY: test demo dev lint format system venv clean image image-test
