@@ -106,17 +106,20 @@ def _json_object() -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _admin_body(body_rule: str, host_id: str | None = None) -> tuple[dict[str, Any] | None, Answer | None]:
+def _admin_body(
+    example: str, host_id: str | None = None, *, empty_ok: bool = True
+) -> tuple[dict[str, Any] | None, Answer | None]:
     """An admin write's JSON body ({} when empty), or None and the answer refusing the request, checked
     in this order: 401 without the admin token, 422 when the path's ``host_id`` (if any) is malformed, 400
-    with ``body_rule`` when the body is not a JSON object."""
+    when the body is not a JSON object (the message shows ``example``, and says whether it may be empty)."""
     if denied := admin_error():
         return None, denied
     if host_id is not None and not is_valid_host_id(host_id):
         return None, error(422, HOST_ID_RULE, field="host_id")
     body = _json_object()
     if body is None:
-        return None, error(400, body_rule, field="(body)")
+        rule = f"body must be a JSON object such as {example}" + (", or empty" if empty_ok else "")
+        return None, error(400, rule, field="(body)")
     return body, None
 
 
@@ -190,7 +193,7 @@ def stats() -> Any:
 
 @bp.post("/hosts/<host_id>/remediate")
 def remediate(host_id: str) -> Any:
-    body, refused = _admin_body('body must be a JSON object such as {"dry_run": true}, or empty', host_id)
+    body, refused = _admin_body('{"dry_run": true}', host_id)
     if body is None:
         return refused
     dry_run = body.get("dry_run", False)
@@ -212,9 +215,7 @@ def remediate(host_id: str) -> Any:
 
 @bp.post("/hosts/<host_id>/incident/close")
 def close_incident(host_id: str) -> Any:
-    body, refused = _admin_body(
-        'body must be a JSON object such as {"reason": "fixed by hand"}, or empty', host_id
-    )
+    body, refused = _admin_body('{"reason": "fixed by hand"}', host_id)
     if body is None:
         return refused
     reason = _reason(body, "closed by a human")
@@ -249,7 +250,7 @@ def requeue(job_id: str) -> Any:
 
 @bp.post("/jobs/requeue-failed")
 def requeue_all_failed() -> Any:
-    body, refused = _admin_body('body must be a JSON object such as {"host_id": "h1"}, or empty')
+    body, refused = _admin_body('{"host_id": "h1"}')
     if body is None:
         return refused
     host_id = body.get("host_id")
@@ -299,7 +300,7 @@ def freeze_status() -> Any:
 
 @bp.post("/freeze")
 def freeze() -> Any:
-    body, refused = _admin_body('body must be a JSON object such as {"reason": "maintenance"}')
+    body, refused = _admin_body('{"reason": "maintenance"}', empty_ok=False)
     if body is None:
         return refused
     reason = _reason(body)
@@ -362,9 +363,7 @@ def unfreeze() -> Any:
 
 @bp.post("/hosts/<host_id>/approve")
 def approve(host_id: str) -> Any:
-    body, refused = _admin_body(
-        'body must be a JSON object such as {"approve": true, "reason": "..."}', host_id
-    )
+    body, refused = _admin_body('{"approve": true, "reason": "..."}', host_id, empty_ok=False)
     if body is None:
         return refused
     if not isinstance(body.get("approve"), bool):
