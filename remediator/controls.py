@@ -176,23 +176,15 @@ for i = 1, n do
   local at = 6 + (i - 1) * 4
   local name, kind, allowed, window = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
   local key = KEYS[1 + i]
-  if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then
-    -- a human unfroze this limit's trip: not enforced until its window has passed
-  elseif kind == 'concurrent' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= allowed then
-      redis.call('HSETNX', KEYS[1], '*', string.format(ARGV[4], name))
-      return name
-    end
-  elseif kind == 'hosts' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    if not redis.call('ZSCORE', key, host) and redis.call('ZCARD', key) >= allowed then
-      redis.call('HSETNX', KEYS[1], '*', string.format(ARGV[4], name))
-      return name
-    end
-  else
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-    if not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= allowed then
+  -- enforced unless acknowledged: a human unfroze this limit's trip, skipped until its window has passed
+  if redis.call('EXISTS', KEYS[1 + n + i]) == 0 then
+    -- 'concurrent' entries are scored with their expiry, the others with when they were spent;
+    -- 'hosts' counts distinct hosts, the others ladder steps
+    local cutoff, entry = now - window, member
+    if kind == 'concurrent' then cutoff = now end
+    if kind == 'hosts' then entry = host end
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', cutoff)
+    if not redis.call('ZSCORE', key, entry) and redis.call('ZCARD', key) >= allowed then
       redis.call('HSETNX', KEYS[1], '*', string.format(ARGV[4], name))
       return name
     end

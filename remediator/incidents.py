@@ -232,6 +232,16 @@ def _prefix() -> str:
     return keys.INCIDENT.format("")
 
 
+def _run_host_script(conn: redis.Redis, source: str, host_id: str, *args: Any) -> Any:
+    """Run a script that closes a host's incident (RESOLVE_LUA, CLOSE_LUA) on the host's keys: its
+    ARGV are the host, now, the incident key prefix, the incident TTL and the audit cap, then ``args``."""
+    return _script(conn, source)(
+        keys=_host_keys(host_id),
+        args=[host_id, f"{time.time():.3f}", _prefix(), INCIDENT_TTL, store.AUDIT_MAX_ENTRIES, *args],
+        client=conn,
+    )
+
+
 @dataclass(frozen=True)
 class Closed:
     """What closing did: ``incident`` closed (None: nothing was open), ``ladder`` asked to stop."""
@@ -248,28 +258,14 @@ def resolve_alert(conn: redis.Redis, host_id: str, fingerprint: str = "", *, war
     remediator never saw must not create keys."""
     from remediator.intake import ACTIVE_TTL
 
-    now = time.time()
     closed = store.encode_audit(
         store.audit_entry("incident", "resolved", "the alert resolved", fingerprint=fingerprint or None)
     )
     cancel = store.encode_audit(
         store.audit_entry("intake", "cancel-requested", "alert resolved", fingerprint=fingerprint or None)
     )
-    code, ref = _script(conn, RESOLVE_LUA)(
-        keys=_host_keys(host_id),
-        args=[
-            host_id,
-            f"{now:.3f}",
-            _prefix(),
-            INCIDENT_TTL,
-            store.AUDIT_MAX_ENTRIES,
-            closed,
-            cancel,
-            "alert resolved",
-            ACTIVE_TTL,
-            "1" if warning else "0",
-        ],
-        client=conn,
+    code, ref = _run_host_script(
+        conn, RESOLVE_LUA, host_id, closed, cancel, "alert resolved", ACTIVE_TTL, "1" if warning else "0"
     )
     ref = ref.decode() if isinstance(ref, bytes) else ref
     if code == 0:
@@ -283,24 +279,8 @@ def close(conn: redis.Redis, host_id: str, *, by: str, reason: str, expected: st
     """Close the host's open incident (a human, or the coordinator's healthy reports)."""
     from remediator.intake import ACTIVE_TTL
 
-    now = time.time()
     entry = store.encode_audit(store.audit_entry("incident", "closed", reason, closed_by=by))
-    code, inc, ladder = _script(conn, CLOSE_LUA)(
-        keys=_host_keys(host_id),
-        args=[
-            host_id,
-            f"{now:.3f}",
-            _prefix(),
-            INCIDENT_TTL,
-            store.AUDIT_MAX_ENTRIES,
-            entry,
-            by,
-            reason,
-            ACTIVE_TTL,
-            expected,
-        ],
-        client=conn,
-    )
+    code, inc, ladder = _run_host_script(conn, CLOSE_LUA, host_id, entry, by, reason, ACTIVE_TTL, expected)
     if code == 0:
         return Closed(None)
     ladder = ladder.decode() if ladder else ""

@@ -113,21 +113,52 @@ def requeue_job(
     target = ladder_of(job)
     if target is None:
         return Requeued(job_id, "refused", f"job {job_id} ({job.func_name}) is not a remediator ladder job")
-    queue = Queue(queue_name, connection=conn)
+    asked = _Requeue(conn, Queue(queue_name, connection=conn), job, who, limit, default_dry_run)
     if target.host_id is None:
-        return _requeue_discovery(conn, queue, job, target, who, limit, default_dry_run)
-    return _requeue_ladder(conn, queue, job, target, who, limit, default_dry_run)
+        return _requeue_discovery(asked, target)
+    return _requeue_ladder(asked, target)
 
 
-def _requeue_ladder(
-    conn: redis.Redis,
-    queue: Queue,
-    job: Job,
-    target: LadderTarget,
-    who: str,
-    limit: LadderLimit,
-    default_dry_run: bool,
-) -> Requeued:
+@dataclass(frozen=True)
+class _Requeue:
+    """One job's re-queue as asked: the failed job and its queue, who asks, and the limit and default
+    dry run a new ladder started in its place gets."""
+
+    conn: redis.Redis
+    queue: Queue
+    job: Job
+    who: str
+    limit: LadderLimit
+    default_dry_run: bool
+
+    def start(self, req: LadderRequest) -> Requeued:
+        """Start a new ladder in the failed job's place, deduped like an alert."""
+        job, host = self.job, req.host_id
+        result = start_ladders(self.conn, self.queue.name, [req], self.limit)
+        if result.accepted:
+            FailedJobRegistry(queue=self.queue).remove(job)
+            ladder_id = result.accepted[0]["ladder_id"]
+            what = f"new ladder {ladder_id} for {host}" if host else f"new discovery {ladder_id}"
+            return Requeued(
+                job.id,
+                "started",
+                f"{what} started (the ladder of job {job.id} had ended)",
+                host,
+                ladder_id,
+                ladder_id,
+            )
+        reason, other = result.skipped[0]["reason"], result.skipped[0].get("ladder_id")
+        if other and host:
+            return Requeued(
+                job.id, "refused", f"host {host} is already being remediated by ladder {other}", host, other
+            )
+        if other:
+            return Requeued(job.id, "unchanged", f"discovery {other} is already queued", None, other, other)
+        return Requeued(job.id, "refused", f"{host or 'discovery'}: {reason}", host)
+
+
+def _requeue_ladder(asked: _Requeue, target: LadderTarget) -> Requeued:
+    conn, queue, job, who = asked.conn, asked.queue, asked.job, asked.who
     host, ladder_id = target.host_id, target.ladder_id
     assert host is not None
     failed = FailedJobRegistry(queue=queue)
@@ -139,7 +170,9 @@ def _requeue_ladder(
                 active = pipe.get(active_key)
                 if active is None:
                     state_ladder, state_dry = pipe.hmget(host_key, "ladder_id", "dry_run")
-                    dry_run = default_dry_run or (state_ladder == ladder_id.encode() and state_dry == b"1")
+                    dry_run = asked.default_dry_run or (
+                        state_ladder == ladder_id.encode() and state_dry == b"1"
+                    )
                     break
                 active_id = text(active)
                 if active_id != ladder_id:
@@ -212,19 +245,12 @@ def _requeue_ladder(
         dry_run=dry_run,
         force=True,
     )
-    return _started(conn, failed, job, host, start_ladders(conn, queue.name, [req], limit))
+    return asked.start(req)
 
 
-def _requeue_discovery(
-    conn: redis.Redis,
-    queue: Queue,
-    job: Job,
-    target: LadderTarget,
-    who: str,
-    limit: LadderLimit,
-    default_dry_run: bool,
-) -> Requeued:
-    failed = FailedJobRegistry(queue=queue)
+def _requeue_discovery(asked: _Requeue, target: LadderTarget) -> Requeued:
+    conn, job = asked.conn, asked.job
+    failed = FailedJobRegistry(queue=asked.queue)
     guard = conn.get(keys.ACTIVE.format(DISCOVERY))
     if guard is not None:
         guard_id = text(guard)
@@ -237,36 +263,11 @@ def _requeue_discovery(
         conn.delete(keys.ACTIVE.format(DISCOVERY))
     req = LadderRequest(
         host_id=None,
-        reason=f"requeued by {who}: discovery {job.id}",
+        reason=f"requeued by {asked.who}: discovery {job.id}",
         alertname="manual",
-        dry_run=target.dry_run or default_dry_run,
+        dry_run=target.dry_run or asked.default_dry_run,
     )
-    return _started(conn, failed, job, None, start_ladders(conn, queue.name, [req], limit))
-
-
-def _started(
-    conn: redis.Redis, failed: FailedJobRegistry, job: Job, host: str | None, result: Any
-) -> Requeued:
-    if result.accepted:
-        failed.remove(job)
-        ladder_id = result.accepted[0]["ladder_id"]
-        what = f"new ladder {ladder_id} for {host}" if host else f"new discovery {ladder_id}"
-        return Requeued(
-            job.id,
-            "started",
-            f"{what} started (the ladder of job {job.id} had ended)",
-            host,
-            ladder_id,
-            ladder_id,
-        )
-    reason, other = result.skipped[0]["reason"], result.skipped[0].get("ladder_id")
-    if other and host:
-        return Requeued(
-            job.id, "refused", f"host {host} is already being remediated by ladder {other}", host, other
-        )
-    if other:
-        return Requeued(job.id, "unchanged", f"discovery {other} is already queued", None, other, other)
-    return Requeued(job.id, "refused", f"{host or 'discovery'}: {reason}", host)
+    return asked.start(req)
 
 
 def failed_job_ids(conn: redis.Redis, queue_name: str) -> list[str]:

@@ -331,35 +331,24 @@ def page_host(
     conn = ctx.conn
     fleet = _fleet(conn)
     storm_id = fleet.get("storm_id", "") if fleet.get("storm") == "1" else ""
-    if storm_id:
-        key = storm_page_key(storm_id)
-        result = page(
-            conn,
-            ctx.settings,
-            ctx.rules,
-            dedup_key=key,
-            kind=PageKind.STORM,
-            severity=severity,
-            summary=f"Sync storm: RingRift hosts need a human (storm {storm_id})",
-            targets=targets,
-            hosts={host_id: host_state},
-            rule=rule,
-        )
+    if storm_id:  # the storm's page keeps its own summary and details
+        key, kind = storm_page_key(storm_id), PageKind.STORM
+        summary, page_details = f"Sync storm: RingRift hosts need a human (storm {storm_id})", None
     else:
-        key = incidents.page_key(host_id, incident_id)
-        result = page(
-            conn,
-            ctx.settings,
-            ctx.rules,
-            dedup_key=key,
-            kind=PageKind.HOST,
-            severity=severity,
-            summary=summary,
-            targets=targets,
-            hosts={host_id: host_state},
-            details=details,
-            rule=rule,
-        )
+        key, kind, page_details = incidents.page_key(host_id, incident_id), PageKind.HOST, details
+    result = page(
+        conn,
+        ctx.settings,
+        ctx.rules,
+        dedup_key=key,
+        kind=kind,
+        severity=severity,
+        summary=summary,
+        targets=targets,
+        hosts={host_id: host_state},
+        details=page_details,
+        rule=rule,
+    )
     incidents.add_page(conn, incident_id, key, paged=result.paged)
     return result
 

@@ -82,18 +82,12 @@ class Ladder:
             self.lock.release()
 
     def _retry_later(self) -> str:
-        with self.ctx.conn.pipeline() as pipe:
-            job_id = queue_ladder_job(
-                pipe,
-                self.ctx.queue,
-                self.host_id,
-                self.ladder_id,
-                description="host locked by the previous job: trying again",
-                delay=LOCKED_RETRY_DELAY,
-                status="waiting",
-                waiting_for="the host lock",
-            )
-            pipe.execute()
+        job_id = self._queue_next(
+            LOCKED_RETRY_DELAY,
+            "host locked by the previous job: trying again",
+            status="waiting",
+            waiting_for="the host lock",
+        )
         return f"locked: trying again as job {job_id} in {LOCKED_RETRY_DELAY:g}s"
 
     def _loop(self, fence: int) -> str:
@@ -424,20 +418,30 @@ class Ladder:
         """Free the worker: the next advance runs as a new job ``delay`` seconds from now."""
         assert self.lock is not None
         self.lock.check()
+        job_id = self._queue_next(
+            delay,
+            why,
+            status=status or ("waiting" if delay else "queued"),
+            waiting_for=why,
+            heartbeat=f"{time.time():.3f}",
+        )
+        return f"waiting: {why} (next check in {delay:g}s, job {job_id})"
+
+    def _queue_next(self, delay: float, description: str, **state: str) -> str:
+        """Queue this ladder's next job ``delay`` seconds from now and point the host's state at it
+        (``state``: the fields to set with it), in one MULTI; the new job's id."""
         with self.ctx.conn.pipeline() as pipe:
             job_id = queue_ladder_job(
                 pipe,
                 self.ctx.queue,
                 self.host_id,
                 self.ladder_id,
-                description=why,
+                description=description,
                 delay=delay,
-                status=status or ("waiting" if delay else "queued"),
-                waiting_for=why,
-                heartbeat=f"{time.time():.3f}",
+                **state,
             )
             pipe.execute()
-        return f"waiting: {why} (next check in {delay:g}s, job {job_id})"
+        return job_id
 
     def _finish(self, outcome: Outcome, detail: str) -> str | None:
         """End the ladder and move its incident on; None when a stop was withdrawn (go on)."""

@@ -29,17 +29,21 @@ log = logging.getLogger("remediator.api")
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 HOST_ID_RULE = "host_id must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+REASON_RULE = f"reason must be a non-empty string of at most {ops.MAX_REASON} characters"
 # The same answer for every unknown host: echoing the id back let the secret redactor confirm a guessed
 # secret (GET /api/v1/hosts/<admin token> answered "no state for host [REDACTED]").
 UNKNOWN_HOST = "no state for this host: the remediator has never worked on it"
 
 
-def error(code: int, message: str, **extra: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
+Answer = tuple[dict[str, Any], int, dict[str, str]]  # body, status code, headers
+
+
+def error(code: int, message: str, **extra: Any) -> Answer:
     headers = {"WWW-Authenticate": 'Bearer realm="remediator-admin"'} if code == 401 else {}
     return {"error": message, **extra}, code, headers
 
 
-def admin_error() -> tuple[dict[str, Any], int, dict[str, str]] | None:
+def admin_error() -> Answer | None:
     """A 401 answer unless the request carries the admin token as a bearer token."""
     if check_authorization(
         request.headers.get("Authorization"), get_settings().admin_token, allow_basic=False
@@ -62,7 +66,7 @@ def read_view() -> str | None:
     return None
 
 
-def read_error() -> tuple[dict[str, Any], int, dict[str, str]]:
+def read_error() -> Answer:
     return (
         {
             "error": "wrong credentials for reading: send 'Authorization: Bearer <REMEDIATOR_READ_TOKEN>' "
@@ -100,6 +104,23 @@ def _json_object() -> dict[str, Any] | None:
     except RecursionError:  # nested deeper than the JSON decoder can follow
         return None
     return body if isinstance(body, dict) else None
+
+
+def _admin_body(
+    example: str, host_id: str | None = None, *, empty_ok: bool = True
+) -> tuple[dict[str, Any] | None, Answer | None]:
+    """An admin write's JSON body ({} when empty), or None and the answer refusing the request, checked
+    in this order: 401 without the admin token, 422 when the path's ``host_id`` (if any) is malformed, 400
+    when the body is not a JSON object (the message shows ``example``, and says whether it may be empty)."""
+    if denied := admin_error():
+        return None, denied
+    if host_id is not None and not is_valid_host_id(host_id):
+        return None, error(422, HOST_ID_RULE, field="host_id")
+    body = _json_object()
+    if body is None:
+        rule = f"body must be a JSON object such as {example}" + (", or empty" if empty_ok else "")
+        return None, error(400, rule, field="(body)")
+    return body, None
 
 
 @bp.errorhandler(redis.RedisError)
@@ -172,13 +193,9 @@ def stats() -> Any:
 
 @bp.post("/hosts/<host_id>/remediate")
 def remediate(host_id: str) -> Any:
-    if denied := admin_error():
-        return denied
-    if not is_valid_host_id(host_id):
-        return error(422, HOST_ID_RULE, field="host_id")
-    body = _json_object()
+    body, refused = _admin_body('{"dry_run": true}', host_id)
     if body is None:
-        return error(400, 'body must be a JSON object such as {"dry_run": true}, or empty', field="(body)")
+        return refused
     dry_run = body.get("dry_run", False)
     if not isinstance(dry_run, bool):
         return error(400, "dry_run must be true or false", field="dry_run")
@@ -198,18 +215,12 @@ def remediate(host_id: str) -> Any:
 
 @bp.post("/hosts/<host_id>/incident/close")
 def close_incident(host_id: str) -> Any:
-    if denied := admin_error():
-        return denied
-    if not is_valid_host_id(host_id):
-        return error(422, HOST_ID_RULE, field="host_id")
-    body = _json_object()
+    body, refused = _admin_body('{"reason": "fixed by hand"}', host_id)
     if body is None:
-        return error(
-            400, 'body must be a JSON object such as {"reason": "fixed by hand"}, or empty', field="(body)"
-        )
-    reason = body.get("reason", "closed by a human")
-    if not ops.valid_reason(reason):
-        return error(400, "reason must be a non-empty string of at most 500 characters", field="reason")
+        return refused
+    reason = _reason(body, "closed by a human")
+    if reason is None:
+        return error(400, REASON_RULE, field="reason")
     result = ops.close_incident(get_redis(), get_settings().queue, host_id, who=_who(), reason=reason)
     if result is None:
         return error(404, "no open incident for this host")
@@ -239,11 +250,9 @@ def requeue(job_id: str) -> Any:
 
 @bp.post("/jobs/requeue-failed")
 def requeue_all_failed() -> Any:
-    if denied := admin_error():
-        return denied
-    body = _json_object()
+    body, refused = _admin_body('{"host_id": "h1"}')
     if body is None:
-        return error(400, 'body must be a JSON object such as {"host_id": "h1"}, or empty', field="(body)")
+        return refused
     host_id = body.get("host_id")
     # Present means "only this host": null is refused, never read as "every host".
     if "host_id" in body and not is_valid_host_id(host_id):
@@ -291,16 +300,12 @@ def freeze_status() -> Any:
 
 @bp.post("/freeze")
 def freeze() -> Any:
-    if denied := admin_error():
-        return denied
-    body = _json_object()
+    body, refused = _admin_body('{"reason": "maintenance"}', empty_ok=False)
     if body is None:
-        return error(400, 'body must be a JSON object such as {"reason": "maintenance"}', field="(body)")
+        return refused
     reason = _reason(body)
     if reason is None:
-        return error(
-            400, f"reason must be a non-empty string of at most {ops.MAX_REASON} characters", field="reason"
-        )
+        return error(400, REASON_RULE, field="reason")
     host_id = body.get("host_id")
     if "host_id" in body and not is_valid_host_id(host_id):
         return error(422, HOST_ID_RULE, field="host_id")
@@ -358,22 +363,14 @@ def unfreeze() -> Any:
 
 @bp.post("/hosts/<host_id>/approve")
 def approve(host_id: str) -> Any:
-    if denied := admin_error():
-        return denied
-    if not is_valid_host_id(host_id):
-        return error(422, HOST_ID_RULE, field="host_id")
-    body = _json_object()
+    body, refused = _admin_body('{"approve": true, "reason": "..."}', host_id, empty_ok=False)
     if body is None:
-        return error(
-            400, 'body must be a JSON object such as {"approve": true, "reason": "..."}', field="(body)"
-        )
+        return refused
     if not isinstance(body.get("approve"), bool):
         return error(400, "approve must be true or false", field="approve")
     reason = _reason(body)
     if reason is None:
-        return error(
-            400, f"reason must be a non-empty string of at most {ops.MAX_REASON} characters", field="reason"
-        )
+        return error(400, REASON_RULE, field="reason")
     answered = ops.approve(get_redis(), host_id, approve=body["approve"], who=_who(), reason=reason)
     if answered is None:
         return error(404, "no approval is pending for this host")
