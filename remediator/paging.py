@@ -31,10 +31,10 @@ import redis
 
 from remediator import keys, metrics
 from remediator.clients import clients_for
+from remediator.clients.pagers import EVERY_PAGER_FAILED, UNDELIVERABLE, deliver, delivered
+from remediator.clients.pagers.base import Page
 from remediator.config import Settings
 from remediator.connections import text
-from remediator.pagers import EVERY_PAGER_FAILED, UNDELIVERABLE, deliver, delivered
-from remediator.pagers.base import Page
 
 log = logging.getLogger("remediator.paging")
 

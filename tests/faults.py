@@ -45,10 +45,10 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from world import BANNER, Call, CallLog, make_response
 
 from remediator.clients import Clients
+from remediator.clients.coordinator import HostRecord
+from remediator.clients.ssh import CommandResult, RsyncResult
 from remediator.config import Settings
-from remediator.coordinator import HostRecord
 from remediator.exceptions import SSHError
-from remediator.ssh import CommandResult, RsyncResult
 
 KINDS = (
     "refused",
@@ -717,7 +717,7 @@ def faulty_clients(
                 hooks.kill()
             if fault.kind in ("slow", "stall", "timeout"):
                 hooks.advance(fault.seconds or 3.0)
-            from remediator.netcheck import NetworkCheck
+            from remediator.clients.netcheck import NetworkCheck
 
             call.result = "failed"
             return NetworkCheck(False, 0, len(hosts) + 1, {"*": "injected"})

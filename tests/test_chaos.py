@@ -22,10 +22,10 @@ from helpers import alert, make_settings, wait_for
 from rq import Worker
 
 from remediator import keys
-from remediator.coordinator import CoordinatorUnavailable, HttpCoordinator
+from remediator.clients.coordinator import CoordinatorUnavailable, HttpCoordinator
+from remediator.clients.ssh import HostSession, rsync_pull
 from remediator.exceptions import SSHError
 from remediator.sim import SimCluster
-from remediator.ssh import HostSession, rsync_pull
 
 SLOW = os.environ.get("RUN_SLOW") == "1"
 

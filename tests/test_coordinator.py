@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from remediator.coordinator import HttpCoordinator
+from remediator.clients.coordinator import HttpCoordinator
 from remediator.exceptions import CoordinatorMaybeApplied, CoordinatorUnavailable
 
 RECORD = {"games_lost": 3, "first_game_at": None, "last_game_at": None, "checklist": {}}
@@ -132,7 +132,7 @@ def test_sync_request_whose_connection_drops_is_retried(dropping) -> None:
 def test_data_loss_record_refused_connection_is_retried_since_it_was_never_sent(
     closed_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="remediator.coordinator")
+    caplog.set_level(logging.WARNING, logger="remediator.clients.coordinator")
     with pytest.raises(CoordinatorUnavailable, match="failed after 3 attempts: ConnectionError") as caught:
         client(closed_url, "key").record_data_loss({"host_id": "h1", **RECORD})
     assert not isinstance(caught.value, CoordinatorMaybeApplied)

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
+from remediator.clients.coordinator import HttpCoordinator, InProcessCoordinator, coordinator_from_settings
 from remediator.config import Settings
-from remediator.coordinator import HttpCoordinator, InProcessCoordinator, coordinator_from_settings
 
 MODULE = textwrap.dedent("""
     import asyncio

@@ -7,9 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from remediator.config import Settings
-from remediator.exceptions import ConfigError
-from remediator.netcheck import (
+from remediator.clients.netcheck import (
     check_cluster_network,
     cluster_endpoints,
     cluster_network_ok,
@@ -17,6 +15,8 @@ from remediator.netcheck import (
     parse_endpoint,
     probe,
 )
+from remediator.config import Settings
+from remediator.exceptions import ConfigError
 from remediator.ports import free_port
 
 

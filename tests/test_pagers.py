@@ -13,9 +13,7 @@ from helpers import wait_for
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from remediator.config import Settings
-from remediator.exceptions import PagerError
-from remediator.pagers import (
+from remediator.clients.pagers import (
     PAGERS,
     UNDELIVERABLE,
     AlertmanagerPager,
@@ -27,6 +25,8 @@ from remediator.pagers import (
     delivered,
     pagers_from_settings,
 )
+from remediator.config import Settings
+from remediator.exceptions import PagerError
 from remediator.sim.alertmanager import AlertmanagerProcess
 
 ROUTING_KEY = "R0UT1NGKEYsecret0123456789abcdef"

@@ -14,10 +14,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from remediator.config import Settings
-from remediator.exceptions import ProviderError
-from remediator.pagers import RetryPolicy
-from remediator.providers import (
+from remediator.clients.pagers import RetryPolicy
+from remediator.clients.providers import (
     CloudState,
     InstanceState,
     LambdaProvider,
@@ -27,6 +25,8 @@ from remediator.providers import (
     provider_statuses,
     providers_from_settings,
 )
+from remediator.config import Settings
+from remediator.exceptions import ProviderError
 
 VAST_KEY = "vast-k3y-0f1e2d3c4b5a69788796a5b4"
 LAMBDA_KEY = "secret_lambda-k3y_5a6b7c8d9e0f"

@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from remediator.coordinator import HostRecord
+from remediator.clients.coordinator import HostRecord
+from remediator.clients.ssh import quote_template
 from remediator.exceptions import CoordinatorError, InvalidHostId
 from remediator.hosts import recovery_path
-from remediator.ssh import quote_template
 from workers.steps.recover_data import import_argv
 
 GOOD = {
@@ -153,7 +153,7 @@ def test_retirement_needs_every_item_of_the_data_recovery_checklist():
 
 
 def test_one_unsafe_coordinator_record_spoils_only_its_own_host(server):
-    from remediator.coordinator import HttpCoordinator
+    from remediator.clients.coordinator import HttpCoordinator
 
     server.expect_request("/sync/hosts", method="GET").respond_with_json(
         {"h1": GOOD, "h2": {**GOOD, "address": "$(id)"}, "../x": GOOD}

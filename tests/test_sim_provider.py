@@ -8,8 +8,8 @@ import pytest
 import requests
 from vastai import VastAI
 
+from remediator.clients.providers import CloudState, instance_state, providers_from_settings
 from remediator.config import Settings
-from remediator.providers import CloudState, instance_state, providers_from_settings
 from remediator.sim import SimCluster
 
 pytestmark = pytest.mark.parametrize("sim_cluster", [6], indirect=True)  # vast: 01 03 05, lambda: 02 04 06

@@ -925,8 +925,8 @@ class WorldSession:
         self.host = None
 
     def run(self, command: str, stdin: str | None = None, timeout: float | None = None) -> Any:
+        from remediator.clients.ssh import CommandResult
         from remediator.exceptions import SSHError
-        from remediator.ssh import CommandResult
 
         assert self.host is not None, "connect first"
         if not self.host.ssh_up:
@@ -959,12 +959,11 @@ def world_settings_env(root: Path) -> dict[str, str]:
 def world_clients(world: World, settings: Any) -> Any:
     """The remediator's Clients over the world: the real HTTP clients (coordinator, Lambda provider,
     status page, pagers) on a WorldAdapter, world SSH sessions, real rsync, the world's import."""
-    from remediator import providers
-    from remediator.clients import Clients
-    from remediator.coordinator import HttpCoordinator
-    from remediator.netcheck import NetworkCheck
-    from remediator.pagers import pagers_from_settings
-    from remediator.ssh import RsyncResult
+    from remediator.clients import Clients, providers
+    from remediator.clients.coordinator import HttpCoordinator
+    from remediator.clients.netcheck import NetworkCheck
+    from remediator.clients.pagers import pagers_from_settings
+    from remediator.clients.ssh import RsyncResult
 
     def session() -> requests.Session:
         s = requests.Session()

@@ -10,9 +10,9 @@ import redis
 from rq import Queue, get_current_job
 
 from remediator.clients import Clients, clients_for
+from remediator.clients.coordinator import Coordinator
 from remediator.config import Settings
 from remediator.connections import redis_from_settings
-from remediator.coordinator import Coordinator
 
 if TYPE_CHECKING:
     from remediator.rules import RuleSet, RulesWatcher

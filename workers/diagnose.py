@@ -14,10 +14,10 @@ from typing import Any
 
 from remediator import keys
 from remediator.clients import Session
-from remediator.coordinator import HostRecord
+from remediator.clients.coordinator import HostRecord
+from remediator.clients.providers import CloudState, instance_state
+from remediator.clients.ssh import CommandResult, quote_template
 from remediator.exceptions import CoordinatorError, SSHError
-from remediator.providers import CloudState, instance_state
-from remediator.ssh import CommandResult, quote_template
 from workers.context import Context
 
 LOG_TAIL_LINES = 50

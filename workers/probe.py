@@ -31,8 +31,8 @@ import redis
 
 from remediator import keys, probe
 from remediator.clients import Clients, clients_for
+from remediator.clients.coordinator import HostRecord
 from remediator.config import Settings
-from remediator.coordinator import HostRecord
 from remediator.exceptions import CoordinatorError, RemediatorError, SSHError
 from remediator.intake import LadderRequest, start_ladders
 from remediator.ops import ladder_limit

@@ -38,7 +38,7 @@ def preload_job_code() -> None:
     import workers.jobs  # noqa: F401
 
     try:
-        import vastai  # noqa: F401  (imported lazily by remediator.providers)
+        import vastai  # noqa: F401  (imported lazily by remediator.clients.providers)
     except ImportError:
         pass
 

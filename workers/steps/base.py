@@ -9,7 +9,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from remediator import keys, store
-from remediator.coordinator import HostRecord
+from remediator.clients.coordinator import HostRecord
 from remediator.states import Outcome
 from workers.context import Context
 from workers.state import LadderState

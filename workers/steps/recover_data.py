@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 from remediator import defaults, incidents, keys
+from remediator.clients.ssh import quote_template
 from remediator.exceptions import SSHError
 from remediator.hosts import recovery_path
-from remediator.ssh import quote_template
 from workers.diagnose import INVENTORY_SOURCE
 from workers.host_inventory import inventory
 from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait

@@ -17,8 +17,8 @@ from typing import Any
 import asyncssh
 
 from remediator import defaults
+from remediator.clients.coordinator import HostRecord
 from remediator.config import Settings
-from remediator.coordinator import HostRecord
 from remediator.exceptions import ConfigError, SSHError
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import requests
 
+from remediator.clients.http import RetryPolicy
+from remediator.clients.pagers.base import HttpPager, Page
 from remediator.config import Settings
-from remediator.pagers._http import RetryPolicy
-from remediator.pagers.base import HttpPager, Page
 
 CLIENT = "ringrift-remediator"
 MAX_SUMMARY = 1024  # characters, the Events v2 limit for payload.summary

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
+from remediator.clients.http import RetryPolicy
+from remediator.clients.pagers.alertmanager import AlertmanagerPager
+from remediator.clients.pagers.base import Page, Pager
+from remediator.clients.pagers.pagerduty import PagerDutyPager
+from remediator.clients.pagers.webhook import WebhookPager
 from remediator.config import Settings
 from remediator.exceptions import PagerError
-from remediator.pagers._http import RetryPolicy
-from remediator.pagers.alertmanager import AlertmanagerPager
-from remediator.pagers.base import Page, Pager
-from remediator.pagers.pagerduty import PagerDutyPager
-from remediator.pagers.webhook import WebhookPager
 
 __all__ = [
     "ACTIONS",

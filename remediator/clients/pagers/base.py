@@ -8,8 +8,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import requests
 
+from remediator.clients.http import RetryPolicy, TransportFailure, host_of, request, scrub
 from remediator.exceptions import PagerError
-from remediator.pagers._http import RetryPolicy, TransportFailure, host_of, request, scrub
 
 # PagerDuty Events v2 severities, which the other pagers reuse so one page reads the same everywhere.
 SEVERITIES: frozenset[str] = frozenset({"critical", "error", "warning", "info"})

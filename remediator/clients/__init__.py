@@ -6,6 +6,11 @@ through a ``Clients``. ``clients_for(settings)`` gives the real ones; the fault 
 factory of their own (``install``) that wraps every call in a fault layer, so a refused, slow,
 malformed or half-applied answer can be injected at any call and what the remediator did about it
 checked.
+
+The clients themselves are this package's modules: ``coordinator`` (RingRift's coordinator API),
+``ssh`` (asyncssh sessions and rsync over OpenSSH), ``providers`` (Vast.ai, Lambda), ``netcheck``
+(the cluster network probe), ``pagers`` (PagerDuty, webhook, Alertmanager) and ``http`` (the retry,
+backoff and secret-scrubbing every HTTP client shares).
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from remediator.clients.coordinator import Coordinator, HostRecord, coordinator_from_settings
+from remediator.clients.pagers.base import Pager
+from remediator.clients.ssh import CommandResult, RsyncResult
 from remediator.config import Settings
-from remediator.coordinator import Coordinator, HostRecord, coordinator_from_settings
-from remediator.pagers.base import Pager
-from remediator.ssh import CommandResult, RsyncResult
 
 
 class Session(Protocol):
-    """An SSH session to one host (``remediator.ssh.HostSession``)."""
+    """An SSH session to one host (``remediator.clients.ssh.HostSession``)."""
 
     def run(self, command: str, stdin: str | None = None, timeout: float | None = None) -> CommandResult: ...
 
@@ -42,7 +47,7 @@ class Clients:
     ssh: Callable[[HostRecord], Session]
     rsync: Callable[..., RsyncResult]  # (record, dest, *, dry_run, timeout)
     run_import: Callable[[list[str], float], subprocess.CompletedProcess[str]]  # (argv, timeout)
-    providers: Callable[[], Mapping[str, Any]]  # provider name -> remediator.providers.Provider
+    providers: Callable[[], Mapping[str, Any]]  # provider name -> remediator.clients.providers.Provider
     provider_statuses: Callable[[], dict[str, bool | None]]
     network: Callable[[Mapping[str, Mapping[str, Any]]], Any]  # hosts -> netcheck.NetworkCheck
     pagers: Callable[[], Mapping[str, Pager]]
@@ -50,10 +55,10 @@ class Clients:
 
 
 def real_clients(settings: Settings) -> Clients:
-    from remediator import netcheck, providers
-    from remediator.pagers import pagers_from_settings
+    from remediator.clients import netcheck, providers
+    from remediator.clients.pagers import pagers_from_settings
+    from remediator.clients.ssh import HostSession, rsync_pull
     from remediator.silences import AlertmanagerSilences
-    from remediator.ssh import HostSession, rsync_pull
 
     def rsync(
         record: HostRecord, dest: Path, *, dry_run: bool = False, timeout: float | None = None

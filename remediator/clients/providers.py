@@ -44,9 +44,9 @@ from typing import Any, Protocol
 
 import requests
 
+from remediator.clients.http import RetryPolicy, TransportFailure, host_of, request, scrub
 from remediator.config import Settings
 from remediator.exceptions import ProviderError
-from remediator.pagers._http import RetryPolicy, TransportFailure, host_of, request, scrub
 
 log = logging.getLogger(__name__)
 

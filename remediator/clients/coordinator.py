@@ -19,7 +19,7 @@ from remediator.config import Settings
 from remediator.exceptions import CoordinatorError, CoordinatorMaybeApplied, CoordinatorUnavailable
 from remediator.hosts import is_valid_host_id
 
-log = logging.getLogger("remediator.coordinator")
+log = logging.getLogger("remediator.clients.coordinator")
 
 RETRIES = 3  # attempts for one call on 5xx / connection errors
 BACKOFF = 0.5  # seconds, doubled after each failed attempt

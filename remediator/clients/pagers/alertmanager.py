@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 
+from remediator.clients.http import RetryPolicy
+from remediator.clients.pagers.base import HttpPager, Page
 from remediator.config import Settings
-from remediator.pagers._http import RetryPolicy
-from remediator.pagers.base import HttpPager, Page
 
 ALERTNAME = "RemediationEscalation"
 ALERTS_PATH = "/api/v2/alerts"
