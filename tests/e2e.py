@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from helpers import WEBHOOK_TOKEN, bearer, payload, wait_for
+from helpers import WEBHOOK_TOKEN, HostReads, bearer, payload, wait_for
 
-from remediator import create_app, keys, store
+from remediator import create_app, keys
 from remediator.config import Settings
 from remediator.connections import redis_from_settings
 from remediator.sim import SimCluster, procs
@@ -25,7 +25,7 @@ FAST_RULES = Path(__file__).parent / "rules" / "fast.yaml"
 
 
 @dataclass
-class Stack:
+class Stack(HostReads):
     sim: SimCluster
     conn: redis.Redis
     env: dict[str, str]
@@ -63,15 +63,6 @@ class Stack:
         assert resp.status_code == 202, resp.get_data(as_text=True)
         return resp.get_json()
 
-    def host(self, host_id: str) -> dict[str, Any]:
-        return store.get_host(self.conn, host_id)
-
-    def audit(self, host_id: str) -> list[dict[str, Any]]:
-        return store.get_audit(self.conn, host_id)
-
-    def steps(self, host_id: str) -> list[tuple[str, str]]:
-        return [(e["step"], e["outcome"]) for e in self.audit(host_id)]
-
     def wait_finished(self, host_id: str, timeout: float = 90) -> dict[str, Any]:
         return wait_for(
             lambda: self.host(host_id) if self.host(host_id).get("status") == "finished" else None,
@@ -79,9 +70,6 @@ class Stack:
             interval=0.2,
             what=f"{host_id}'s ladder to finish (last: {self.steps(host_id)[-3:]})",
         )
-
-    def active(self, host_id: str) -> bool:
-        return self.conn.exists(keys.ACTIVE.format(host_id)) == 1
 
 
 def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **extra_env: str) -> Stack:
