@@ -24,6 +24,24 @@ from remediator.sim import SimCluster, procs
 FAST_RULES = Path(__file__).parent / "rules" / "fast.yaml"
 
 
+def rules_file(tmp: Path, **replacements: str) -> Path:
+    """tests/rules/fast.yaml as ``tmp/rules.yaml``, each text ``old`` in it (which must be there) replaced
+    by ``new``, in order: ``rules_file(tmp, **{"automatic: false": "automatic: true"})``."""
+    text = FAST_RULES.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp / "rules.yaml"
+    path.write_text(text)
+    return path
+
+
+def steady_rules(tmp: Path) -> str:
+    """The fast rules, but an incident stays open while its host is healthy (Alertmanager here
+    re-sends every alert until the test ends: a closed incident would take a re-send as a new one)."""
+    return str(rules_file(tmp, **{"healthy_for_minutes: 0.1 ": "healthy_for_minutes: 60  "}))
+
+
 @dataclass
 class Stack(HostReads):
     sim: SimCluster

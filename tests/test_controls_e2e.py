@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 from conftest import require_binary
-from e2e import FAST_RULES, make_stack
+from e2e import make_stack, rules_file
 from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, alert, wait_for
 from test_ui_chromium import dump_dom, post_form
 from werkzeug.serving import make_server
@@ -37,16 +37,6 @@ def cli(stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-def rules_file(tmp_path, **replacements: str):
-    text = FAST_RULES.read_text()
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / "rules.yaml"
-    path.write_text(text)
-    return path
 
 
 def wait_frozen(stack, h: str) -> None:

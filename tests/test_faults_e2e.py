@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e import FAST_RULES, make_stack
+from e2e import make_stack, rules_file
 from helpers import alert
 
 from remediator.intake import LadderRequest, start_ladders
@@ -24,11 +24,7 @@ def pages_received(server) -> list[dict]:
 
 def auto_retire_rules(tmp_path: Path) -> Path:
     """The fast test rules with automatic retirement on: only the facts stand between a host and retire."""
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
-    assert "automatic: false" in text
-    rules.write_text(text.replace("automatic: false", "automatic: true"))
-    return rules
+    return rules_file(tmp_path, **{"automatic: false": "automatic: true"})
 
 
 @pytest.mark.parametrize("answer", ["error", "malformed"])

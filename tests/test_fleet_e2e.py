@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from e2e import FAST_RULES, make_stack
+from e2e import make_stack, rules_file
 from helpers import alert, wait_for
 
 from remediator import store
@@ -94,13 +94,12 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
 ):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
-    assert "{fact: minutes_in_ladder, gte: 30}" in text
-    rules.write_text(
-        text.replace("{fact: minutes_in_ladder, gte: 30}", "{fact: minutes_in_ladder, gte: 0.04}").replace(
-            "update_interval_minutes: 15", "update_interval_minutes: 0.01"
-        )
+    rules = rules_file(
+        tmp_path,
+        **{
+            "{fact: minutes_in_ladder, gte: 30}": "{fact: minutes_in_ladder, gte: 0.04}",
+            "update_interval_minutes: 15": "update_interval_minutes: 0.01",
+        },
     )
     server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(

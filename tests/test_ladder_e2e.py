@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e import FAST_RULES, Stack, kill_worker, make_stack, running
+from e2e import Stack, kill_worker, make_stack, rules_file, running
 from helpers import alert, wait_for
 
 from remediator import incidents, keys, paging
@@ -133,15 +133,10 @@ def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rul
 ):
     # Self-play off, so the unsynced games on the host are exactly the ones written here.
     sim = make_sim_cluster(hosts=1, selfplay=False)
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
     # Retirement without a human's yes: automatic, and no approval asked (tests/test_controls_e2e.py
     # covers retirement behind the approval gate).
-    rules.write_text(
-        text.replace("automatic: false", "automatic: true").replace("steps: [retire]", "steps: []")
-        if automatic
-        else text
-    )
+    auto_retire = {"automatic: false": "automatic: true", "steps: [retire]": "steps: []"}
+    rules = rules_file(tmp_path, **(auto_retire if automatic else {}))
     server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(
         sim,
