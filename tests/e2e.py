@@ -42,6 +42,18 @@ def steady_rules(tmp: Path) -> str:
     return str(rules_file(tmp, **{"healthy_for_minutes: 0.1 ": "healthy_for_minutes: 60  "}))
 
 
+def pages_to(server: Any) -> dict[str, str]:
+    """The environment that sends the remediator's webhook pages to the test's HTTP ``server``, which
+    is told to answer every page 200: ``make_stack(..., **pages_to(server))``."""
+    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
+    return {"REMEDIATOR_PAGE_WEBHOOK_URL": server.url_for("/page")}
+
+
+def pages_received(server: Any) -> list[dict[str, Any]]:
+    """Every page the test's HTTP ``server`` was sent so far, in order."""
+    return [json.loads(req.get_data()) for req, _ in server.log]
+
+
 @dataclass
 class Stack(HostReads):
     sim: SimCluster

@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 from conftest import require_binary
-from e2e import make_stack, rules_file
+from e2e import make_stack, pages_received, pages_to, rules_file
 from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, alert, wait_for
 from test_ui_chromium import dump_dom, post_form
 from werkzeug.serving import make_server
@@ -131,7 +131,6 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
     make_sim_cluster, redis_url, tmp_path, monkeypatch, server
 ):
     sim = make_sim_cluster(hosts=5)
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     rules = rules_file(
         tmp_path,
         **{
@@ -147,7 +146,7 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **pages_to(server),
         REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN,
     )
     stack.start_worker()
@@ -166,14 +165,14 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
         )
         time.sleep(5)  # re-checks run while frozen: none may restart anything
         assert sum(sim.counts(h)["agent_restarts"] for h in sim.host_ids) == 2
-        pages = [json.loads(r.get_data()) for r, _ in server.log]
+        pages = pages_received(server)
         freeze_pages = [p for p in pages if p["dedup_key"].startswith("remediator/freeze/")]
         assert len(freeze_pages) == 1 and "restarts" in freeze_pages[0]["summary"], pages
         assert stack.app.test_client().delete("/api/v1/freeze", headers=admin()).status_code == 200
         for h in sim.host_ids:
             assert stack.wait_finished(h, timeout=90)["outcome"] == "healthy", (h, stack.steps(h))
         assert [sim.counts(h)["agent_restarts"] for h in sim.host_ids] == [1] * 5
-        resolved = [json.loads(r.get_data()) for r, _ in server.log][len(pages) :]
+        resolved = pages_received(server)[len(pages) :]
         assert [p["status"] for p in resolved if p["dedup_key"] == freeze_pages[0]["dedup_key"]] == [
             "resolved"
         ]
@@ -187,7 +186,6 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
     h = sim.host_ids[0]
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     rules = rules_file(
         tmp_path,
         **{"automatic: false": "automatic: true", "timeout_minutes: 60": "timeout_minutes: 0.25"},
@@ -198,7 +196,7 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **pages_to(server),
     )
     stack.start_worker()
     try:
@@ -213,7 +211,7 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
         wait_for(
             lambda: stack.host(h).get("status") == "awaiting_approval", timeout=60, what="the approval wait"
         )
-        pages = [json.loads(r.get_data()) for r, _ in server.log]
+        pages = pages_received(server)
         asked = [p for p in pages if "asks approval" in p["summary"]]
         assert len(asked) == 1 and "remediator approve" in json.dumps(asked[0]["details"])
         assert sim.counts(h)["retires"] == 0 and sim.counts(h)["data_loss_records"] == 0
@@ -234,7 +232,7 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
             expected = ("retire", "refused") if answer == "deny" else ("retire", "escalating")
             assert expected in stack.steps(h)
         # One incident, one page: the approval request, later updated, never a second trigger key.
-        keys_paged = {json.loads(r.get_data())["dedup_key"] for r, _ in server.log}
+        keys_paged = {p["dedup_key"] for p in pages_received(server)}
         assert len(keys_paged) == 1
     finally:
         stack.stop()

@@ -6,20 +6,15 @@ not make things worse: an unknown is never read as "terminated", "healthy" or "n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from e2e import make_stack, rules_file
+from e2e import make_stack, pages_received, pages_to, rules_file
 from helpers import alert
 
 from remediator.intake import LadderRequest, start_ladders
 
 H = "host-01"  # the first sim host is on Vast
-
-
-def pages_received(server) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in server.log]
 
 
 def auto_retire_rules(tmp_path: Path) -> Path:
@@ -32,14 +27,13 @@ def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires
     make_sim_cluster, redis_url, tmp_path, monkeypatch, server, answer
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(auto_retire_rules(tmp_path)),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **pages_to(server),
     )
     stack.start_worker()
     try:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-from e2e import make_stack, rules_file
+from e2e import make_stack, pages_received, pages_to, rules_file
 from helpers import alert, wait_for
 
 from remediator import store
@@ -16,10 +15,6 @@ def fleet_events(stack) -> list[tuple[str, str]]:
     return [(e["step"], e["outcome"]) for e in store.get_audit(stack.conn, FLEET)]
 
 
-def webhook_pages(server) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in server.log]
-
-
 def selfplay_calls(sim, kind: str) -> Counter:
     return Counter(h for c in sim.calls if c["call"] == kind and c["status"] == 200 for h in c["host_ids"])
 
@@ -28,10 +23,7 @@ def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undo
     make_sim_cluster, redis_url, tmp_path, monkeypatch, server
 ):
     sim = make_sim_cluster(hosts=10)
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    stack = make_stack(
-        sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
-    )
+    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, **pages_to(server))
     stack.start_worker()
     stack.start_worker()
     try:
@@ -51,7 +43,7 @@ def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undo
         assert events[("network-check", "ok")] == 1
         assert events[("provider-check", "ok")] == 1
         assert events[("page", "sent")] == 1
-        storm_pages = [p for p in webhook_pages(server) if p["dedup_key"].startswith("remediator/storm/")]
+        storm_pages = [p for p in pages_received(server) if p["dedup_key"].startswith("remediator/storm/")]
         assert [p["status"] for p in storm_pages] == ["firing", "resolved"]
         assert sorted(storm_pages[0]["hosts"]) == sorted(affected)
         paused, resumed = selfplay_calls(sim, "pause-selfplay"), selfplay_calls(sim, "resume-selfplay")
@@ -101,14 +93,13 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
             "update_interval_minutes: 15": "update_interval_minutes: 0.01",
         },
     )
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **pages_to(server),
     )
     stack.start_worker()
     try:
@@ -119,14 +110,14 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
         # Between checks the worker is free: the ladder is "waiting" on a scheduled job, not sleeping.
         wait_for(lambda: stack.host(h).get("status") == "waiting", timeout=30, what="a scheduled re-check")
         assert stack.wait_finished(h, timeout=60)["outcome"] == "escalated"
-        pages = webhook_pages(server)
+        pages = pages_received(server)
         summaries = [p["summary"] for p in pages]
         still = [s for s in summaries if "still critical" in s]
         assert len(still) == 1, summaries
         # One incident, one page: the escalation updates the page already sent, under its dedup key.
         assert len({p["dedup_key"] for p in pages}) == 1, pages
         wait_for(
-            lambda: any("needs a human" in p["summary"] for p in webhook_pages(server)),
+            lambda: any("needs a human" in p["summary"] for p in pages_received(server)),
             timeout=30,
             what="the page updated to say a human is needed",
         )

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e import Stack, kill_worker, make_stack, rules_file, running
+from e2e import Stack, kill_worker, make_stack, pages_received, pages_to, rules_file, running
 from helpers import alert, wait_for
 
 from remediator import incidents, keys, paging
@@ -19,17 +19,10 @@ H = "host-01"
 
 @pytest.fixture
 def stack(sim_cluster, redis_url, tmp_path, monkeypatch, server):
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    s = make_stack(
-        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
-    )
+    s = make_stack(sim_cluster, redis_url, tmp_path, monkeypatch, **pages_to(server))
     s.start_worker()
     yield s
     s.stop()
-
-
-def pages_received(server) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in server.log]
 
 
 def sha256_files(root: Path) -> dict[str, str]:
@@ -137,14 +130,13 @@ def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rul
     # covers retirement behind the approval gate).
     auto_retire = {"automatic: false": "automatic: true", "steps: [retire]": "steps: []"}
     rules = rules_file(tmp_path, **(auto_retire if automatic else {}))
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     stack = make_stack(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **pages_to(server),
     )
     stack.start_worker()
     try:
