@@ -134,6 +134,20 @@ def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **e
     return stack
 
 
+@contextlib.contextmanager
+def stack_running(
+    sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, workers: int = 1, **extra_env: str
+) -> Iterator[Stack]:
+    """``make_stack`` with ``workers`` ``remediator worker`` processes started, all stopped after."""
+    stack = make_stack(sim, redis_url, tmp, monkeypatch, **extra_env)
+    try:
+        for _ in range(workers):
+            stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+
+
 def running(command: str) -> bool:
     """Whether a live process runs exactly ``command`` (its argv, space-joined): "sleep 7.31" is the
     sleep itself, not the shell whose ``-c`` string merely contains it and starts before it."""
@@ -286,13 +300,10 @@ def deployed(
     **extra_env: str,
 ) -> Iterator[tuple[Stack, Receiver]]:
     """The remediator as deployed: the gunicorn receiver and RQ worker processes, all stopped after."""
-    stack = make_stack(sim, redis_url, tmp, monkeypatch, **extra_env)
-    receiver = Receiver(stack.env, tmp / "receiver.log")
-    try:
-        for _ in range(workers):
-            stack.start_worker()
-        receiver.start()
-        yield stack, receiver
-    finally:
-        receiver.stop()
-        stack.stop()
+    with stack_running(sim, redis_url, tmp, monkeypatch, workers, **extra_env) as stack:
+        receiver = Receiver(stack.env, tmp / "receiver.log")
+        try:
+            receiver.start()
+            yield stack, receiver
+        finally:
+            receiver.stop()

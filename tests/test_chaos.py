@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import Stack, kill_worker, make_stack, running
+from e2e import Stack, kill_worker, running, stack_running
 from helpers import alert, make_settings, wait_for
 from rq import Worker
 
@@ -154,11 +154,12 @@ def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hos
     faults = {h: list(FAULTS)[i % len(FAULTS)] for i, h in enumerate(rng.sample(sim.host_ids, hosts))}
     imports_log = tmp_path / "imports.log"
     importer = sim.env()["REMEDIATOR_IMPORT_COMMAND"]
-    stack = make_stack(
+    with stack_running(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
+        workers=3,
         # Each command leaves a timestamp where it runs, then lingers a little so kills land inside.
         REMEDIATOR_AGENT_RESTART_COMMAND=(
             f'date +%s.%N >> "$RINGRIFT_HOST_ROOT/{RESTART_LOG}" && '
@@ -168,11 +169,8 @@ def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hos
             f'sh -c \'echo "$(date +%s.%N) $(basename "$0")" >> {imports_log} && sleep 1 && '
             f'exec "$@"\' {{data_dir}} {importer}'
         ),
-    )
-    for _ in range(3):
-        stack.start_worker()
-    killed: list[str] = []
-    try:
+    ) as stack:
+        killed: list[str] = []
         for h, fault in faults.items():
             inject(sim, h, fault)
         stack.post([alert(h) for h in sim.host_ids])
@@ -237,8 +235,6 @@ def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hos
         # Imported games are deduplicated by id: nothing reached the central store twice.
         for h in sim.host_ids:
             assert sim.counts(h)["imported_games"] <= len(sim.host_game_ids(h)), why
-    finally:
-        stack.stop()
 
 
 SEEDS = (
@@ -293,10 +289,9 @@ def test_refused_hanging_and_wrong_key_hosts_are_unreachable_and_never_touched(
     refused, hanging, forged = sim.host_ids
     known_hosts = wrong_key_known_hosts(sim, forged, tmp_path / "known_hosts")
     before = known_hosts.read_text()
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_SSH_KNOWN_HOSTS=str(known_hosts))
-    stack.start_worker()
-    stack.start_worker()
-    try:
+    with stack_running(
+        sim, redis_url, tmp_path, monkeypatch, workers=2, REMEDIATOR_SSH_KNOWN_HOSTS=str(known_hosts)
+    ) as stack:
         for h in sim.host_ids:
             sim.kill_agent(h)  # each host needs a restart: only a connection that is trusted may do it
             sim.make_critical(h)
@@ -328,8 +323,6 @@ def test_refused_hanging_and_wrong_key_hosts_are_unreachable_and_never_touched(
         assert sessions_opened(sim, forged) == logins
         assert sim.host(forged).agent_pid is None
         assert known_hosts.read_text() == before
-    finally:
-        stack.stop()
 
 
 def test_wrong_host_key_is_refused_by_asyncssh_and_by_rsync_not_trusted(
@@ -409,16 +402,14 @@ def test_coordinator_down_during_diagnosis_waits_rechecks_and_finishes_after_it_
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
     args, error = COORDINATOR_FAULTS[fault]
-    stack = make_stack(
+    with stack_running(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(slow_rules(tmp_path)),
         REMEDIATOR_COORDINATOR_TIMEOUT="0.5",
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         sim.kill_agent(h)
         sim.make_critical(h)
         sim.coordinator_fault(**args)
@@ -455,8 +446,6 @@ def test_coordinator_down_during_diagnosis_waits_rechecks_and_finishes_after_it_
         assert ("escalate", "ran") not in stack.steps(h)
         counts = sim.counts(h)
         assert counts["agent_restarts"] == 1 and counts["retires"] == 0 and counts["imports"] == 0, counts
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize("fault", list(COORDINATOR_FAULTS))
@@ -467,7 +456,7 @@ def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
     h = sim.host_ids[0]
     args, error = COORDINATOR_FAULTS[fault]
     marker = f"sleep 1.{'53' if fault == '503' else '57'}"
-    stack = make_stack(
+    with stack_running(
         sim,
         redis_url,
         tmp_path,
@@ -475,9 +464,7 @@ def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
         REMEDIATOR_COORDINATOR_TIMEOUT="0.5",
         # The restart lingers, so the fault can start while it runs: force_sync comes next.
         REMEDIATOR_AGENT_RESTART_COMMAND=f"systemctl restart ringrift-sync-agent && {marker}",
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         sim.kill_agent(h)
         sim.make_critical(h)
         stack.post([alert(h)])
@@ -500,8 +487,6 @@ def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
         assert not steps & {"recover_data", "escalate", "retire"}, stack.steps(h)
         counts = sim.counts(h)
         assert counts["agent_restarts"] == 1 and counts["retires"] == 0 and counts["imports"] == 0, counts
-    finally:
-        stack.stop()
 
 
 def test_coordinator_client_retries_5xx_with_backoff_and_never_repeats_a_timed_out_post(make_sim_cluster):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e import make_stack, pages_received, pages_to, rules_file
+from e2e import pages_received, pages_to, rules_file, stack_running
 from helpers import alert
 
 from remediator.intake import LadderRequest, start_ladders
@@ -27,16 +27,14 @@ def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires
     make_sim_cluster, redis_url, tmp_path, monkeypatch, server, answer
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
-    stack = make_stack(
+    with stack_running(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(auto_retire_rules(tmp_path)),
         **pages_to(server),
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         sim.kill_agent(H)
         sim.make_critical(H)
         sim.write_games(H, 5)
@@ -69,17 +67,13 @@ def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires
             e for e in stack.audit(H) if e["step"] == "wait_reachable" and e["outcome"] == "verify-failed"
         )
         assert "provider answer unusable" in escalated["cloud_detail"]
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
 def stack(sim_cluster, redis_url, tmp_path, monkeypatch):
-    s = make_stack(sim_cluster, redis_url, tmp_path, monkeypatch)
-    assert "REMEDIATOR_AGENT_FALLBACK_COMMAND" not in s.env  # the shipped default runs on the hosts
-    s.start_worker()
-    yield s
-    s.stop()
+    with stack_running(sim_cluster, redis_url, tmp_path, monkeypatch) as s:
+        assert "REMEDIATOR_AGENT_FALLBACK_COMMAND" not in s.env  # the shipped default runs on the hosts
+        yield s
 
 
 def test_host_without_systemctl_gets_its_dead_agent_back_from_the_default_fallback(stack):

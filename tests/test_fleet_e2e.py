@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from e2e import make_stack, pages_received, pages_to, rules_file
+from e2e import pages_received, pages_to, rules_file, stack_running
 from helpers import alert, wait_for
 
 from remediator import store
@@ -23,10 +23,7 @@ def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undo
     make_sim_cluster, redis_url, tmp_path, monkeypatch, server
 ):
     sim = make_sim_cluster(hosts=10)
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, **pages_to(server))
-    stack.start_worker()
-    stack.start_worker()
-    try:
+    with stack_running(sim, redis_url, tmp_path, monkeypatch, workers=2, **pages_to(server)) as stack:
         affected = sim.host_ids[:8]
         healthy = sim.host_ids[8:]
         for h in affected:
@@ -50,17 +47,13 @@ def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undo
         assert paused == Counter(affected) and resumed == Counter(affected)
         for h in healthy:
             assert sim.counts(h)["pauses"] == 0 and stack.host(h) == {}
-    finally:
-        stack.stop()
 
 
 def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(
     make_sim_cluster, redis_url, tmp_path, monkeypatch
 ):
     sim = make_sim_cluster(hosts=4)
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch)
-    stack.start_worker()
-    try:
+    with stack_running(sim, redis_url, tmp_path, monkeypatch) as stack:
         affected = sim.host_ids[:3]
         sim.provider_outage(True)
         for h in affected:
@@ -77,8 +70,6 @@ def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(
             assert stack.wait_finished(h, timeout=120)["outcome"] == "healthy", stack.steps(h)
             assert sim.counts(h)["agent_restarts"] == 1 and sim.counts(h)["retires"] == 0
         assert ("provider-check", "ok") in fleet_events(stack)
-    finally:
-        stack.stop()
 
 
 def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
@@ -93,16 +84,14 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
             "update_interval_minutes: 15": "update_interval_minutes: 0.01",
         },
     )
-    stack = make_stack(
+    with stack_running(
         sim,
         redis_url,
         tmp_path,
         monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
         **pages_to(server),
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         sim.kill_agent(h)
         sim.make_unreachable(h)  # the host is down: the ladder waits, re-checking on a schedule
         sim.make_critical(h)
@@ -121,5 +110,3 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
             timeout=30,
             what="the page updated to say a human is needed",
         )
-    finally:
-        stack.stop()
