@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import Stack, kill_worker, running, stack_running
+from e2e import Stack, kill_worker, running
 from helpers import alert, make_settings, wait_for
 from rq import Worker
 
@@ -147,18 +147,15 @@ def busy_workers(stack: Stack) -> list[Any]:
     return [p for p in stack.workers if p.poll() is None and p.pid in busy]
 
 
-def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hosts: int, kills: int) -> None:
+def chaos_run(make_sim_cluster, e2e_stack, tmp_path, seed: int, hosts: int, kills: int) -> None:
     rng = random.Random(seed)
     why = f"seed {seed}"
     sim = make_sim_cluster(hosts=hosts)
     faults = {h: list(FAULTS)[i % len(FAULTS)] for i, h in enumerate(rng.sample(sim.host_ids, hosts))}
     imports_log = tmp_path / "imports.log"
     importer = sim.env()["REMEDIATOR_IMPORT_COMMAND"]
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         workers=3,
         # Each command leaves a timestamp where it runs, then lingers a little so kills land inside.
         REMEDIATOR_AGENT_RESTART_COMMAND=(
@@ -244,13 +241,12 @@ SEEDS = (
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_workers_killed_at_random_points_every_ladder_finishes_and_nothing_is_applied_twice(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, seed
+    make_sim_cluster, e2e_stack, tmp_path, seed
 ):
     chaos_run(
         make_sim_cluster,
-        redis_url,
+        e2e_stack,
         tmp_path,
-        monkeypatch,
         seed,
         hosts=8 if SLOW else 6,
         kills=10 if SLOW else 4,
@@ -283,15 +279,13 @@ def sessions_opened(sim: SimCluster, host_id: str) -> int:
 
 
 def test_refused_hanging_and_wrong_key_hosts_are_unreachable_and_never_touched(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch
+    make_sim_cluster, e2e_stack, tmp_path
 ):
     sim = make_sim_cluster(hosts=3, selfplay=False)
     refused, hanging, forged = sim.host_ids
     known_hosts = wrong_key_known_hosts(sim, forged, tmp_path / "known_hosts")
     before = known_hosts.read_text()
-    with stack_running(
-        sim, redis_url, tmp_path, monkeypatch, workers=2, REMEDIATOR_SSH_KNOWN_HOSTS=str(known_hosts)
-    ) as stack:
+    with e2e_stack(sim, workers=2, REMEDIATOR_SSH_KNOWN_HOSTS=str(known_hosts)) as stack:
         for h in sim.host_ids:
             sim.kill_agent(h)  # each host needs a restart: only a connection that is trusted may do it
             sim.make_critical(h)
@@ -397,16 +391,13 @@ COORDINATOR_FAULTS = {
 
 @pytest.mark.parametrize("fault", list(COORDINATOR_FAULTS))
 def test_coordinator_down_during_diagnosis_waits_rechecks_and_finishes_after_it_clears(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, fault
+    make_sim_cluster, e2e_stack, tmp_path, fault
 ):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
     args, error = COORDINATOR_FAULTS[fault]
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(slow_rules(tmp_path)),
         REMEDIATOR_COORDINATOR_TIMEOUT="0.5",
     ) as stack:
@@ -449,18 +440,13 @@ def test_coordinator_down_during_diagnosis_waits_rechecks_and_finishes_after_it_
 
 
 @pytest.mark.parametrize("fault", list(COORDINATOR_FAULTS))
-def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, fault
-):
+def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(make_sim_cluster, e2e_stack, fault):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
     args, error = COORDINATOR_FAULTS[fault]
     marker = f"sleep 1.{'53' if fault == '503' else '57'}"
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_COORDINATOR_TIMEOUT="0.5",
         # The restart lingers, so the fault can start while it runs: force_sync comes next.
         REMEDIATOR_AGENT_RESTART_COMMAND=f"systemctl restart ringrift-sync-agent && {marker}",

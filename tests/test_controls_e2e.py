@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 from conftest import require_binary
-from e2e import make_stack, pages_received, pages_to, rules_file, stack_running
+from e2e import make_stack, pages_received, pages_to, rules_file
 from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, alert, wait_for
 from test_ui_chromium import dump_dom, post_form
 from werkzeug.serving import make_server
@@ -54,11 +54,11 @@ def watch_no_restart(sim, h: str, seconds: float) -> None:
 
 
 def test_a_freeze_from_the_cli_holds_the_restart_for_a_minute_and_unfreeze_lets_it_heal(
-    sim_cluster, redis_url, tmp_path, monkeypatch
+    sim_cluster, e2e_stack
 ):
     sim = sim_cluster
     h = sim.host_ids[0]
-    with stack_running(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN) as stack:
+    with e2e_stack(sim, REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN) as stack:
         assert "fleet frozen" in cli(stack, "freeze", "--reason", "test").stdout
         sim.kill_agent(h)
         sim.make_critical(h)
@@ -124,7 +124,7 @@ def test_a_freeze_through_the_api_and_one_through_the_status_page_in_chromium(
 
 
 def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server
+    make_sim_cluster, e2e_stack, tmp_path, server
 ):
     sim = make_sim_cluster(hosts=5)
     rules = rules_file(
@@ -136,11 +136,8 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
             "storm_threshold: 3": "storm_threshold: 10",  # five hosts here are five incidents, no storm
         },
     )
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
         **pages_to(server),
         REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN,
@@ -174,7 +171,7 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
 
 @pytest.mark.parametrize("answer", ["approve", "deny", "timeout"])
 def test_retirement_waits_for_approval_then_retires_once_or_escalates(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, answer
+    make_sim_cluster, e2e_stack, tmp_path, server, answer
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
     h = sim.host_ids[0]
@@ -182,11 +179,8 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
         tmp_path,
         **{"automatic: false": "automatic: true", "timeout_minutes: 60": "timeout_minutes: 0.25"},
     )
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
         **pages_to(server),
     ) as stack:
@@ -232,7 +226,7 @@ def silences_of(am: AlertmanagerProcess, state: str = "active") -> list[dict]:
 
 
 def test_a_host_s_other_alerts_are_silenced_while_its_agent_is_restarted_and_not_after(
-    sim_cluster, redis_url, tmp_path, monkeypatch
+    sim_cluster, e2e_stack, tmp_path
 ):
     require_binary("prometheus-alertmanager")
     sim = sim_cluster
@@ -240,11 +234,8 @@ def test_a_host_s_other_alerts_are_silenced_while_its_agent_is_restarted_and_not
     rules = rules_file(tmp_path, **{"  enabled: false ": "  enabled: true  "})
     with (
         AlertmanagerProcess(tmp_path / "am", "http://127.0.0.1:9/unused", bearer_token=WEBHOOK_TOKEN) as am,
-        stack_running(
+        e2e_stack(
             sim,
-            redis_url,
-            tmp_path,
-            monkeypatch,
             REMEDIATOR_RULES_FILE=str(rules),
             REMEDIATOR_ALERTMANAGER_URL=am.url,
         ) as stack,
@@ -283,12 +274,10 @@ def test_a_host_s_other_alerts_are_silenced_while_its_agent_is_restarted_and_not
         assert silences_of(am) == [] and stack.conn.hlen(keys.SILENCES) == 0
 
 
-def test_a_maintenance_alert_holds_mutating_steps_until_it_resolves(
-    sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_a_maintenance_alert_holds_mutating_steps_until_it_resolves(sim_cluster, e2e_stack):
     sim = sim_cluster
     h = sim.host_ids[0]
-    with stack_running(sim, redis_url, tmp_path, monkeypatch) as stack:
+    with e2e_stack(sim) as stack:
         stack.post([alert(None, alertname="RingRiftMaintenance")])
         sim.kill_agent(h)
         sim.make_critical(h)

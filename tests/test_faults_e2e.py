@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e import pages_received, pages_to, rules_file, stack_running
+from e2e import pages_received, pages_to, rules_file
 from helpers import alert
 
 from remediator.intake import LadderRequest, start_ladders
@@ -24,14 +24,11 @@ def auto_retire_rules(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("answer", ["error", "malformed"])
 def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, answer
+    make_sim_cluster, e2e_stack, tmp_path, server, answer
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(auto_retire_rules(tmp_path)),
         **pages_to(server),
     ) as stack:
@@ -70,8 +67,8 @@ def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires
 
 
 @pytest.fixture
-def stack(sim_cluster, redis_url, tmp_path, monkeypatch):
-    with stack_running(sim_cluster, redis_url, tmp_path, monkeypatch) as s:
+def stack(sim_cluster, e2e_stack):
+    with e2e_stack(sim_cluster) as s:
         assert "REMEDIATOR_AGENT_FALLBACK_COMMAND" not in s.env  # the shipped default runs on the hosts
         yield s
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from e2e import pages_received, pages_to, rules_file, stack_running
+from e2e import pages_received, pages_to, rules_file
 from helpers import alert, wait_for
 
 from remediator import store
@@ -20,10 +20,10 @@ def selfplay_calls(sim, kind: str) -> Counter:
 
 
 def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undoes_it_on_recovery(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server
+    make_sim_cluster, e2e_stack, server
 ):
     sim = make_sim_cluster(hosts=10)
-    with stack_running(sim, redis_url, tmp_path, monkeypatch, workers=2, **pages_to(server)) as stack:
+    with e2e_stack(sim, workers=2, **pages_to(server)) as stack:
         affected = sim.host_ids[:8]
         healthy = sim.host_ids[8:]
         for h in affected:
@@ -49,11 +49,9 @@ def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undo
             assert sim.counts(h)["pauses"] == 0 and stack.host(h) == {}
 
 
-def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(make_sim_cluster, e2e_stack):
     sim = make_sim_cluster(hosts=4)
-    with stack_running(sim, redis_url, tmp_path, monkeypatch) as stack:
+    with e2e_stack(sim) as stack:
         affected = sim.host_ids[:3]
         sim.provider_outage(True)
         for h in affected:
@@ -73,7 +71,7 @@ def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(
 
 
 def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server
+    make_sim_cluster, e2e_stack, tmp_path, server
 ):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
@@ -84,11 +82,8 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
             "update_interval_minutes: 15": "update_interval_minutes: 0.01",
         },
     )
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
         **pages_to(server),
     ) as stack:

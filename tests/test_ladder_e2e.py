@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e import Stack, kill_worker, pages_received, pages_to, rules_file, running, stack_running
+from e2e import Stack, kill_worker, pages_received, pages_to, rules_file, running
 from helpers import alert, wait_for
 
 from remediator import incidents, keys, paging
@@ -18,8 +18,8 @@ H = "host-01"
 
 
 @pytest.fixture
-def stack(sim_cluster, redis_url, tmp_path, monkeypatch, server):
-    with stack_running(sim_cluster, redis_url, tmp_path, monkeypatch, **pages_to(server)) as s:
+def stack(sim_cluster, e2e_stack, server):
+    with e2e_stack(sim_cluster, **pages_to(server)) as s:
         yield s
 
 
@@ -120,7 +120,7 @@ def iso(ts: float) -> str:
 
 @pytest.mark.parametrize("automatic", [False, True], ids=["auto-retire-off", "auto-retire-on"])
 def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rules_say(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, automatic
+    make_sim_cluster, e2e_stack, tmp_path, server, automatic
 ):
     # Self-play off, so the unsynced games on the host are exactly the ones written here.
     sim = make_sim_cluster(hosts=1, selfplay=False)
@@ -128,11 +128,8 @@ def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rul
     # covers retirement behind the approval gate).
     auto_retire = {"automatic: false": "automatic: true", "steps: [retire]": "steps: []"}
     rules = rules_file(tmp_path, **(auto_retire if automatic else {}))
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
         **pages_to(server),
     ) as stack:
@@ -189,12 +186,10 @@ def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_neve
 
 
 def test_escalation_no_pager_delivered_is_a_failed_ladder_not_an_escalated_one(
-    sim_cluster, redis_url, tmp_path, monkeypatch, server
+    sim_cluster, e2e_stack, server
 ):
     server.expect_request("/page", method="POST").respond_with_data("down", status=503)
-    with stack_running(
-        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
-    ) as stack:
+    with e2e_stack(sim_cluster, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")) as stack:
         sim_cluster.kill_agent(H)
         sim_cluster.make_unreachable(H)
         sim_cluster.make_critical(H)
@@ -266,9 +261,9 @@ def test_alert_without_host_id_starts_one_ladder_per_critical_host(stack: Stack)
     assert not stack.conn.exists(keys.ACTIVE.format("_discovery"))
 
 
-def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tmp_path, monkeypatch):
+def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, e2e_stack, tmp_path):
     sim = sim_cluster
-    with stack_running(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_DRY_RUN="true") as stack:
+    with e2e_stack(sim, REMEDIATOR_DRY_RUN="true") as stack:
         sim.kill_agent("host-01")
         sim.agent_dies_after_restart("host-02")
         sim.kill_agent("host-02")
@@ -294,16 +289,11 @@ def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tm
         assert not (tmp_path / "ledger.jsonl").exists()
 
 
-def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(
-    sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(sim_cluster, e2e_stack):
     sim = sim_cluster
     # The step's command lingers after the restart, so the kill lands inside the step, provably.
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_AGENT_RESTART_COMMAND="systemctl restart ringrift-sync-agent; sleep 7.31",
     ) as stack:
         first = stack.workers[0]
@@ -322,16 +312,11 @@ def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_o
         assert sim.counts(H)["agent_restarts"] == 1
 
 
-def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_once(
-    sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_once(sim_cluster, e2e_stack):
     sim = sim_cluster
     importer = sim.env()["REMEDIATOR_IMPORT_COMMAND"]
-    with stack_running(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_IMPORT_COMMAND=f"sh -c 'sleep 7.37 && exec \"$@\"' import {importer}",
     ) as stack:
         first = stack.workers[0]
