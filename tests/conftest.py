@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -74,6 +75,15 @@ def server(_loopback_http: HTTPServer) -> Iterator[HTTPServer]:
     _loopback_http.clear()
     yield _loopback_http
     _loopback_http.clear()
+
+
+@pytest.fixture
+def e2e_stack(redis_url: str, tmp_path, monkeypatch):
+    """``e2e.stack_running`` on this test's Redis, tmp_path and monkeypatch:
+    ``with e2e_stack(sim, workers=2, REMEDIATOR_DRY_RUN="true") as stack: ...``."""
+    from e2e import stack_running
+
+    return functools.partial(stack_running, redis_url=redis_url, tmp=tmp_path, monkeypatch=monkeypatch)
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from helpers import WEBHOOK_TOKEN, bearer, payload, wait_for
+from helpers import WEBHOOK_TOKEN, HostReads, bearer, payload, wait_for
 
-from remediator import create_app, keys, store
+from remediator import create_app, keys
 from remediator.config import Settings
 from remediator.connections import redis_from_settings
 from remediator.sim import SimCluster, procs
@@ -24,8 +24,38 @@ from remediator.sim import SimCluster, procs
 FAST_RULES = Path(__file__).parent / "rules" / "fast.yaml"
 
 
+def rules_file(tmp: Path, **replacements: str) -> Path:
+    """tests/rules/fast.yaml as ``tmp/rules.yaml``, each text ``old`` in it (which must be there) replaced
+    by ``new``, in order: ``rules_file(tmp, **{"automatic: false": "automatic: true"})``."""
+    text = FAST_RULES.read_text()
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp / "rules.yaml"
+    path.write_text(text)
+    return path
+
+
+def steady_rules(tmp: Path) -> str:
+    """The fast rules, but an incident stays open while its host is healthy (Alertmanager here
+    re-sends every alert until the test ends: a closed incident would take a re-send as a new one)."""
+    return str(rules_file(tmp, **{"healthy_for_minutes: 0.1 ": "healthy_for_minutes: 60  "}))
+
+
+def pages_to(server: Any) -> dict[str, str]:
+    """The environment that sends the remediator's webhook pages to the test's HTTP ``server``, which
+    is told to answer every page 200: ``make_stack(..., **pages_to(server))``."""
+    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
+    return {"REMEDIATOR_PAGE_WEBHOOK_URL": server.url_for("/page")}
+
+
+def pages_received(server: Any) -> list[dict[str, Any]]:
+    """Every page the test's HTTP ``server`` was sent so far, in order."""
+    return [json.loads(req.get_data()) for req, _ in server.log]
+
+
 @dataclass
-class Stack:
+class Stack(HostReads):
     sim: SimCluster
     conn: redis.Redis
     env: dict[str, str]
@@ -63,15 +93,6 @@ class Stack:
         assert resp.status_code == 202, resp.get_data(as_text=True)
         return resp.get_json()
 
-    def host(self, host_id: str) -> dict[str, Any]:
-        return store.get_host(self.conn, host_id)
-
-    def audit(self, host_id: str) -> list[dict[str, Any]]:
-        return store.get_audit(self.conn, host_id)
-
-    def steps(self, host_id: str) -> list[tuple[str, str]]:
-        return [(e["step"], e["outcome"]) for e in self.audit(host_id)]
-
     def wait_finished(self, host_id: str, timeout: float = 90) -> dict[str, Any]:
         return wait_for(
             lambda: self.host(host_id) if self.host(host_id).get("status") == "finished" else None,
@@ -79,9 +100,6 @@ class Stack:
             interval=0.2,
             what=f"{host_id}'s ladder to finish (last: {self.steps(host_id)[-3:]})",
         )
-
-    def active(self, host_id: str) -> bool:
-        return self.conn.exists(keys.ACTIVE.format(host_id)) == 1
 
 
 def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **extra_env: str) -> Stack:
@@ -114,6 +132,20 @@ def make_stack(sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, **e
     stack = Stack(sim=sim, conn=conn, env=env, tmp=tmp)
     stack.app = create_app()
     return stack
+
+
+@contextlib.contextmanager
+def stack_running(
+    sim: SimCluster, redis_url: str, tmp: Path, monkeypatch: Any, workers: int = 1, **extra_env: str
+) -> Iterator[Stack]:
+    """``make_stack`` with ``workers`` ``remediator worker`` processes started, all stopped after."""
+    stack = make_stack(sim, redis_url, tmp, monkeypatch, **extra_env)
+    try:
+        for _ in range(workers):
+            stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
 
 
 def running(command: str) -> bool:
@@ -268,13 +300,10 @@ def deployed(
     **extra_env: str,
 ) -> Iterator[tuple[Stack, Receiver]]:
     """The remediator as deployed: the gunicorn receiver and RQ worker processes, all stopped after."""
-    stack = make_stack(sim, redis_url, tmp, monkeypatch, **extra_env)
-    receiver = Receiver(stack.env, tmp / "receiver.log")
-    try:
-        for _ in range(workers):
-            stack.start_worker()
-        receiver.start()
-        yield stack, receiver
-    finally:
-        receiver.stop()
-        stack.stop()
+    with stack_running(sim, redis_url, tmp, monkeypatch, workers, **extra_env) as stack:
+        receiver = Receiver(stack.env, tmp / "receiver.log")
+        try:
+            receiver.start()
+            yield stack, receiver
+        finally:
+            receiver.stop()

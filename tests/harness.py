@@ -18,18 +18,18 @@ from typing import Any
 
 import redis
 from faults import FaultPlan, faulty_clients
-from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, alert, bearer, make_settings, payload
+from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, HostReads, alert, bearer, make_settings, payload
 from inproc import VIRTUAL, Driver, install_end_tracking, install_lock_tracking, install_virtual_time
 from invariants import Observed
 from world import CallLog, VirtualClock, World, world_clients, world_settings_env
 
-from remediator import clients, create_app, incidents, keys, store
+from remediator import clients, create_app, incidents
 from remediator.config import Settings
 
 START = 1_900_000_000.0  # virtual epoch of every sequence (2030-03-17): far from the real clock
 
 
-class Harness:
+class Harness(HostReads):
     def __init__(
         self,
         root: Path,
@@ -150,19 +150,7 @@ class Harness:
         )
         return resp.status_code
 
-    # -- reading the remediator's side --------------------------------------------------------------
-    def host(self, host_id: str) -> dict[str, Any]:
-        return store.get_host(self.conn, host_id)
-
-    def audit(self, host_id: str) -> list[dict[str, Any]]:
-        return store.get_audit(self.conn, host_id)
-
-    def steps(self, host_id: str) -> list[tuple[str, str]]:
-        return [(e["step"], e["outcome"]) for e in self.audit(host_id)]
-
-    def active(self, host_id: str) -> bool:
-        return bool(self.conn.exists(keys.ACTIVE.format(host_id)))
-
+    # -- reading the remediator's side (host, audit, steps and active come from HostReads) ----------
     def ledger(self) -> list[dict[str, Any]]:
         path = Path(self.settings.ledger_file)
         if not path.exists():

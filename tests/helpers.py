@@ -8,11 +8,30 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from remediator import keys, store
 from remediator.config import Settings
 
 WEBHOOK_TOKEN = "whk-7f3a9c1e5b2d4f60-secret"
 ADMIN_TOKEN = "adm-91c2e8f4a7b3d650-secret"
 READ_TOKEN = "rdt-3e5a7c9b1d2f4068-secret"
+
+
+class HostReads:
+    """What a test reads of the remediator's side of a host, from Redis (``self.conn``)."""
+
+    conn: Any
+
+    def host(self, host_id: str) -> dict[str, Any]:
+        return store.get_host(self.conn, host_id)
+
+    def audit(self, host_id: str) -> list[dict[str, Any]]:
+        return store.get_audit(self.conn, host_id)
+
+    def steps(self, host_id: str) -> list[tuple[str, str]]:
+        return [(e["step"], e["outcome"]) for e in self.audit(host_id)]
+
+    def active(self, host_id: str) -> bool:
+        return bool(self.conn.exists(keys.ACTIVE.format(host_id)))
 
 
 def make_settings(redis_url: str, **overrides: object) -> Settings:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e import Stack, kill_worker, make_stack, running
+from e2e import Stack, kill_worker, running
 from helpers import alert, make_settings, wait_for
 from rq import Worker
 
@@ -147,18 +147,16 @@ def busy_workers(stack: Stack) -> list[Any]:
     return [p for p in stack.workers if p.poll() is None and p.pid in busy]
 
 
-def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hosts: int, kills: int) -> None:
+def chaos_run(make_sim_cluster, e2e_stack, tmp_path, seed: int, hosts: int, kills: int) -> None:
     rng = random.Random(seed)
     why = f"seed {seed}"
     sim = make_sim_cluster(hosts=hosts)
     faults = {h: list(FAULTS)[i % len(FAULTS)] for i, h in enumerate(rng.sample(sim.host_ids, hosts))}
     imports_log = tmp_path / "imports.log"
     importer = sim.env()["REMEDIATOR_IMPORT_COMMAND"]
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
+        workers=3,
         # Each command leaves a timestamp where it runs, then lingers a little so kills land inside.
         REMEDIATOR_AGENT_RESTART_COMMAND=(
             f'date +%s.%N >> "$RINGRIFT_HOST_ROOT/{RESTART_LOG}" && '
@@ -168,11 +166,8 @@ def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hos
             f'sh -c \'echo "$(date +%s.%N) $(basename "$0")" >> {imports_log} && sleep 1 && '
             f'exec "$@"\' {{data_dir}} {importer}'
         ),
-    )
-    for _ in range(3):
-        stack.start_worker()
-    killed: list[str] = []
-    try:
+    ) as stack:
+        killed: list[str] = []
         for h, fault in faults.items():
             inject(sim, h, fault)
         stack.post([alert(h) for h in sim.host_ids])
@@ -237,8 +232,6 @@ def chaos_run(make_sim_cluster, redis_url, tmp_path, monkeypatch, seed: int, hos
         # Imported games are deduplicated by id: nothing reached the central store twice.
         for h in sim.host_ids:
             assert sim.counts(h)["imported_games"] <= len(sim.host_game_ids(h)), why
-    finally:
-        stack.stop()
 
 
 SEEDS = (
@@ -248,13 +241,12 @@ SEEDS = (
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_workers_killed_at_random_points_every_ladder_finishes_and_nothing_is_applied_twice(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, seed
+    make_sim_cluster, e2e_stack, tmp_path, seed
 ):
     chaos_run(
         make_sim_cluster,
-        redis_url,
+        e2e_stack,
         tmp_path,
-        monkeypatch,
         seed,
         hosts=8 if SLOW else 6,
         kills=10 if SLOW else 4,
@@ -287,16 +279,13 @@ def sessions_opened(sim: SimCluster, host_id: str) -> int:
 
 
 def test_refused_hanging_and_wrong_key_hosts_are_unreachable_and_never_touched(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch
+    make_sim_cluster, e2e_stack, tmp_path
 ):
     sim = make_sim_cluster(hosts=3, selfplay=False)
     refused, hanging, forged = sim.host_ids
     known_hosts = wrong_key_known_hosts(sim, forged, tmp_path / "known_hosts")
     before = known_hosts.read_text()
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_SSH_KNOWN_HOSTS=str(known_hosts))
-    stack.start_worker()
-    stack.start_worker()
-    try:
+    with e2e_stack(sim, workers=2, REMEDIATOR_SSH_KNOWN_HOSTS=str(known_hosts)) as stack:
         for h in sim.host_ids:
             sim.kill_agent(h)  # each host needs a restart: only a connection that is trusted may do it
             sim.make_critical(h)
@@ -328,8 +317,6 @@ def test_refused_hanging_and_wrong_key_hosts_are_unreachable_and_never_touched(
         assert sessions_opened(sim, forged) == logins
         assert sim.host(forged).agent_pid is None
         assert known_hosts.read_text() == before
-    finally:
-        stack.stop()
 
 
 def test_wrong_host_key_is_refused_by_asyncssh_and_by_rsync_not_trusted(
@@ -404,21 +391,16 @@ COORDINATOR_FAULTS = {
 
 @pytest.mark.parametrize("fault", list(COORDINATOR_FAULTS))
 def test_coordinator_down_during_diagnosis_waits_rechecks_and_finishes_after_it_clears(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, fault
+    make_sim_cluster, e2e_stack, tmp_path, fault
 ):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
     args, error = COORDINATOR_FAULTS[fault]
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(slow_rules(tmp_path)),
         REMEDIATOR_COORDINATOR_TIMEOUT="0.5",
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         sim.kill_agent(h)
         sim.make_critical(h)
         sim.coordinator_fault(**args)
@@ -455,29 +437,20 @@ def test_coordinator_down_during_diagnosis_waits_rechecks_and_finishes_after_it_
         assert ("escalate", "ran") not in stack.steps(h)
         counts = sim.counts(h)
         assert counts["agent_restarts"] == 1 and counts["retires"] == 0 and counts["imports"] == 0, counts
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize("fault", list(COORDINATOR_FAULTS))
-def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, fault
-):
+def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(make_sim_cluster, e2e_stack, fault):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
     args, error = COORDINATOR_FAULTS[fault]
     marker = f"sleep 1.{'53' if fault == '503' else '57'}"
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_COORDINATOR_TIMEOUT="0.5",
         # The restart lingers, so the fault can start while it runs: force_sync comes next.
         REMEDIATOR_AGENT_RESTART_COMMAND=f"systemctl restart ringrift-sync-agent && {marker}",
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         sim.kill_agent(h)
         sim.make_critical(h)
         stack.post([alert(h)])
@@ -500,8 +473,6 @@ def test_coordinator_down_during_force_sync_rechecks_instead_of_climbing(
         assert not steps & {"recover_data", "escalate", "retire"}, stack.steps(h)
         counts = sim.counts(h)
         assert counts["agent_restarts"] == 1 and counts["retires"] == 0 and counts["imports"] == 0, counts
-    finally:
-        stack.stop()
 
 
 def test_coordinator_client_retries_5xx_with_backoff_and_never_repeats_a_timed_out_post(make_sim_cluster):

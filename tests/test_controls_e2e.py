@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 from conftest import require_binary
-from e2e import FAST_RULES, make_stack
+from e2e import make_stack, pages_received, pages_to, rules_file
 from helpers import ADMIN_TOKEN, WEBHOOK_TOKEN, alert, wait_for
 from test_ui_chromium import dump_dom, post_form
 from werkzeug.serving import make_server
@@ -39,16 +39,6 @@ def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def rules_file(tmp_path, **replacements: str):
-    text = FAST_RULES.read_text()
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / "rules.yaml"
-    path.write_text(text)
-    return path
-
-
 def wait_frozen(stack, h: str) -> None:
     wait_for(
         lambda: ("restart_agent", "frozen") in stack.steps(h), timeout=60, what=f"{h} held by the freeze"
@@ -64,13 +54,11 @@ def watch_no_restart(sim, h: str, seconds: float) -> None:
 
 
 def test_a_freeze_from_the_cli_holds_the_restart_for_a_minute_and_unfreeze_lets_it_heal(
-    sim_cluster, redis_url, tmp_path, monkeypatch
+    sim_cluster, e2e_stack
 ):
     sim = sim_cluster
     h = sim.host_ids[0]
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN)
-    stack.start_worker()
-    try:
+    with e2e_stack(sim, REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN) as stack:
         assert "fleet frozen" in cli(stack, "freeze", "--reason", "test").stdout
         sim.kill_agent(h)
         sim.make_critical(h)
@@ -89,8 +77,6 @@ def test_a_freeze_from_the_cli_holds_the_restart_for_a_minute_and_unfreeze_lets_
         assert [c[0] for c in changes] == ["set", "lifted"] and all(c[1].startswith("cli") for c in changes)
         text = stack.app.test_client().get("/metrics").get_data(as_text=True)
         assert 'remediator_automation_frozen{host_id=""} 0.0' in text
-    finally:
-        stack.stop()
 
 
 def test_a_freeze_through_the_api_and_one_through_the_status_page_in_chromium(
@@ -138,10 +124,9 @@ def test_a_freeze_through_the_api_and_one_through_the_status_page_in_chromium(
 
 
 def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server
+    make_sim_cluster, e2e_stack, tmp_path, server
 ):
     sim = make_sim_cluster(hosts=5)
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     rules = rules_file(
         tmp_path,
         **{
@@ -151,17 +136,12 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
             "storm_threshold: 3": "storm_threshold: 10",  # five hosts here are five incidents, no storm
         },
     )
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **pages_to(server),
         REMEDIATOR_ADMIN_TOKEN=ADMIN_TOKEN,
-    )
-    stack.start_worker()
-    try:
+    ) as stack:
         for h in sim.host_ids:
             sim.kill_agent(h)
             sim.make_critical(h)
@@ -176,42 +156,34 @@ def test_a_budget_of_two_restarts_trips_a_freeze_that_names_it_and_pages_once(
         )
         time.sleep(5)  # re-checks run while frozen: none may restart anything
         assert sum(sim.counts(h)["agent_restarts"] for h in sim.host_ids) == 2
-        pages = [json.loads(r.get_data()) for r, _ in server.log]
+        pages = pages_received(server)
         freeze_pages = [p for p in pages if p["dedup_key"].startswith("remediator/freeze/")]
         assert len(freeze_pages) == 1 and "restarts" in freeze_pages[0]["summary"], pages
         assert stack.app.test_client().delete("/api/v1/freeze", headers=admin()).status_code == 200
         for h in sim.host_ids:
             assert stack.wait_finished(h, timeout=90)["outcome"] == "healthy", (h, stack.steps(h))
         assert [sim.counts(h)["agent_restarts"] for h in sim.host_ids] == [1] * 5
-        resolved = [json.loads(r.get_data()) for r, _ in server.log][len(pages) :]
+        resolved = pages_received(server)[len(pages) :]
         assert [p["status"] for p in resolved if p["dedup_key"] == freeze_pages[0]["dedup_key"]] == [
             "resolved"
         ]
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize("answer", ["approve", "deny", "timeout"])
 def test_retirement_waits_for_approval_then_retires_once_or_escalates(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, answer
+    make_sim_cluster, e2e_stack, tmp_path, server, answer
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
     h = sim.host_ids[0]
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
     rules = rules_file(
         tmp_path,
         **{"automatic: false": "automatic: true", "timeout_minutes: 60": "timeout_minutes: 0.25"},
     )
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
-    )
-    stack.start_worker()
-    try:
+        **pages_to(server),
+    ) as stack:
         sim.kill_agent(h)
         sim.make_critical(h)
         sim.write_games(h, 3)
@@ -223,7 +195,7 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
         wait_for(
             lambda: stack.host(h).get("status") == "awaiting_approval", timeout=60, what="the approval wait"
         )
-        pages = [json.loads(r.get_data()) for r, _ in server.log]
+        pages = pages_received(server)
         asked = [p for p in pages if "asks approval" in p["summary"]]
         assert len(asked) == 1 and "remediator approve" in json.dumps(asked[0]["details"])
         assert sim.counts(h)["retires"] == 0 and sim.counts(h)["data_loss_records"] == 0
@@ -244,10 +216,8 @@ def test_retirement_waits_for_approval_then_retires_once_or_escalates(
             expected = ("retire", "refused") if answer == "deny" else ("retire", "escalating")
             assert expected in stack.steps(h)
         # One incident, one page: the approval request, later updated, never a second trigger key.
-        keys_paged = {json.loads(r.get_data())["dedup_key"] for r, _ in server.log}
+        keys_paged = {p["dedup_key"] for p in pages_received(server)}
         assert len(keys_paged) == 1
-    finally:
-        stack.stop()
 
 
 def silences_of(am: AlertmanagerProcess, state: str = "active") -> list[dict]:
@@ -256,67 +226,58 @@ def silences_of(am: AlertmanagerProcess, state: str = "active") -> list[dict]:
 
 
 def test_a_host_s_other_alerts_are_silenced_while_its_agent_is_restarted_and_not_after(
-    sim_cluster, redis_url, tmp_path, monkeypatch
+    sim_cluster, e2e_stack, tmp_path
 ):
     require_binary("prometheus-alertmanager")
     sim = sim_cluster
     h = sim.host_ids[0]
     rules = rules_file(tmp_path, **{"  enabled: false ": "  enabled: true  "})
-    with AlertmanagerProcess(tmp_path / "am", "http://127.0.0.1:9/unused", bearer_token=WEBHOOK_TOKEN) as am:
-        stack = make_stack(
+    with (
+        AlertmanagerProcess(tmp_path / "am", "http://127.0.0.1:9/unused", bearer_token=WEBHOOK_TOKEN) as am,
+        e2e_stack(
             sim,
-            redis_url,
-            tmp_path,
-            monkeypatch,
             REMEDIATOR_RULES_FILE=str(rules),
             REMEDIATOR_ALERTMANAGER_URL=am.url,
-        )
-        stack.start_worker()
-        try:
-            sim.agent_dies_after_restart(h)  # two restarts, a recovery, an escalation: a while
-            sim.make_critical(h)
-            stack.post([alert(h)])
-            wait_for(lambda: silences_of(am), timeout=60, what="a silence while the restart runs")
-            [silence] = silences_of(am)
-            assert stack.host(h)["status"] != "finished"
-            matchers = {
-                (m["name"], m["value"], m["isRegex"], m.get("isEqual", True)) for m in silence["matchers"]
-            }
-            assert ("host_id", h, False, True) in matchers
-            assert ("alertname", "CriticalSyncHosts", True, False) in matchers  # the trigger: never silenced
-            state = stack.wait_finished(h, timeout=120)
-            assert state["outcome"] == "recovered", stack.steps(h)
-            wait_for(lambda: not silences_of(am), timeout=10, what="the ladder's end to expire its silence")
-            assert [s["id"] for s in silences_of(am, "expired")] == [silence["id"]]
-            # A worker killed between making a silence and recording it leaves one Redis does not know;
-            # the sweeper finds it in Alertmanager (made by the remediator, its ladder no longer runs).
-            orphan = requests.post(
-                am.url + "/api/v2/silences",
-                json={
-                    "matchers": silence["matchers"],
-                    "startsAt": silence["startsAt"],
-                    "endsAt": silence["endsAt"],
-                    "createdBy": "ringrift-remediator",
-                    "comment": f"ringrift-remediator is remediating {h} (ladder {'0' * 32})",
-                },
-                timeout=5,
-            ).json()["silenceID"]
-            assert [s["id"] for s in silences_of(am)] == [orphan]
-            stack.conn.delete(keys.SWEEP_LOCK, keys.SILENCE_SWEEP_LOCK)
-            sweep(stack.conn, Settings.from_env())
-            assert silences_of(am) == [] and stack.conn.hlen(keys.SILENCES) == 0
-        finally:
-            stack.stop()
+        ) as stack,
+    ):
+        sim.agent_dies_after_restart(h)  # two restarts, a recovery, an escalation: a while
+        sim.make_critical(h)
+        stack.post([alert(h)])
+        wait_for(lambda: silences_of(am), timeout=60, what="a silence while the restart runs")
+        [silence] = silences_of(am)
+        assert stack.host(h)["status"] != "finished"
+        matchers = {
+            (m["name"], m["value"], m["isRegex"], m.get("isEqual", True)) for m in silence["matchers"]
+        }
+        assert ("host_id", h, False, True) in matchers
+        assert ("alertname", "CriticalSyncHosts", True, False) in matchers  # the trigger: never silenced
+        state = stack.wait_finished(h, timeout=120)
+        assert state["outcome"] == "recovered", stack.steps(h)
+        wait_for(lambda: not silences_of(am), timeout=10, what="the ladder's end to expire its silence")
+        assert [s["id"] for s in silences_of(am, "expired")] == [silence["id"]]
+        # A worker killed between making a silence and recording it leaves one Redis does not know;
+        # the sweeper finds it in Alertmanager (made by the remediator, its ladder no longer runs).
+        orphan = requests.post(
+            am.url + "/api/v2/silences",
+            json={
+                "matchers": silence["matchers"],
+                "startsAt": silence["startsAt"],
+                "endsAt": silence["endsAt"],
+                "createdBy": "ringrift-remediator",
+                "comment": f"ringrift-remediator is remediating {h} (ladder {'0' * 32})",
+            },
+            timeout=5,
+        ).json()["silenceID"]
+        assert [s["id"] for s in silences_of(am)] == [orphan]
+        stack.conn.delete(keys.SWEEP_LOCK, keys.SILENCE_SWEEP_LOCK)
+        sweep(stack.conn, Settings.from_env())
+        assert silences_of(am) == [] and stack.conn.hlen(keys.SILENCES) == 0
 
 
-def test_a_maintenance_alert_holds_mutating_steps_until_it_resolves(
-    sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_a_maintenance_alert_holds_mutating_steps_until_it_resolves(sim_cluster, e2e_stack):
     sim = sim_cluster
     h = sim.host_ids[0]
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch)
-    stack.start_worker()
-    try:
+    with e2e_stack(sim) as stack:
         stack.post([alert(None, alertname="RingRiftMaintenance")])
         sim.kill_agent(h)
         sim.make_critical(h)
@@ -328,5 +289,3 @@ def test_a_maintenance_alert_holds_mutating_steps_until_it_resolves(
         assert stack.wait_finished(h, timeout=60)["outcome"] == "healthy"
         assert incidents.current(stack.conn, h).state == incidents.IncidentState.MONITORING
         assert paging.open_pages(stack.conn) == []
-    finally:
-        stack.stop()

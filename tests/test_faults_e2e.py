@@ -6,11 +6,10 @@ not make things worse: an unknown is never read as "terminated", "healthy" or "n
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from e2e import FAST_RULES, make_stack
+from e2e import pages_received, pages_to, rules_file
 from helpers import alert
 
 from remediator.intake import LadderRequest, start_ladders
@@ -18,35 +17,21 @@ from remediator.intake import LadderRequest, start_ladders
 H = "host-01"  # the first sim host is on Vast
 
 
-def pages_received(server) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in server.log]
-
-
 def auto_retire_rules(tmp_path: Path) -> Path:
     """The fast test rules with automatic retirement on: only the facts stand between a host and retire."""
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
-    assert "automatic: false" in text
-    rules.write_text(text.replace("automatic: false", "automatic: true"))
-    return rules
+    return rules_file(tmp_path, **{"automatic: false": "automatic: true"})
 
 
 @pytest.mark.parametrize("answer", ["error", "malformed"])
 def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, answer
+    make_sim_cluster, e2e_stack, tmp_path, server, answer
 ):
     sim = make_sim_cluster(hosts=1, selfplay=False)
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(auto_retire_rules(tmp_path)),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
-    )
-    stack.start_worker()
-    try:
+        **pages_to(server),
+    ) as stack:
         sim.kill_agent(H)
         sim.make_critical(H)
         sim.write_games(H, 5)
@@ -79,17 +64,13 @@ def test_provider_error_answer_with_unreachable_host_escalates_and_never_retires
             e for e in stack.audit(H) if e["step"] == "wait_reachable" and e["outcome"] == "verify-failed"
         )
         assert "provider answer unusable" in escalated["cloud_detail"]
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
-def stack(sim_cluster, redis_url, tmp_path, monkeypatch):
-    s = make_stack(sim_cluster, redis_url, tmp_path, monkeypatch)
-    assert "REMEDIATOR_AGENT_FALLBACK_COMMAND" not in s.env  # the shipped default runs on the hosts
-    s.start_worker()
-    yield s
-    s.stop()
+def stack(sim_cluster, e2e_stack):
+    with e2e_stack(sim_cluster) as s:
+        assert "REMEDIATOR_AGENT_FALLBACK_COMMAND" not in s.env  # the shipped default runs on the hosts
+        yield s
 
 
 def test_host_without_systemctl_gets_its_dead_agent_back_from_the_default_fallback(stack):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-from e2e import FAST_RULES, make_stack
+from e2e import pages_received, pages_to, rules_file
 from helpers import alert, wait_for
 
 from remediator import store
@@ -16,25 +15,15 @@ def fleet_events(stack) -> list[tuple[str, str]]:
     return [(e["step"], e["outcome"]) for e in store.get_audit(stack.conn, FLEET)]
 
 
-def webhook_pages(server) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in server.log]
-
-
 def selfplay_calls(sim, kind: str) -> Counter:
     return Counter(h for c in sim.calls if c["call"] == kind and c["status"] == 200 for h in c["host_ids"])
 
 
 def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undoes_it_on_recovery(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server
+    make_sim_cluster, e2e_stack, server
 ):
     sim = make_sim_cluster(hosts=10)
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    stack = make_stack(
-        sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
-    )
-    stack.start_worker()
-    stack.start_worker()
-    try:
+    with e2e_stack(sim, workers=2, **pages_to(server)) as stack:
         affected = sim.host_ids[:8]
         healthy = sim.host_ids[8:]
         for h in affected:
@@ -51,24 +40,18 @@ def test_storm_checks_once_pages_once_pauses_exactly_the_affected_hosts_and_undo
         assert events[("network-check", "ok")] == 1
         assert events[("provider-check", "ok")] == 1
         assert events[("page", "sent")] == 1
-        storm_pages = [p for p in webhook_pages(server) if p["dedup_key"].startswith("remediator/storm/")]
+        storm_pages = [p for p in pages_received(server) if p["dedup_key"].startswith("remediator/storm/")]
         assert [p["status"] for p in storm_pages] == ["firing", "resolved"]
         assert sorted(storm_pages[0]["hosts"]) == sorted(affected)
         paused, resumed = selfplay_calls(sim, "pause-selfplay"), selfplay_calls(sim, "resume-selfplay")
         assert paused == Counter(affected) and resumed == Counter(affected)
         for h in healthy:
             assert sim.counts(h)["pauses"] == 0 and stack.host(h) == {}
-    finally:
-        stack.stop()
 
 
-def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(make_sim_cluster, e2e_stack):
     sim = make_sim_cluster(hosts=4)
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch)
-    stack.start_worker()
-    try:
+    with e2e_stack(sim) as stack:
         affected = sim.host_ids[:3]
         sim.provider_outage(True)
         for h in affected:
@@ -85,34 +68,25 @@ def test_provider_outage_during_a_storm_holds_the_ladders_then_they_resume(
             assert stack.wait_finished(h, timeout=120)["outcome"] == "healthy", stack.steps(h)
             assert sim.counts(h)["agent_restarts"] == 1 and sim.counts(h)["retires"] == 0
         assert ("provider-check", "ok") in fleet_events(stack)
-    finally:
-        stack.stop()
 
 
 def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server
+    make_sim_cluster, e2e_stack, tmp_path, server
 ):
     sim = make_sim_cluster(hosts=1)
     h = sim.host_ids[0]
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
-    assert "{fact: minutes_in_ladder, gte: 30}" in text
-    rules.write_text(
-        text.replace("{fact: minutes_in_ladder, gte: 30}", "{fact: minutes_in_ladder, gte: 0.04}").replace(
-            "update_interval_minutes: 15", "update_interval_minutes: 0.01"
-        )
-    )
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    stack = make_stack(
-        sim,
-        redis_url,
+    rules = rules_file(
         tmp_path,
-        monkeypatch,
-        REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
+        **{
+            "{fact: minutes_in_ladder, gte: 30}": "{fact: minutes_in_ladder, gte: 0.04}",
+            "update_interval_minutes: 15": "update_interval_minutes: 0.01",
+        },
     )
-    stack.start_worker()
-    try:
+    with e2e_stack(
+        sim,
+        REMEDIATOR_RULES_FILE=str(rules),
+        **pages_to(server),
+    ) as stack:
         sim.kill_agent(h)
         sim.make_unreachable(h)  # the host is down: the ladder waits, re-checking on a schedule
         sim.make_critical(h)
@@ -120,16 +94,14 @@ def test_still_critical_after_n_minutes_pages_once_from_the_scheduled_checks(
         # Between checks the worker is free: the ladder is "waiting" on a scheduled job, not sleeping.
         wait_for(lambda: stack.host(h).get("status") == "waiting", timeout=30, what="a scheduled re-check")
         assert stack.wait_finished(h, timeout=60)["outcome"] == "escalated"
-        pages = webhook_pages(server)
+        pages = pages_received(server)
         summaries = [p["summary"] for p in pages]
         still = [s for s in summaries if "still critical" in s]
         assert len(still) == 1, summaries
         # One incident, one page: the escalation updates the page already sent, under its dedup key.
         assert len({p["dedup_key"] for p in pages}) == 1, pages
         wait_for(
-            lambda: any("needs a human" in p["summary"] for p in webhook_pages(server)),
+            lambda: any("needs a human" in p["summary"] for p in pages_received(server)),
             timeout=30,
             what="the page updated to say a human is needed",
         )
-    finally:
-        stack.stop()

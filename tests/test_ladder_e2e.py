@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e import FAST_RULES, Stack, kill_worker, make_stack, running
+from e2e import Stack, kill_worker, pages_received, pages_to, rules_file, running
 from helpers import alert, wait_for
 
 from remediator import incidents, keys, paging
@@ -18,18 +18,9 @@ H = "host-01"
 
 
 @pytest.fixture
-def stack(sim_cluster, redis_url, tmp_path, monkeypatch, server):
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    s = make_stack(
-        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
-    )
-    s.start_worker()
-    yield s
-    s.stop()
-
-
-def pages_received(server) -> list[dict]:
-    return [json.loads(req.get_data()) for req, _ in server.log]
+def stack(sim_cluster, e2e_stack, server):
+    with e2e_stack(sim_cluster, **pages_to(server)) as s:
+        yield s
 
 
 def sha256_files(root: Path) -> dict[str, str]:
@@ -129,30 +120,19 @@ def iso(ts: float) -> str:
 
 @pytest.mark.parametrize("automatic", [False, True], ids=["auto-retire-off", "auto-retire-on"])
 def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rules_say(
-    make_sim_cluster, redis_url, tmp_path, monkeypatch, server, automatic
+    make_sim_cluster, e2e_stack, tmp_path, server, automatic
 ):
     # Self-play off, so the unsynced games on the host are exactly the ones written here.
     sim = make_sim_cluster(hosts=1, selfplay=False)
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
     # Retirement without a human's yes: automatic, and no approval asked (tests/test_controls_e2e.py
     # covers retirement behind the approval gate).
-    rules.write_text(
-        text.replace("automatic: false", "automatic: true").replace("steps: [retire]", "steps: []")
-        if automatic
-        else text
-    )
-    server.expect_request("/page", method="POST").respond_with_json({"ok": True})
-    stack = make_stack(
+    auto_retire = {"automatic: false": "automatic: true", "steps: [retire]": "steps: []"}
+    rules = rules_file(tmp_path, **(auto_retire if automatic else {}))
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_RULES_FILE=str(rules),
-        REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page"),
-    )
-    stack.start_worker()
-    try:
+        **pages_to(server),
+    ) as stack:
         sim.kill_agent(H)
         sim.make_critical(H)
         sim.write_games(H, 4)
@@ -188,8 +168,6 @@ def test_terminated_instance_documents_the_loss_then_pages_or_retires_as_the_rul
             assert sim.counts(H)["retires"] == 0 and not sim.retired(H)
             page = next(p for p in pages_received(server) if H in json.dumps(p))
             assert page["details"]["checklist"]["loss_documented"] is True
-    finally:
-        stack.stop()
 
 
 def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_never_retired(stack: Stack):
@@ -208,14 +186,10 @@ def test_unreachable_host_with_running_instance_is_rechecked_then_escalated_neve
 
 
 def test_escalation_no_pager_delivered_is_a_failed_ladder_not_an_escalated_one(
-    sim_cluster, redis_url, tmp_path, monkeypatch, server
+    sim_cluster, e2e_stack, server
 ):
     server.expect_request("/page", method="POST").respond_with_data("down", status=503)
-    stack = make_stack(
-        sim_cluster, redis_url, tmp_path, monkeypatch, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")
-    )
-    stack.start_worker()
-    try:
+    with e2e_stack(sim_cluster, REMEDIATOR_PAGE_WEBHOOK_URL=server.url_for("/page")) as stack:
         sim_cluster.kill_agent(H)
         sim_cluster.make_unreachable(H)
         sim_cluster.make_critical(H)
@@ -229,8 +203,6 @@ def test_escalation_no_pager_delivered_is_a_failed_ladder_not_an_escalated_one(
         incident = incidents.get(stack.conn, state["incident_id"])
         assert incident is not None and incident.paged is False and incident.pages
         assert paging.get(stack.conn, incident.pages[0]).state == paging.PageState.FAILED
-    finally:
-        stack.stop()
 
 
 def test_hanging_host_is_bounded_by_the_connect_timeout_and_treated_as_unreachable(stack: Stack):
@@ -289,11 +261,9 @@ def test_alert_without_host_id_starts_one_ladder_per_critical_host(stack: Stack)
     assert not stack.conn.exists(keys.ACTIVE.format("_discovery"))
 
 
-def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tmp_path, monkeypatch):
+def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, e2e_stack, tmp_path):
     sim = sim_cluster
-    stack = make_stack(sim, redis_url, tmp_path, monkeypatch, REMEDIATOR_DRY_RUN="true")
-    stack.start_worker()
-    try:
+    with e2e_stack(sim, REMEDIATOR_DRY_RUN="true") as stack:
         sim.kill_agent("host-01")
         sim.agent_dies_after_restart("host-02")
         sim.kill_agent("host-02")
@@ -317,24 +287,16 @@ def test_dry_run_records_the_plan_and_mutates_nothing(sim_cluster, redis_url, tm
             (sim.recovery_dir / "host-02").iterdir()
         )
         assert not (tmp_path / "ledger.jsonl").exists()
-    finally:
-        stack.stop()
 
 
-def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(
-    sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_once(sim_cluster, e2e_stack):
     sim = sim_cluster
     # The step's command lingers after the restart, so the kill lands inside the step, provably.
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_AGENT_RESTART_COMMAND="systemctl restart ringrift-sync-agent; sleep 7.31",
-    )
-    first = stack.start_worker()
-    try:
+    ) as stack:
+        first = stack.workers[0]
         sim.kill_agent(H)
         sim.make_critical(H)
         stack.post([alert(H)])
@@ -348,24 +310,16 @@ def test_worker_killed_in_the_middle_of_restart_agent_is_replaced_and_restarts_o
         assert ("sweeper", "resumed") in steps
         assert ("restart_agent", "resumed") in steps  # attempt 1 had run: verified, not repeated
         assert sim.counts(H)["agent_restarts"] == 1
-    finally:
-        stack.stop()
 
 
-def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_once(
-    sim_cluster, redis_url, tmp_path, monkeypatch
-):
+def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_once(sim_cluster, e2e_stack):
     sim = sim_cluster
     importer = sim.env()["REMEDIATOR_IMPORT_COMMAND"]
-    stack = make_stack(
+    with e2e_stack(
         sim,
-        redis_url,
-        tmp_path,
-        monkeypatch,
         REMEDIATOR_IMPORT_COMMAND=f"sh -c 'sleep 7.37 && exec \"$@\"' import {importer}",
-    )
-    first = stack.start_worker()
-    try:
+    ) as stack:
+        first = stack.workers[0]
         sim.agent_dies_after_restart(H)
         sim.make_critical(H)
         stack.post([alert(H)])
@@ -381,8 +335,6 @@ def test_worker_killed_in_the_middle_of_recover_data_is_replaced_and_imports_onc
         recovered = sha256_files(sim.recovery_dir / H)
         on_host = sha256_files(sim.host(H).data_dir)
         assert recovered and all(on_host.get(name) == digest for name, digest in recovered.items())
-    finally:
-        stack.stop()
 
 
 def test_a_step_the_plan_holds_twice_runs_again_in_its_second_rung(stack: Stack):

@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 from conftest import require_binary
-from e2e import FAST_RULES, Receiver, am_alert, deployed, ladders_started
+from e2e import Receiver, am_alert, deployed, ladders_started, steady_rules
 from helpers import alert as webhook_alert
 from helpers import bearer, payload, wait_for
 from redis_sentinel import SentinelCluster
@@ -28,16 +28,6 @@ MASTER_PASSWORD = "ha-master-3c9d1f"
 SENTINEL_PASSWORD = "ha-sentinel-8e2b7a"
 # Each restart lingers a second, so the ten ladders are still running when the master dies.
 SLOW_RESTART = "sleep 1 && systemctl restart ringrift-sync-agent"
-
-
-def steady_rules(tmp_path) -> str:
-    """The fast rules, but an incident stays open while its host is healthy (Alertmanager here
-    re-sends every alert until the test ends: a closed incident would take a re-send as a new one)."""
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
-    assert "healthy_for_minutes: 0.1 " in text
-    rules.write_text(text.replace("healthy_for_minutes: 0.1 ", "healthy_for_minutes: 60  "))
-    return str(rules)
 
 
 @pytest.fixture(autouse=True)

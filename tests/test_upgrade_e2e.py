@@ -16,7 +16,7 @@ import time
 
 import pytest
 from conftest import require_binary
-from e2e import FAST_RULES, Stack, am_alert, deployed, ladders_started
+from e2e import Stack, am_alert, deployed, ladders_started, steady_rules
 from helpers import wait_for
 from rq import Worker
 
@@ -26,16 +26,6 @@ HOSTS = 20
 STOP_TIMEOUT = 60  # seconds an old worker may take to finish its job and exit
 # Each restart lingers a second, so that SIGTERM finds workers in the middle of a job.
 SLOW_RESTART = "sleep 1 && systemctl restart ringrift-sync-agent"
-
-
-def steady_rules(tmp_path) -> str:
-    """The fast rules, but an incident stays open while its host is healthy (Alertmanager here
-    re-sends every alert until the test ends: a closed incident would take a re-send as a new one)."""
-    rules = tmp_path / "rules.yaml"
-    text = FAST_RULES.read_text()
-    assert "healthy_for_minutes: 0.1 " in text
-    rules.write_text(text.replace("healthy_for_minutes: 0.1 ", "healthy_for_minutes: 60  "))
-    return str(rules)
 
 
 @pytest.fixture(autouse=True)
