@@ -3,7 +3,8 @@
 ``SimCluster`` starts a coordinator (the DESIGN.md contract), one real OpenSSH ``sshd`` per host with a
 sync agent, self-play game files and command shims, fake Vast.ai and Lambda Cloud APIs, and offers
 fault injection. See ``remediator.sim.cluster`` for the layout and ``remediator.sim.testing`` for the
-pytest fixtures.
+pytest fixtures. ``remediator.sim.fleet.FleetCluster`` is the same cluster at fleet scale (1,000 hosts on
+shared SSH server processes and one agent engine); import it from there.
 """
 
 from remediator.sim.cluster import COUNTERS, SimCluster, SimHost, UnsyncedGames
