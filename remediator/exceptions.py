@@ -77,3 +77,7 @@ class RulesMeaningError(RulesFileError):
 
 class RuleTestFileError(RulesFileError):
     """A rule unit-test file (``remediator rules test``) is malformed."""
+
+
+class LimitUnavailable(RemediatorError):
+    """A fleet-wide limit (remediator/limits.py) gave no slot in time, or its Redis did not answer."""

@@ -131,6 +131,7 @@ class VastProvider:
     """
 
     name = "vast"
+    row_state = staticmethod(vast_state)  # one listed row's CloudState (limits.SharedListing reads it)
 
     def __init__(self, url: str, api_key: str, *, retry: int = 3, timeout: float = 10.0):
         if not api_key:
@@ -220,6 +221,7 @@ class LambdaProvider:
     """Lambda Cloud REST API: ``GET {url}/api/v1/instances`` with a Bearer key, answer ``{"data": [...]}``."""
 
     name = "lambda"
+    row_state = staticmethod(lambda_state)
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ PRELOADED = (
     "remediator.incidents",
     "remediator.intake",
     "remediator.locks",
+    "remediator.limits",
     "remediator.metrics",
     "remediator.netcheck",
     "remediator.ops",
