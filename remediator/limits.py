@@ -18,7 +18,9 @@ seam (``remediator.clients.real_clients``), so the ladder, the probe and the fle
 - ``SharedListing``: one provider listing (Vast.ai, Lambda) serves every diagnosis for
   ``REMEDIATOR_PROVIDER_LISTING_SECONDS``: the first worker to need it takes a lock, fetches it and
   stores the instance states it read (or the error it met) in Redis; the others wait for that and read
-  it. A storm of 1,000 diagnoses makes one listing, not 1,000 (each of them paged).
+  it. A storm of 1,000 diagnoses makes one listing, not 1,000 (each of them paged). A caller that
+  cannot use a listing older than some moment (diagnosis of a host that did not answer over SSH) asks
+  with ``since`` and gets one fetched after it, still one fetch at a time fleet-wide.
 
 Each fails safe: when Redis does not answer, the limit waits and tries again (backing off up to
 ``REDIS_BACKOFF_MAX`` seconds) rather than letting the call through unbounded, and after
@@ -263,12 +265,16 @@ class SharedListing:
     def __repr__(self) -> str:
         return f"SharedListing({self.inner!r}, ttl={self.ttl:g})"
 
-    def instance_states(self, instance_ids: Iterable[str]) -> dict[str, Any]:
-        """States of several instances from the shared listing (an id not listed is terminated)."""
+    def instance_states(self, instance_ids: Iterable[str], since: float | None = None) -> dict[str, Any]:
+        """States of several instances from the shared listing (an id not listed is terminated).
+
+        ``since`` (unix seconds): only a listing fetched at or after it will do -- diagnosis asks this
+        when a host did not answer over SSH, where a state a few seconds old (an instance terminated
+        since) would send the ladder the wrong way. Such asks are still one fetch at a time."""
         from remediator.providers import CloudState
 
         try:
-            listed = self._listing()
+            listed = self._listing(since)
         except LimitUnavailable as exc:  # no shared listing, and no listing of our own either
             raise ProviderError(str(exc)) from None
         return {str(i): CloudState(listed.get(str(i), CloudState.TERMINATED.value)) for i in instance_ids}
@@ -276,14 +282,28 @@ class SharedListing:
     def instance_state(self, instance_id: str) -> Any:
         return self.instance_states([instance_id])[str(instance_id)]
 
-    def _listing(self) -> dict[str, str]:
+    def instance_state_since(self, instance_id: str, since: float) -> Any:
+        """The state of one instance from a listing fetched at or after ``since`` (see instance_states)."""
+        return self.instance_states([instance_id], since)[str(instance_id)]
+
+    def _listing(self, since: float | None = None) -> dict[str, str]:
         deadline = time.monotonic() + self.wait
         what = f"{self.name} listing"
         token = uuid.uuid4().hex
-        while True:
+
+        def stored() -> dict[str, Any] | None:
             raw = _patiently(what, deadline, lambda: self.conn.get(self.key))
-            if raw is not None:
-                return _read(json.loads(raw))
+            if raw is None:
+                return None
+            shared = json.loads(raw)
+            if since is not None and float(shared.get("at", 0)) < since:
+                return None  # older than the caller can use
+            return shared
+
+        while True:
+            found = stored()
+            if found is not None:
+                return _read(found)
             if _patiently(
                 what,
                 deadline,
@@ -291,10 +311,8 @@ class SharedListing:
             ):
                 try:
                     # Another worker may have stored it between our look and our lock: look again.
-                    raw = _patiently(what, deadline, lambda: self.conn.get(self.key))
-                    if raw is not None:
-                        return _read(json.loads(raw))
-                    return _read(self._fetch())
+                    found = stored()
+                    return _read(found if found is not None else self._fetch())
                 finally:
                     with contextlib.suppress(redis.RedisError):  # it expires by itself
                         self._unlock(keys=[self.lock_key], args=[token])
@@ -303,14 +321,16 @@ class SharedListing:
             time.sleep(LISTING_POLL)  # another worker is fetching it: a few seconds at most
 
     def _fetch(self) -> dict[str, Any]:
+        at = time.time()  # when the fetch began: every state in it is at least this recent
         try:
             shared: dict[str, Any] = {
+                "at": at,
                 "states": {
                     str(row.get("id")): self.inner.row_state(row).value for row in self.inner.instances()
-                }
+                },
             }
         except ProviderError as exc:
-            shared = {"error": str(exc)}
+            shared = {"at": at, "error": str(exc)}
         try:
             self.conn.set(self.key, json.dumps(shared), px=max(1, int(self.ttl * 1000)))
         except redis.RedisError as exc:  # fetched under the lock all the same: use it, share it next time

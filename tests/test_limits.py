@@ -261,6 +261,26 @@ def test_one_provider_listing_serves_many_hosts_within_its_window(redis_url: str
     assert len(server.log) == 6  # the window is over: listed again
 
 
+def test_a_diagnosis_of_an_unreachable_host_reads_no_listing_older_than_itself(
+    redis_url: str, server: HTTPServer
+) -> None:
+    serve_vast(server, [vast_row(101, "running")])
+    conn = redis.Redis.from_url(redis_url)
+    shared = SharedListing(VastProvider(server.url_for(""), VAST_KEY, retry=1), conn, 30.0, 30)
+    assert instance_state({"vast": shared}, "vast", "101").state is CloudState.RUNNING
+    assert len(server.log) == 1
+    began = time.time()
+    server.clear()
+    serve_vast(server, [])  # the instance is destroyed after that listing
+    assert instance_state({"vast": shared}, "vast", "101").state is CloudState.RUNNING  # shared: 30 s
+    assert server.log == []
+    assert instance_state({"vast": shared}, "vast", "101", since=began).state is CloudState.TERMINATED
+    assert len(server.log) == 1  # one fresh listing, then shared again, even with since
+    assert instance_state({"vast": shared}, "vast", "101", since=began).state is CloudState.TERMINATED
+    assert instance_state({"vast": shared}, "vast", "101").state is CloudState.TERMINATED
+    assert len(server.log) == 1
+
+
 def test_a_failing_provider_listing_is_shared_too_as_unknown(redis_url: str, server: HTTPServer) -> None:
     server.expect_request("/api/v1/instances/").respond_with_json({"success": False, "error": "boom"})
 
