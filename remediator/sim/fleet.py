@@ -303,9 +303,11 @@ class FleetCluster(SimCluster):
 
     def ssh_stats(self, reset_peak: bool = False) -> dict[str, int]:
         """SSH connections open now, the sum of each server's most at once since the last reset (an upper
-        bound of the fleet's concurrent connections), and the connections accepted."""
+        bound of the fleet's concurrent connections), and the connections accepted; ``sessions`` and
+        ``sessions_peak`` the same for connections that logged in (a TCP probe is not a session)."""
         found = [s.stats(reset_peak) for s in self._servers]
-        return {k: sum(int(f[k]) for f in found) for k in ("open", "peak", "accepted")}
+        names = ("open", "peak", "accepted", "sessions", "sessions_peak")
+        return {k: sum(int(f[k]) for f in found) for k in names}
 
     @property
     def process_ids(self) -> list[int]:

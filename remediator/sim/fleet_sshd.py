@@ -21,8 +21,10 @@ Faults come from the cluster over the control pipe (stdin: one JSON request a li
 answer a line; logs go to stderr): a host ``up``, ``down`` (its port refuses connections and its open
 connections drop, as when sshd stops) or ``hang`` (its port accepts TCP and never sends the banner).
 ``stats`` answers the SSH connections open now, the most open at once since the last reset, and the
-connections accepted. The soft limit of open files is raised to the hard one (a listener per host, a
-socket per connection, three pipes per command). The process exits when its owner is gone.
+connections accepted; and the same for sessions (connections that logged in, so not a bare TCP probe
+such as the remediator's network check). The soft limit of open files is raised to the hard one (a
+listener per host, a socket per connection, three pipes per command). The process exits when its
+owner is gone.
 """
 
 from __future__ import annotations
@@ -93,13 +95,21 @@ class _HostServer(asyncssh.SSHServer):
     def __init__(self, server: FleetServer, endpoint: Endpoint) -> None:
         self.server, self.endpoint = server, endpoint
         self.conn: asyncssh.SSHServerConnection | None = None
+        self.logged_in = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.endpoint.conns.add(conn)
         self.server.opened()
 
+    def auth_completed(self) -> None:
+        self.logged_in = True
+        self.server.session_opened()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.logged_in:
+            self.logged_in = False
+            self.server.session_closed()
         if self.conn in self.endpoint.conns:
             self.endpoint.conns.discard(self.conn)
             self.server.closed()
@@ -138,6 +148,7 @@ class FleetServer:
             for h in config["hosts"]
         }
         self.open = self.peak = self.accepted = 0
+        self.sessions = self.sessions_peak = 0  # connections logged in: SSH sessions, not TCP probes
 
     def opened(self) -> None:
         self.open += 1
@@ -146,6 +157,13 @@ class FleetServer:
 
     def closed(self) -> None:
         self.open -= 1
+
+    def session_opened(self) -> None:
+        self.sessions += 1
+        self.sessions_peak = max(self.sessions_peak, self.sessions)
+
+    def session_closed(self) -> None:
+        self.sessions -= 1
 
     # -- a host's port ---------------------------------------------------------------------------------
 
@@ -298,9 +316,15 @@ async def _answer(server: FleetServer, request: dict[str, Any]) -> dict[str, Any
         failed = await _set_modes(server, request["modes"], request.get("ports") or {})
         return {"ok": not failed, "failed": failed}
     if op == "stats":
-        found = {"open": server.open, "peak": server.peak, "accepted": server.accepted}
+        found = {
+            "open": server.open,
+            "peak": server.peak,
+            "accepted": server.accepted,
+            "sessions": server.sessions,
+            "sessions_peak": server.sessions_peak,
+        }
         if request.get("reset_peak"):
-            server.peak = server.open
+            server.peak, server.sessions_peak = server.open, server.sessions
         return {"ok": True, **found}
     return {"ok": False, "error": f"unknown op {op!r}"}
 
