@@ -508,7 +508,8 @@ class SimCluster:
             return list(self.coordinator.calls)
 
     def coordinator_arrivals(self) -> list[float]:
-        """The unix time of every request the coordinator got (its contract calls and GET /sync/hosts)."""
+        """The unix time of every request the coordinator got from outside the sim: the contract's calls
+        (GET /sync/hosts and /metrics included), not the agents' syncs."""
         assert self.coordinator is not None
         with self.coordinator.lock:
             return list(self.coordinator.arrivals)
