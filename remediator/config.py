@@ -59,6 +59,10 @@ ENV_VARS: dict[str, str] = {
     "REMEDIATOR_NETWORK_PROBES": "extra host:port endpoints probed for the cluster network check",
     "REMEDIATOR_VAST_STATUS_URL": "Vast.ai status page URL for the provider check",
     "REMEDIATOR_LAMBDA_STATUS_URL": "Lambda status page URL for the provider check",
+    "REMEDIATOR_MAX_SSH_SESSIONS": "SSH sessions open at once, fleet-wide (all workers)",
+    "REMEDIATOR_COORDINATOR_CALLS_PER_SECOND": "coordinator HTTP calls in any one second, fleet-wide",
+    "REMEDIATOR_PROVIDER_LISTING_SECONDS": "seconds one provider listing is shared by every worker",
+    "REMEDIATOR_LIMIT_WAIT_SECONDS": "seconds a call waits for its slot under a fleet-wide limit",
 }
 
 # Variables that may instead be given as <NAME>_FILE.
@@ -227,6 +231,10 @@ class Settings:
     vast_status_url: str | None = None
     lambda_status_url: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    max_ssh_sessions: int = defaults.MAX_SSH_SESSIONS
+    coordinator_calls_per_second: int = defaults.COORDINATOR_CALLS_PER_SECOND
+    provider_listing_seconds: float = defaults.PROVIDER_LISTING_SECONDS
+    limit_wait_seconds: float = defaults.LIMIT_WAIT_SECONDS
 
     def __post_init__(self) -> None:
         _refuse_shared_tokens(self)
@@ -288,6 +296,21 @@ class Settings:
             vast_status_url=env.get("REMEDIATOR_VAST_STATUS_URL") or None,
             lambda_status_url=env.get("REMEDIATOR_LAMBDA_STATUS_URL") or None,
             allowed_hosts=_allowed_hosts(env),
+            max_ssh_sessions=int(
+                _number(env, "REMEDIATOR_MAX_SSH_SESSIONS", defaults.MAX_SSH_SESSIONS, integer=True)
+            ),
+            coordinator_calls_per_second=int(
+                _number(
+                    env,
+                    "REMEDIATOR_COORDINATOR_CALLS_PER_SECOND",
+                    defaults.COORDINATOR_CALLS_PER_SECOND,
+                    integer=True,
+                )
+            ),
+            provider_listing_seconds=_number(
+                env, "REMEDIATOR_PROVIDER_LISTING_SECONDS", defaults.PROVIDER_LISTING_SECONDS
+            ),
+            limit_wait_seconds=_number(env, "REMEDIATOR_LIMIT_WAIT_SECONDS", defaults.LIMIT_WAIT_SECONDS),
         )
 
     @property

@@ -25,6 +25,11 @@ QUEUE = "remediator"
 LOCK_TTL = 60.0  # seconds a host lock lives unless renewed
 WORKER_MAINTENANCE_INTERVAL = 30  # seconds between RQ maintenance passes, which also restart a
 # scheduler process that died (it does on a Redis outage); rq's own default is 10 minutes
+# Fleet-wide limits (remediator/limits.py), shared by every worker through Redis.
+MAX_SSH_SESSIONS = 64  # SSH sessions (commands and rsync) open at once, fleet-wide
+COORDINATOR_CALLS_PER_SECOND = 25  # coordinator HTTP calls in any one second, fleet-wide
+PROVIDER_LISTING_SECONDS = 5.0  # seconds one provider listing serves every worker's diagnoses
+LIMIT_WAIT_SECONDS = 120.0  # seconds a call waits for its slot under a limit before it gives up
 RSYNC_TIMEOUT = 3600  # seconds one rsync of a host's data dir may run (recover_data)
 IMPORT_TIMEOUT = 1800  # seconds the import command may run (recover_data)
 # Seconds one RQ job may run before RQ kills it: long enough for recover_data's rsync, the two

@@ -106,3 +106,7 @@ class HostIdError(RemediatorError, ValueError):
 
 class TransportFailure(RemediatorError):
     """No answer at all after every attempt; the message is safe to show (no URL path, no secret)."""
+
+
+class LimitUnavailable(RemediatorError):
+    """A fleet-wide limit (remediator/limits.py) gave no slot in time, or its Redis did not answer."""

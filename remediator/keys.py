@@ -33,6 +33,8 @@ BUDGET_ACK = (
     PREFIX + ":budget-ack:{0}"
 )  # string: a human unfroze limit {0}'s trip; not enforced till it expires
 LEARNING_TIMES = PREFIX + ":learning:times:{0}"  # list: seconds to healthy of "<signature>|<step>" {0}
+LISTING = PREFIX + ":limits:listing:{0}"  # JSON: provider listing {0} ("<provider>:<url digest>"), shared
+LISTING_LOCK = PREFIX + ":limits:listing-lock:{0}"  # string: the worker fetching provider listing {0}
 
 # -- global ------------------------------------------------------------------------------------------------
 HOSTS = PREFIX + ":hosts"  # sorted set: host ids by last update time (unix seconds)
@@ -55,6 +57,10 @@ PROBE = PREFIX + ":probe"  # hash: the fleet probe's last pass (started_at, fini
 PROBE_HOSTS = PREFIX + ":probe:hosts"  # hash: host id -> JSON of what the last probe pass found
 PROBE_LOCK = PREFIX + ":probe:lock"  # string: the token of the worker running a fleet probe pass
 LEARNING = PREFIX + ":learning"  # hash: "<signature>|<lead step>|tried|healed" -> ladders counted
+SSH_SLOTS = PREFIX + ":limits:ssh"  # sorted set: lease token -> expiry (ms): SSH sessions open fleet-wide
+SSH_SLOTS_FREED = PREFIX + ":limits:ssh:freed"  # list: a token per slot freed, for workers waiting on one
+SSH_SLOTS_PEAK = PREFIX + ":limits:ssh:peak"  # integer: most SSH sessions open at once (limits.py)
+COORDINATOR_CALLS = PREFIX + ":limits:coordinator"  # sorted set: coordinator calls of the last second
 
 PER_HOST: tuple[str, ...]
 GLOBAL: tuple[str, ...]
@@ -64,3 +70,4 @@ GLOBAL = (HOSTS, OPEN_INCIDENTS, CLEANUP, FLEET_CRITICAL, FLEET, PAUSED, PAGES, 
 GLOBAL += (FREEZES, HOLDS, SILENCES, FLEET_LOCK, SWEEP_LOCK, SILENCE_SWEEP_LOCK, MONITOR_LOCK)
 GLOBAL += (REPLICATION_PROBE,)
 GLOBAL += (PROBE, PROBE_HOSTS, PROBE_LOCK, LEARNING)
+GLOBAL += (SSH_SLOTS, SSH_SLOTS_FREED, SSH_SLOTS_PEAK, COORDINATOR_CALLS)

@@ -22,7 +22,8 @@ EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 DEFAULT_EPHEMERAL_RANGE = (32768, 60999)  # Linux's default, when the file cannot be read
 LOWEST_PORT = 10000  # ports below are left to well-known and registered services
 MIN_POOL = 1000  # ports a pool outside the ephemeral range needs to be used
-ATTEMPTS = 500  # candidates tried before giving up
+ATTEMPTS = 500  # candidates tried before giving up, plus ATTEMPTS_PER_PORT for each port asked for
+ATTEMPTS_PER_PORT = 4  # a fleet-scale sim asks for 1,000 ports at once: more than ATTEMPTS candidates
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -66,7 +67,7 @@ def free_ports(host: str = "127.0.0.1", count: int = 1, *, udp: bool = False) ->
     found: list[int] = []
     if count < 1:
         return found
-    for _ in range(ATTEMPTS):
+    for _ in range(ATTEMPTS + ATTEMPTS_PER_PORT * count):
         port = random.choice(candidates)  # noqa: S311 (spreading picks, not a secret)
         if port not in found and _free(host, port, udp):
             found.append(port)

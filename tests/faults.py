@@ -755,13 +755,13 @@ def faulty_clients(
 
 
 class ProviderProxy(_Proxy):
-    NAMES = {"instance_state": "", "instance_states": "", "instances": ""}
+    NAMES = {"instance_state": "", "instance_states": "", "instance_state_since": "", "instances": ""}
 
     def __getattr__(self, attr: str) -> Any:
         if attr == "name":
             return self._inner.name
         value = getattr(self._inner, attr)
-        if attr not in ("instance_state", "instance_states") or not callable(value):
+        if attr not in ("instance_state", "instance_states", "instance_state_since") or not callable(value):
             return value
         layer, name = self._layer, self._prefix
 

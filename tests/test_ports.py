@@ -28,6 +28,11 @@ def test_free_ports_are_outside_the_ephemeral_range_distinct_and_free() -> None:
         dgram.bind(("127.0.0.1", udp))
 
 
+def test_free_ports_finds_a_thousand_at_once_for_a_fleet_scale_sim() -> None:
+    picked = ports.free_ports("127.0.0.1", 1000)
+    assert len(set(picked)) == 1000
+
+
 def test_an_outgoing_connection_never_gets_a_picked_port() -> None:
     """What made .ci/run fail: a bind-and-closed port handed out again as a client's local port."""
     first, last = ports.ephemeral_range()

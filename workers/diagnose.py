@@ -140,7 +140,11 @@ def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
         diag.sources["cloud"] = "no provider/instance_id in the host record"
         return
 
-    found = instance_state(ctx.clients.providers(), record.provider, record.instance_id)
+    # A host that answered over SSH is there whatever a listing a few seconds old says; for one that did
+    # not, the cloud state decides between waiting and documenting a loss: only a listing fetched after
+    # this diagnosis began will do (remediator.limits.SharedListing).
+    since = None if diag.ssh_reachable else diag.at
+    found = instance_state(ctx.clients.providers(), record.provider, record.instance_id, since)
     diag.cloud_state = str(found.state.value)
     diag.cloud_detail = found.reason
     diag.sources["cloud"] = f"{record.provider} API at {time.time():.0f}"

@@ -8,6 +8,7 @@ and the sweeper of a surviving or later worker resumes its ladder.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -29,14 +30,45 @@ from workers.rq_worker import REDIS_WAIT_MAX, RemediatorWorker, describe
 
 log = logging.getLogger("remediator.worker")
 REDIS_WAIT_MAX_BACKOFF = REDIS_WAIT_MAX  # seconds between two tries to reach Redis
+# Imported before the first fork: the jobs' code, and every module a thread of this process (the
+# sweeper, the incident monitor, the clients they build) would otherwise import lazily.
+PRELOADED = (
+    "workers.jobs",
+    "workers.sweeper",
+    "workers.context",
+    "workers.gates",
+    "workers.fleet",
+    "remediator.clients",
+    "remediator.clients.coordinator",
+    "remediator.clients.netcheck",
+    "remediator.clients.pagers",
+    "remediator.clients.providers",
+    "remediator.clients.ssh",
+    "remediator.controls",
+    "remediator.extensions",
+    "remediator.incidents",
+    "remediator.intake",
+    "remediator.locks",
+    "remediator.limits",
+    "remediator.metrics",
+    "remediator.ops",
+    "remediator.paging",
+    "remediator.rules",
+    "remediator.silences",
+)
 
 
 def preload_job_code() -> None:
     """Import what jobs use before RQ starts forking: every job runs in a fresh work horse forked from
     this process, which otherwise imports asyncssh, the ladder and the vastai SDK again for each job
-    (about a second here; bench/bench_first_ssh.py measured it)."""
-    import workers.jobs  # noqa: F401
+    (about a second here; bench/bench_first_ssh.py measured it).
 
+    It is also what keeps a work horse from hanging for good: the sweeper thread imports lazily too
+    (``remediator.clients.real_clients`` imports providers, netcheck, pagers and ssh on first use). A
+    fork while that thread holds a module's import lock gives the child a half-imported module whose
+    lock nobody will ever release, and the job blocks on its first import of it."""
+    for module in PRELOADED:
+        importlib.import_module(module)
     try:
         import vastai  # noqa: F401  (imported lazily by remediator.clients.providers)
     except ImportError:

@@ -8,7 +8,7 @@ import logging
 import posixpath
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,7 +16,12 @@ import requests
 from urllib3.exceptions import NewConnectionError
 
 from remediator.config import Settings
-from remediator.exceptions import CoordinatorError, CoordinatorMaybeApplied, CoordinatorUnavailable
+from remediator.exceptions import (
+    CoordinatorError,
+    CoordinatorMaybeApplied,
+    CoordinatorUnavailable,
+    LimitUnavailable,
+)
 from remediator.hosts import is_valid_host_id
 
 log = logging.getLogger("remediator.clients.coordinator")
@@ -217,6 +222,10 @@ class HttpCoordinator:
     - ``POST /admin/data-loss``: appends a training-log entry each time -- not idempotent.
     - ``POST /admin/retire-host``: sets retired, but with ``acknowledge_loss`` it is the record that a
       loss was accepted, which the coordinator may log per call -- treated as not idempotent.
+
+    ``limiter`` (the fleet-wide call rate, ``remediator.limits.CallRate.take``) is called before every
+    HTTP attempt, retries included; when it gives no slot in time the call is not made and raises
+    CoordinatorUnavailable, as a coordinator that cannot be reached does.
     """
 
     def __init__(
@@ -226,8 +235,10 @@ class HttpCoordinator:
         timeout: float = 10.0,
         retries: int = RETRIES,
         backoff: float = BACKOFF,
+        limiter: Callable[[], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.limiter = limiter
         self._admin_key = admin_key
         self.timeout = timeout
         self.retries = retries
@@ -248,6 +259,7 @@ class HttpCoordinator:
         delay = self.backoff
         last = ""
         for attempt in range(1, self.retries + 1):
+            self._wait_for_slot(method, path)
             try:
                 resp = self.session.request(
                     method, self.base_url + path, json=body, headers=headers, timeout=self.timeout
@@ -277,6 +289,14 @@ class HttpCoordinator:
                 time.sleep(delay)  # bounded: at most retries-1 short backoffs inside one step
                 delay *= 2
         raise CoordinatorUnavailable(f"{method} {path} failed after {self.retries} attempts: {last}")
+
+    def _wait_for_slot(self, method: str, path: str) -> None:
+        if self.limiter is None:
+            return
+        try:
+            self.limiter()
+        except LimitUnavailable as exc:
+            raise CoordinatorUnavailable(f"{method} {path} not sent: {exc}") from None
 
     def _raw_hosts(self) -> dict[str, Any]:
         raw = self._call("GET", "/sync/hosts")
@@ -341,10 +361,14 @@ class InProcessCoordinator:
         return getattr(self.http, name)
 
 
-def coordinator_from_settings(settings: Settings) -> Coordinator:
-    """The in-process backend when RingRift's module is importable, else the HTTP client."""
+def coordinator_from_settings(settings: Settings, limiter: Callable[[], None] | None = None) -> Coordinator:
+    """The in-process backend when RingRift's module is importable, else the HTTP client; ``limiter``
+    paces the HTTP calls (the in-process backend's own calls are not HTTP and are not paced)."""
     http = HttpCoordinator(
-        settings.coordinator_url, settings.coordinator_admin_key, settings.coordinator_timeout
+        settings.coordinator_url,
+        settings.coordinator_admin_key,
+        settings.coordinator_timeout,
+        limiter=limiter,
     )
     try:
         module = importlib.import_module(IN_PROCESS_MODULE)

@@ -131,6 +131,7 @@ class VastProvider:
     """
 
     name = "vast"
+    row_state = staticmethod(vast_state)  # one listed row's CloudState (limits.SharedListing reads it)
 
     def __init__(self, url: str, api_key: str, *, retry: int = 3, timeout: float = 10.0):
         if not api_key:
@@ -220,6 +221,7 @@ class LambdaProvider:
     """Lambda Cloud REST API: ``GET {url}/api/v1/instances`` with a Bearer key, answer ``{"data": [...]}``."""
 
     name = "lambda"
+    row_state = staticmethod(lambda_state)
 
     def __init__(
         self,
@@ -325,16 +327,24 @@ def providers_from_settings(settings: Settings) -> dict[str, Provider]:
 
 
 def instance_state(
-    providers: Mapping[str, Provider], provider_name: str | None, instance_id: str | None
+    providers: Mapping[str, Provider],
+    provider_name: str | None,
+    instance_id: str | None,
+    since: float | None = None,
 ) -> InstanceState:
-    """What the host's provider says of its instance; never raises for an API failure."""
+    """What the host's provider says of its instance; never raises for an API failure. ``since``: a
+    provider whose listing is shared (``remediator.limits.SharedListing``) answers from one fetched at
+    or after that moment (unix seconds); any other provider asks its API now anyway."""
     if not provider_name or not instance_id:
         return InstanceState(CloudState.NOT_ASKED, "the host has no provider or instance id")
     provider = providers.get(provider_name)
     if provider is None:
         return InstanceState(CloudState.NOT_ASKED, f"provider {provider_name!r} is not configured")
     try:
-        state = provider.instance_state(str(instance_id))
+        fresh = getattr(provider, "instance_state_since", None) if since is not None else None
+        state = (
+            fresh(str(instance_id), since) if fresh is not None else provider.instance_state(str(instance_id))
+        )
     except ProviderError as exc:
         log.warning("instance %s on %s: state unknown: %s", instance_id, provider_name, exc)
         return InstanceState(CloudState.UNKNOWN, f"{ANSWER_UNUSABLE} ({exc}): instance state unknown")

@@ -4,6 +4,8 @@
 sync agent, self-play game files and command shims, fake Vast.ai and Lambda Cloud APIs, and offers
 fault injection. See ``remediator.sim.cluster`` for the layout; its pytest fixtures
 are in ``tests/sim_fixtures.py`` (the product never imports pytest).
+``remediator.sim.fleet.FleetCluster`` is the same cluster at fleet scale (1,000 hosts on shared SSH
+server processes and one agent engine); import it from there.
 """
 
 from remediator.sim.cluster import COUNTERS, SimCluster, SimHost, UnsyncedGames

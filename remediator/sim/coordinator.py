@@ -61,6 +61,7 @@ class CoordinatorState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     counters: dict[str, Counter[str]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # unix time of every request outside /sim/
     ingesting: Counter[str] = field(default_factory=Counter)  # syncs being handled, by host
     data_loss: list[dict[str, Any]] = field(default_factory=list)
     fault_status: int | None = None  # every contract call answers this status while set
@@ -173,6 +174,9 @@ def create_app(state: CoordinatorState, fault_handler: FaultHandler | None = Non
     def simulated_outage() -> tuple[dict[str, Any], int] | None:
         if request.path == "/sim/faults":
             return None
+        if not request.path.startswith("/sim/"):  # the agents' syncs and imports are not the remediator's
+            with state.lock:
+                state.arrivals.append(time.time())
         if state.fault_delay:
             time.sleep(state.fault_delay)
         if state.fault_status and not state.fault_applied:

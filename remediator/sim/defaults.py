@@ -16,3 +16,11 @@ PORT_ATTEMPTS = 5  # ports tried for a host's sshd when another process takes th
 PROVIDERS = ("vast", "lambda")  # assigned to hosts in turn
 VAST_FIRST_INSTANCE_ID = 7_000_001  # Vast.ai instance ids are integers
 VAST_PAGE_LIMIT = 25  # rows per page of Vast.ai's /api/v1/instances/ unless the client asks otherwise
+# The fleet-scale sim (remediator/sim/fleet.py): 1,000 hosts share two cores with the remediator, so
+# its agents sync less often (100 syncs a second fleet-wide) and its hosts play fewer games.
+FLEET_SYNC_INTERVAL = 10.0  # seconds between two syncs of a healthy virtual agent
+FLEET_LAGGING_AFTER = 30.0  # seconds since the last sync before a fleet host is "lagging"
+FLEET_CRITICAL_AFTER = 60.0  # seconds since the last sync before a fleet host is "critical"
+FLEET_GAME_INTERVAL = 30.0  # seconds between two game files of a fleet host's self-play
+FLEET_HOSTS_PER_SERVER = 250  # hosts one SSH server process serves
+VIRTUAL_PID_BASE = 5_000_000  # virtual agents' pids start here: above Linux's largest pid (4,194,304)

@@ -111,6 +111,19 @@ class Observation:
         with self.coordinator.lock:
             return list(self.coordinator.calls)
 
+    def coordinator_arrivals(self) -> list[float]:
+        """The unix time of every request the coordinator got from outside the sim: the contract's calls
+        (GET /sync/hosts and /metrics included), not the agents' syncs."""
+        assert self.coordinator is not None
+        with self.coordinator.lock:
+            return list(self.coordinator.arrivals)
+
+    def provider_listings(self) -> dict[str, int]:
+        """Full instance listings each provider API was asked for (a Vast.ai listing's first page)."""
+        assert self.provider is not None
+        with self.provider.lock:
+            return dict(self.provider.listings)
+
     @property
     def data_loss_records(self) -> list[dict[str, Any]]:
         assert self.coordinator is not None

@@ -61,6 +61,7 @@ class ProviderState:
     api_keys: dict[str, str]  # provider -> API key
     outage: dict[str, bool] = field(default_factory=lambda: {"vast": False, "lambda": False})
     answer: dict[str, str] = field(default_factory=lambda: {"vast": "ok", "lambda": "ok"})  # see ANSWERS
+    listings: dict[str, int] = field(default_factory=lambda: {"vast": 0, "lambda": 0})  # full listings asked
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def of(self, provider: str) -> list[Instance]:
@@ -165,6 +166,9 @@ def vast_blueprint(state: ProviderState) -> Blueprint:
             (_vast_row(i) for i in state.of("vast") if i.state != TERMINATED), key=lambda r: r["id"]
         )
         total = len(rows)
+        if after in (None, ""):  # a listing's first page
+            with state.lock:
+                state.listings["vast"] += 1
         if after not in (None, ""):
             rows = [r for r in rows if r["id"] > int(after)]
         page = rows[:limit]
@@ -209,6 +213,8 @@ def lambda_blueprint(state: ProviderState) -> Blueprint:
 
     @bp.get("/api/v1/instances")
     def instances() -> dict[str, Any]:
+        with state.lock:
+            state.listings["lambda"] += 1
         return {"data": [_lambda_row(i) for i in state.of("lambda")]}
 
     @bp.get("/api/v1/instances/<instance_id>")

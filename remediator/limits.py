@@ -1,0 +1,345 @@
+"""Fleet-wide limits, shared by every worker process and pod through Redis.
+
+More workers must not mean more load on what they share. Three limits, all applied in the clients
+seam (``remediator.clients.real_clients``), so the ladder, the probe and the fleet view get them alike:
+
+- ``SessionSlots``: at most ``REMEDIATOR_MAX_SSH_SESSIONS`` SSH sessions (asyncssh sessions and
+  rsync's OpenSSH) open at once fleet-wide. A slot is a lease in a sorted set (token -> expiry, Redis
+  server time), taken by a Lua script that first drops expired leases; the holder renews it every third
+  of its TTL from a thread, so a worker killed while holding one frees it within ``SLOT_LEASE_TTL``
+  seconds instead of leaking it (the one gap: a holder that could not reach Redis for a whole lease
+  finds its slot gone, and takes it again once there is room, its session already open). A worker
+  waiting for a slot blocks in Redis (``BLPOP`` on a list that each release pushes to), not in a
+  sleep, and retries at least every ``WAIT_SLICE`` seconds (a lease may expire without a release).
+- ``CallRate``: at most ``REMEDIATOR_COORDINATOR_CALLS_PER_SECOND`` coordinator HTTP calls in any one
+  second fleet-wide: a sliding window (a sorted set of the last second's calls, Redis time); a call that
+  finds it full waits until its oldest entry leaves it, then tries again. Every HTTP attempt counts,
+  retries included (``remediator.clients.coordinator.HttpCoordinator``).
+- ``SharedListing``: one provider listing (Vast.ai, Lambda) serves every diagnosis for
+  ``REMEDIATOR_PROVIDER_LISTING_SECONDS``: the first worker to need it takes a lock, fetches it and
+  stores the instance states it read (or the error it met) in Redis; the others wait for that and read
+  it. A storm of 1,000 diagnoses makes one listing, not 1,000 (each of them paged). A caller that
+  cannot use a listing older than some moment (diagnosis of a host that did not answer over SSH) asks
+  with ``since`` and gets one fetched after it, still one fetch at a time fleet-wide.
+
+Each fails safe: when Redis does not answer, the limit waits and tries again (backing off up to
+``REDIS_BACKOFF_MAX`` seconds) rather than letting the call through unbounded, and after
+``REMEDIATOR_LIMIT_WAIT_SECONDS`` without a slot it raises ``LimitUnavailable``, which the clients seam
+turns into the error of the call it guards: an SSH error (the host was not reached this time), the
+coordinator being unavailable (the ladder waits for it without using an attempt), or a provider error
+(the cloud state is unknown). Nothing is ever let through without its slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import redis
+
+from remediator import keys
+from remediator.exceptions import LimitUnavailable, ProviderError
+
+log = logging.getLogger("remediator.limits")
+
+SLOT_LEASE_TTL = 30.0  # seconds an SSH slot lives unless its holder renews it (every third of it)
+WAIT_SLICE = 1.0  # seconds one blocking wait in Redis lasts before the limit is tried again
+REDIS_BACKOFF_MAX = 2.0  # seconds between two tries when Redis does not answer
+LISTING_LOCK_TTL = 60.0  # seconds the worker fetching a provider listing holds its lock at most
+LISTING_POLL = 0.05  # seconds between two looks for a listing another worker is fetching
+FREED_KEEP = 60.0  # seconds the list of freed-slot tokens lives without a release
+
+T = TypeVar("T")
+
+# KEYS: leases, peak. ARGV: token, limit, lease ms. 1 when the slot was taken, else 0. The set's own TTL
+# only ever grows (a holder with a shorter lease must not expire the others' leases with it).
+ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local open = redis.call('ZCARD', KEYS[1])
+if open >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+if open + 1 > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], open + 1) end
+return 1
+"""
+
+# KEYS: leases. ARGV: token, lease ms. 1 when renewed, 0 when the lease was gone (expired and dropped).
+RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+# KEYS: leases, freed. ARGV: token, keep ms.
+RELEASE_LUA = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], '1')
+  redis.call('LTRIM', KEYS[2], 0, 63)
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
+end
+return 1
+"""
+
+# KEYS: window. ARGV: token, calls per second. 0 when the call may go now, else milliseconds to wait.
+CALL_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], 2000)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + 1000 - now)
+"""
+
+# KEYS: lock. ARGV: token. Deletes the lock only while it is still this worker's.
+UNLOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _patiently(what: str, deadline: float, call: Callable[[], T]) -> T:
+    """``call()``, tried again with backoff while Redis does not answer, until ``deadline``
+    (monotonic seconds); then LimitUnavailable. Never lets the guarded call through without it."""
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if time.monotonic() + delay > deadline:
+                raise LimitUnavailable(f"{what}: Redis did not answer ({type(exc).__name__})") from None
+            log.warning(
+                "%s: Redis did not answer (%s); trying again in %.2fs", what, type(exc).__name__, delay
+            )
+            time.sleep(delay)  # bounded: the limit's own wait, never past its deadline
+            delay = min(delay * 2, REDIS_BACKOFF_MAX)
+
+
+class Lease:
+    """One SSH slot held; renewed in a thread until released."""
+
+    def __init__(self, slots: SessionSlots, token: str) -> None:
+        self.slots, self.token = slots, token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="ssh-slot-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        every = self.slots.lease_ttl / 3
+        while not self._stop.wait(every):
+            try:
+                if not self.slots._renew(self.token) and not self.slots._retake(self.token):
+                    # Expired while held (Redis unreachable for a whole lease) and the slot was taken
+                    # since: the session is already open; it goes on, and is retaken when one frees.
+                    log.warning("SSH slot lease %s lost while held; retaken once one frees", self.token[:8])
+            except redis.RedisError as exc:  # tried again at the next renewal
+                log.warning("SSH slot lease %s not renewed (%s)", self.token[:8], type(exc).__name__)
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            self.slots._release(self.token)
+        except redis.RedisError as exc:  # the lease expires by itself within its TTL
+            log.warning("SSH slot lease %s not released (%s)", self.token[:8], type(exc).__name__)
+
+
+class SessionSlots:
+    """At most ``limit`` SSH sessions open at once, fleet-wide (see the module docstring)."""
+
+    def __init__(self, conn: redis.Redis, limit: int, wait: float, lease_ttl: float = SLOT_LEASE_TTL) -> None:
+        if limit < 1:
+            raise ValueError("an SSH session limit must be at least 1")
+        self.conn, self.limit, self.wait, self.lease_ttl = conn, int(limit), float(wait), float(lease_ttl)
+        self._acquire = conn.register_script(ACQUIRE_LUA)
+        self._renew_script = conn.register_script(RENEW_LUA)
+        self._release_script = conn.register_script(RELEASE_LUA)
+        self._keys = [keys.SSH_SLOTS, keys.SSH_SLOTS_PEAK]
+
+    def acquire(self) -> Lease:
+        """A slot, waiting for one up to ``wait`` seconds; LimitUnavailable when none came."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.wait
+        what = f"SSH session limit ({self.limit})"
+        args: list[str | int] = [token, self.limit, int(self.lease_ttl * 1000)]
+        while True:
+            if _patiently(what, deadline, lambda: self._acquire(keys=self._keys, args=args)) == 1:
+                return Lease(self, token)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LimitUnavailable(f"no SSH session slot free within {self.wait:g} s: {what} reached")
+            self._wait_for_release(what, deadline, max(0.05, min(WAIT_SLICE, left)))
+
+    def _wait_for_release(self, what: str, deadline: float, seconds: float) -> None:
+        """Block in Redis until a slot is freed (or ``seconds`` pass: a lease may expire unreleased)."""
+        _patiently(what, deadline, lambda: self.conn.blpop([keys.SSH_SLOTS_FREED], timeout=seconds))
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        lease = self.acquire()
+        try:
+            yield
+        finally:
+            lease.release()
+
+    def _renew(self, token: str) -> bool:
+        return self._renew_script(keys=[keys.SSH_SLOTS], args=[token, int(self.lease_ttl * 1000)]) == 1
+
+    def _retake(self, token: str) -> bool:
+        """Take ``token``'s slot again after its lease expired while held (there is room for it)."""
+        return self._acquire(keys=self._keys, args=[token, self.limit, int(self.lease_ttl * 1000)]) == 1
+
+    def _release(self, token: str) -> None:
+        self._release_script(
+            keys=[keys.SSH_SLOTS, keys.SSH_SLOTS_FREED], args=[token, int(FREED_KEEP * 1000)]
+        )
+
+    def open(self) -> int:
+        """Slots held now (leases not expired, by Redis' clock as the scripts read it)."""
+        seconds, micros = self.conn.time()
+        return int(self.conn.zcount(keys.SSH_SLOTS, seconds * 1000 + micros // 1000, "+inf"))
+
+    def peak(self, reset: bool = False) -> int:
+        """The most slots held at once since the last reset."""
+        value = self.conn.getset(keys.SSH_SLOTS_PEAK, 0) if reset else self.conn.get(keys.SSH_SLOTS_PEAK)
+        return int(value or 0)
+
+
+class CallRate:
+    """At most ``per_second`` calls in any one second, fleet-wide (see the module docstring)."""
+
+    def __init__(self, conn: redis.Redis, per_second: int, wait: float, key: str = keys.COORDINATOR_CALLS):
+        if per_second < 1:
+            raise ValueError("a call rate must be at least 1 per second")
+        self.conn, self.per_second, self.wait, self.key = conn, int(per_second), float(wait), key
+        self._script = conn.register_script(CALL_LUA)
+
+    def take(self) -> None:
+        """Return once a call may be made; LimitUnavailable after ``wait`` seconds without one."""
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + self.wait
+        what = f"coordinator call rate ({self.per_second}/s)"
+        while True:
+            wait_ms = _patiently(
+                what, deadline, lambda: self._script(keys=[self.key], args=[token, self.per_second])
+            )
+            if int(wait_ms) == 0:
+                return
+            pause = int(wait_ms) / 1000
+            if time.monotonic() + pause > deadline:
+                raise LimitUnavailable(f"no coordinator call slot within {self.wait:g} s: {what} reached")
+            time.sleep(pause)  # at most a second: until the window's oldest call leaves it
+
+
+class SharedListing:
+    """A provider whose instance listing is fetched once for every worker for ``ttl`` seconds.
+
+    Wraps a ``remediator.clients.providers`` provider (``name``, ``url``, ``instances()``,
+    ``row_state(row)``).
+    What is shared is what diagnosis reads: each listed instance's state, or the error that made the
+    listing untrustworthy (so a failing provider is not asked again by every host either)."""
+
+    def __init__(self, inner: Any, conn: redis.Redis, ttl: float, wait: float) -> None:
+        self.inner, self.conn, self.ttl, self.wait = inner, conn, float(ttl), float(wait)
+        self.name = inner.name
+        digest = hashlib.sha256(str(getattr(inner, "url", "")).encode()).hexdigest()[:16]
+        self.key = keys.LISTING.format(f"{self.name}:{digest}")
+        self.lock_key = keys.LISTING_LOCK.format(f"{self.name}:{digest}")
+        self._unlock = conn.register_script(UNLOCK_LUA)
+
+    def __repr__(self) -> str:
+        return f"SharedListing({self.inner!r}, ttl={self.ttl:g})"
+
+    def instance_states(self, instance_ids: Iterable[str], since: float | None = None) -> dict[str, Any]:
+        """States of several instances from the shared listing (an id not listed is terminated).
+
+        ``since`` (unix seconds): only a listing fetched at or after it will do -- diagnosis asks this
+        when a host did not answer over SSH, where a state a few seconds old (an instance terminated
+        since) would send the ladder the wrong way. Such asks are still one fetch at a time."""
+        from remediator.clients.providers import CloudState
+
+        try:
+            listed = self._listing(since)
+        except LimitUnavailable as exc:  # no shared listing, and no listing of our own either
+            raise ProviderError(str(exc)) from None
+        return {str(i): CloudState(listed.get(str(i), CloudState.TERMINATED.value)) for i in instance_ids}
+
+    def instance_state(self, instance_id: str) -> Any:
+        return self.instance_states([instance_id])[str(instance_id)]
+
+    def instance_state_since(self, instance_id: str, since: float) -> Any:
+        """The state of one instance from a listing fetched at or after ``since`` (see instance_states)."""
+        return self.instance_states([instance_id], since)[str(instance_id)]
+
+    def _listing(self, since: float | None = None) -> dict[str, str]:
+        deadline = time.monotonic() + self.wait
+        what = f"{self.name} listing"
+        token = uuid.uuid4().hex
+
+        def stored() -> dict[str, Any] | None:
+            raw = _patiently(what, deadline, lambda: self.conn.get(self.key))
+            if raw is None:
+                return None
+            shared = json.loads(raw)
+            if since is not None and float(shared.get("at", 0)) < since:
+                return None  # older than the caller can use
+            return shared
+
+        while True:
+            found = stored()
+            if found is not None:
+                return _read(found)
+            if _patiently(
+                what,
+                deadline,
+                lambda: self.conn.set(self.lock_key, token, nx=True, px=int(LISTING_LOCK_TTL * 1000)),
+            ):
+                try:
+                    # Another worker may have stored it between our look and our lock: look again.
+                    found = stored()
+                    return _read(found if found is not None else self._fetch())
+                finally:
+                    with contextlib.suppress(redis.RedisError):  # it expires by itself
+                        self._unlock(keys=[self.lock_key], args=[token])
+            if time.monotonic() > deadline:
+                raise ProviderError(f"{what}: another worker's fetch gave nothing within {self.wait:g} s")
+            time.sleep(LISTING_POLL)  # another worker is fetching it: a few seconds at most
+
+    def _fetch(self) -> dict[str, Any]:
+        at = time.time()  # when the fetch began: every state in it is at least this recent
+        try:
+            shared: dict[str, Any] = {
+                "at": at,
+                "states": {
+                    str(row.get("id")): self.inner.row_state(row).value for row in self.inner.instances()
+                },
+            }
+        except ProviderError as exc:
+            shared = {"at": at, "error": str(exc)}
+        try:
+            self.conn.set(self.key, json.dumps(shared), px=max(1, int(self.ttl * 1000)))
+        except redis.RedisError as exc:  # fetched under the lock all the same: use it, share it next time
+            log.warning("%s listing not shared (%s)", self.name, type(exc).__name__)
+        return shared
+
+
+def _read(shared: dict[str, Any]) -> dict[str, str]:
+    if "error" in shared:
+        raise ProviderError(str(shared["error"]))
+    return dict(shared["states"])
