@@ -2,10 +2,10 @@
 climb on failure. One advance runs under the host's lock and never sleeps: a step that must wait
 schedules the next check with RQ's scheduler and frees the worker.
 
-State lives in the host's Redis hash (``phase``, ``plan``, ``rung``, ``pos``, ``attempt``), so a worker
-killed anywhere is replaced by another that resumes from the last checkpoint. Before a mutating step
-runs, an intent marker ``done:<host>:<ladder>:<step>:<attempt>`` is claimed with SET NX: a resumed
-worker that finds it claimed goes on to verification instead of acting twice in one attempt.
+State lives in the host's Redis hash (``workers.state.LadderState``), so a worker killed anywhere is
+replaced by another that resumes from the last checkpoint. Before a mutating step runs, an intent
+marker ``done:<host>:<ladder>:<rung>:<step>:<attempt>`` is claimed with SET NX: a resumed worker that
+finds it claimed verifies instead of acting twice in one attempt.
 """
 
 from __future__ import annotations
@@ -296,9 +296,7 @@ class Ladder:
                 # A pending check is never re-run at once: that would spin a worker on it.
                 return self._schedule(max(self._wait_for(step), policy.verify_wait_seconds), verdict.detail)
             verdict = Verdict(
-                Check.FAILED,
-                f"not verified within {limit:g}s: {verdict.detail}",
-                verdict.evidence,
+                Check.FAILED, f"not verified within {limit:g}s: {verdict.detail}", verdict.evidence
             )
         lad.audit(step, f"verify-{verdict.status}", verdict.detail, **verdict.evidence)
         log.info("%s verify %s: %s", step, verdict.status, verdict.detail)
@@ -397,8 +395,7 @@ class Ladder:
         self._commit(step=step, phase=Phase.RUN, attempt=1)
 
     def _wait_for(self, step: str) -> float:
-        policy = self.ctx.rules.ladder
-        wait = STEPS[step].VERIFY_WAIT
+        policy, wait = self.ctx.rules.ladder, STEPS[step].VERIFY_WAIT
         if wait == "recheck":
             return policy.recheck_interval_seconds
         return policy.verify_wait_seconds if wait == "verify" else 0.0
