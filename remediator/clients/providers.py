@@ -37,7 +37,7 @@ unless the provider said so in a well-formed answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -206,11 +206,7 @@ class VastProvider:
     def instance_states(self, instance_ids: Iterable[str]) -> dict[str, CloudState]:
         """States of several instances from one trustworthy listing, where an id not listed is terminated;
         ProviderError when the listing cannot be trusted."""
-        by_id = {str(row.get("id")): row for row in self.instances()}
-        return {
-            str(i): vast_state(by_id[str(i)]) if str(i) in by_id else CloudState.TERMINATED
-            for i in instance_ids
-        }
+        return _listed_states(self.instances(), instance_ids, self.row_state)
 
     def instance_state(self, instance_id: str) -> CloudState:
         """The state of one instance; raises ProviderError when the API fails."""
@@ -275,15 +271,21 @@ class LambdaProvider:
     def instance_states(self, instance_ids: Iterable[str]) -> dict[str, CloudState]:
         """States of several instances from one trustworthy listing, where an id not listed is terminated;
         ProviderError when the listing cannot be trusted."""
-        by_id = {str(row.get("id")): row for row in self.instances()}
-        return {
-            str(i): lambda_state(by_id[str(i)]) if str(i) in by_id else CloudState.TERMINATED
-            for i in instance_ids
-        }
+        return _listed_states(self.instances(), instance_ids, self.row_state)
 
     def instance_state(self, instance_id: str) -> CloudState:
         """The state of one instance; raises ProviderError when the API fails."""
         return self.instance_states([instance_id])[str(instance_id)]
+
+
+def _listed_states(
+    rows: list[dict[str, Any]], instance_ids: Iterable[str], row_state: Callable[[dict[str, Any]], CloudState]
+) -> dict[str, CloudState]:
+    """Each instance's state in a listing; one the listing does not hold is terminated."""
+    by_id = {str(row.get("id")): row for row in rows}
+    return {
+        str(i): row_state(by_id[str(i)]) if str(i) in by_id else CloudState.TERMINATED for i in instance_ids
+    }
 
 
 def _rows(listed: list[Any], where: str) -> list[dict[str, Any]]:
