@@ -295,7 +295,6 @@ def test_containerised_worker_heals_a_dead_agent_and_recovers_data_with_its_own_
             "REMEDIATOR_LAMBDA_URL",
             "REMEDIATOR_VAST_STATUS_URL",
             "REMEDIATOR_LAMBDA_STATUS_URL",
-            "REMEDIATOR_AGENT_FALLBACK_COMMAND",
         )
     }
     config.update(
