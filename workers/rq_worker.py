@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -90,6 +91,10 @@ class RemediatorWorker(Worker):
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         self.stop_signalled = False
+        # Whether a stop signal came before rq put its handlers in place (set by the runner): rq
+        # registers the worker and starts its scheduler first, and a SIGTERM in that window only
+        # reached the runner's handler, so the worker went on to block in its dequeue.
+        self.stopped_early: Callable[[], bool] = lambda: False
         self._takes_over_scheduler = False
         self._next_takeover = 0.0
         super().__init__(*args, **kwargs)
@@ -99,6 +104,13 @@ class RemediatorWorker(Worker):
         return DEQUEUE_TIMEOUT
 
     # -- stopping ------------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        if self.stopped_early():
+            self.log.info("Worker %s: stop requested while starting; stopping", self.name)
+            self.stop_signalled = True
+            self._stop_requested = True  # rq's loop checks it before its first dequeue
+
     def request_stop(self, signum: int, frame: Any) -> None:
         """Warm shutdown (rq's): the job in hand finishes, then the worker exits."""
         self.stop_signalled = True

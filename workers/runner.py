@@ -132,6 +132,7 @@ def work_until_stopped(
         except redis.RedisError as exc:
             log.warning("could not register the worker (%s); trying again", describe(exc))
             continue
+        worker.stopped_early = lambda: stop["signalled"]
         if stop["signalled"]:
             return worked
         try:
