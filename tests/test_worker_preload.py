@@ -8,9 +8,11 @@ releases: its job blocks forever on that import (seen in test_ladder_e2e's worke
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def test_after_the_preload_the_sweeper_paths_import_nothing_new(redis_url: str) -> None:
@@ -35,3 +37,47 @@ def test_after_the_preload_the_sweeper_paths_import_nothing_new(redis_url: str) 
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_work_horse_inherits_the_rules_loaded_by_its_worker(redis_url: str) -> None:
+    """The worker loads the rules before it forks each job's work horse: parsing the YAML and building
+    the JSON schema validator in every horse was a third of a ladder job's CPU time in a storm. The
+    job reports whether the rules were loaded in its process before it ran (a fresh interpreter, so
+    nothing a test loaded before can answer for the worker)."""
+    script = textwrap.dedent(f"""
+        import json, redis
+        from rq import Queue
+        from remediator.config import Settings
+        from workers.rq_worker import RemediatorWorker
+        conn = redis.Redis.from_url({redis_url!r})
+        queue = Queue("preload-rules", connection=conn)
+        job = queue.enqueue("test_worker_preload.rules_loaded_before_the_job")
+        settings = Settings(redis_url={redis_url!r})
+        RemediatorWorker([queue], connection=conn, settings=settings).work(burst=True)
+        job.refresh()
+        print(json.dumps([job.get_status().value, job.return_value()]))
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["finished", True]
+
+
+def rules_loaded_before_the_job() -> bool:
+    from remediator.config import Settings
+    from remediator.rules import watcher
+    from workers.context import rules_for
+
+    loads: list[object] = []
+    original = watcher.load_rules  # what a RulesWatcher loads with
+    watcher.load_rules = lambda *args, **kwargs: loads.append(args) or original(*args, **kwargs)
+    try:
+        rules_for(Settings.from_env())
+    finally:
+        watcher.load_rules = original
+    return not loads
