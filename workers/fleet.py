@@ -283,6 +283,7 @@ def _storm_page(
     if not fleet_pages and not existing:
         return {}
     rule = fleet_pages[0] if fleet_pages else None
+    listed = _page_hosts(conn, key)
     result = page(
         conn,
         ctx.settings,
@@ -292,7 +293,7 @@ def _storm_page(
         severity=rule.severity if rule else "critical",
         summary=f"{rule.summary if rule else 'Sync storm'} (storm {storm_id})",
         targets=(rule.to or None) if rule else None,
-        hosts={h: "critical" for h in affected if not _in_page(conn, key, h)},
+        hosts={h: "critical" for h in affected if h not in listed},
         details={"facts": facts},
         rule=rule.rule if rule else "",
     )
@@ -353,9 +354,11 @@ def page_host(
     return result
 
 
-def _in_page(conn: redis.Redis, key: str, host: str) -> bool:
+def _page_hosts(conn: redis.Redis, key: str) -> dict[str, Any]:
+    """The hosts page ``key`` already lists: read once per evaluation, not once per affected host
+    (an evaluation runs after every diagnosis; per host, a 1,000-host storm made a million reads)."""
     raw = conn.hget(keys.PAGE.format(key), "hosts")
-    return raw is not None and host in json.loads(raw)
+    return json.loads(raw) if raw is not None else {}
 
 
 def _pause(ctx: Context, storm_id: str, affected: list[str]) -> dict[str, Any]:
@@ -364,12 +367,17 @@ def _pause(ctx: Context, storm_id: str, affected: list[str]) -> dict[str, Any]:
     # Still in the window (a host whose incident closed since ``affected`` was read has left it), and
     # with an open incident: the incident's close is what resumes the host. A host seen critical with no
     # incident of its own (its alert re-fired while a human's close stops its ladder) is not paused.
+    # One round trip for all of them: this runs after every diagnosis of a storm.
+    reader = conn.pipeline(transaction=False)
+    for h in affected:
+        reader.sismember(keys.PAUSED, h)
+        reader.zscore(keys.FLEET_CRITICAL, h)
+        reader.exists(keys.HOST_INCIDENT.format(h))
+    found = reader.execute() if affected else []
     new = [
         h
-        for h in affected
-        if not conn.sismember(keys.PAUSED, h)
-        and conn.zscore(keys.FLEET_CRITICAL, h) is not None
-        and incidents.current_id(conn, h) is not None
+        for i, h in enumerate(affected)
+        if not found[3 * i] and found[3 * i + 1] is not None and found[3 * i + 2]
     ]
     if not new:
         return {}
