@@ -187,24 +187,46 @@ def host_closed(ctx: Context, host_id: str) -> None:
 
 
 def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WAIT) -> dict[str, Any]:
-    """One fleet evaluation at a time; a caller that finds one under way waits up to ``wait`` seconds,
-    then leaves the fleet to it and to the incident monitor, which evaluates on every pass (so the
-    evaluation that ends a storm never depends on one ladder's timing, and a worker killed holding the
-    lock holds every ladder back for at most a few seconds, not the lock's whole TTL).
+    """One fleet evaluation at a time, and none wasted: a caller that finds one under way leaves a
+    "pending" mark and goes on, and the evaluation's holder runs again when it finds the mark after
+    its run (a run that begins after the mark was left sees everything the caller wrote before it).
+    In a storm every diagnosis asks for an evaluation: with callers waiting in line for the lock, 16
+    work processes advanced their ladders no faster than 4.
+
+    A caller does wait, up to ``wait`` seconds, for an evaluation that is running the storm's network
+    and provider checks (the ladder must not act on a host before their verdict can hold it), or a
+    dry-run one (which acts on nothing, so it cannot stand in for this one). The incident monitor
+    evaluates on every pass as well, so the evaluation that ends a storm never depends on one ladder's
+    timing, and a worker killed holding the lock holds nothing back for longer than the lock's TTL.
 
     ``dry_run``: the storm is still tracked (the remediator's own view), but nothing is paged, paused or
     resolved."""
-    lock = ctx.conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=wait)
-    if not lock.acquire():
-        log.info("a fleet evaluation is under way; this one is left to it and to the monitor")
-        return {"skipped": "fleet lock not acquired"}
-    try:
-        return _evaluate(ctx, dry_run=dry_run or ctx.dry_run, ours=lock.owned)
-    finally:
+    dry_run = dry_run or ctx.dry_run
+    conn = ctx.conn
+    lock = conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=wait)
+    if not dry_run:
+        conn.set(keys.FLEET_PENDING, "1", ex=FLEET_LOCK_TTL)
+    if not lock.acquire(blocking=False):
+        waiting_for = conn.get(keys.FLEET_WAIT)
+        if not (dry_run or waiting_for) or not lock.acquire():
+            log.debug("a fleet evaluation is under way; it runs again for this one")
+            return {"skipped": "left to the fleet evaluation under way"}
+    done: dict[str, Any] = {}
+    while True:
         try:
-            lock.release()
-        except redis.exceptions.LockError:
-            log.warning("fleet lock expired during an evaluation")
+            if dry_run:
+                conn.set(keys.FLEET_WAIT, "dry run", ex=FLEET_LOCK_TTL)
+            else:
+                conn.delete(keys.FLEET_PENDING)  # before reading: what is asked from now on runs again
+            done = _evaluate(ctx, dry_run=dry_run, ours=lock.owned)
+        finally:
+            try:
+                conn.delete(keys.FLEET_WAIT)
+                lock.release()
+            except redis.exceptions.LockError:
+                log.warning("fleet lock expired during an evaluation")
+        if dry_run or not conn.exists(keys.FLEET_PENDING) or not lock.acquire(blocking=False):
+            return done
 
 
 def _evaluate(ctx: Context, *, dry_run: bool, ours: Callable[[], bool] = lambda: True) -> dict[str, Any]:
@@ -263,6 +285,11 @@ def _storm_checks(ctx: Context, facts: dict[str, Any], storm_id: str) -> dict[st
     fleet = _fleet(conn)
     decision = ctx.rules.decide(facts)
     done: dict[str, Any] = {}
+    checks = (decision.check_network and fleet.get("network_checked_for") != storm_id) or (
+        decision.check_provider and fleet.get("provider_checked_for") != storm_id
+    )
+    if checks:  # callers wait for their verdict (evaluate)
+        conn.set(keys.FLEET_WAIT, "storm checks", ex=FLEET_LOCK_TTL)
     if decision.check_network and fleet.get("network_checked_for") != storm_id:
         conn.hset(keys.FLEET, "network_checked_for", storm_id)
         done["network_ok"] = _check_network(ctx)
