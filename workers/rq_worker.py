@@ -160,7 +160,7 @@ class RemediatorWorker(Worker):
         )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self._warm_rules()
+        self._warm_up()
         try:
             super().execute_job(job, queue)
         except redis.RedisError as exc:
@@ -173,16 +173,19 @@ class RemediatorWorker(Worker):
                 describe(exc),
             )
 
-    def _warm_rules(self) -> None:
-        """Load (or re-check) the rules here, before rq forks the job's work horse: the horse inherits
-        them parsed and validated. Left to the horse, every job parsed the YAML and built the JSON
-        schema validator again, a third of a ladder job's CPU time in a 1,000-host storm."""
+    def _warm_up(self) -> None:
+        """Load (or re-check) the rules and the SSH keys here, before rq forks the job's work horse:
+        the horse inherits them parsed. Left to the horse, every job parsed the rules YAML and built
+        the JSON schema validator again (a third of a ladder job's CPU time in a storm), and every SSH
+        connection parsed known_hosts (a host key built per host in the fleet)."""
+        from remediator.clients.ssh import load_keys
         from workers.context import rules_for
 
         try:
             rules_for(self.settings)
         except Exception as exc:  # the job meets the same error and fails with it, where it is seen
             log.warning("rules could not be loaded before the job: %s", describe(exc))
+        load_keys(self.settings)
 
     # -- Redis failures between jobs -----------------------------------------------------------------
     def check_for_suspension(self, burst: bool) -> None:

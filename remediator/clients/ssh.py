@@ -7,6 +7,7 @@ Commands are fixed templates; any value from outside is validated upstream and q
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -56,6 +57,49 @@ def classify(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_loaded: dict[tuple[str, str], tuple[tuple[tuple[int, int, int], ...], Any]] = {}
+
+
+def _load_once(kind: str, path: str) -> Any:
+    """The known_hosts file or the client key at ``path``, parsed once per process and again only
+    when the file changes (a ConfigMap or Secret update). asyncssh given a path parses the file at
+    every connection: with 1,000 hosts in known_hosts, 1,000 host keys built for each connection. The
+    worker loads both before it forks a job's work horse (workers/rq_worker.py), which inherits them.
+
+    A file that cannot be read or parsed is handed to asyncssh as the path, to fail the connection
+    as it always did."""
+    try:
+        # A client key's certificate (``<key>-cert.pub``, which asyncssh pairs with it) counts too.
+        signature = tuple(_stat(f) for f in (path, f"{path}-cert.pub"))
+        cached = _loaded.get((kind, path))
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        # For a client key: what asyncssh.connect does with a path in client_keys.
+        value: Any = (
+            asyncssh.read_known_hosts(path) if kind == "known_hosts" else asyncssh.load_keypairs([path])
+        )
+    except (OSError, ValueError, asyncssh.Error):
+        return path if kind == "known_hosts" else [path]
+    _loaded[(kind, path)] = (signature, value)
+    return value
+
+
+def _stat(path: str) -> tuple[int, int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def load_keys(settings: Settings) -> None:
+    """Parse the known_hosts file and the client key now (see ``_load_once``)."""
+    if settings.ssh_known_hosts:
+        _load_once("known_hosts", settings.ssh_known_hosts)
+    if settings.ssh_key_file:
+        _load_once("client_key", settings.ssh_key_file)
+
+
 class HostSession:
     """One SSH connection to a host, used synchronously from an RQ job."""
 
@@ -74,8 +118,8 @@ class HostSession:
         options: dict[str, Any] = {
             "port": self.record.ssh_port,
             "username": self.record.ssh_user,
-            "known_hosts": s.ssh_known_hosts,
-            "client_keys": [s.ssh_key_file] if s.ssh_key_file else None,
+            "known_hosts": _load_once("known_hosts", s.ssh_known_hosts or ""),
+            "client_keys": _load_once("client_key", s.ssh_key_file) if s.ssh_key_file else None,
             "agent_path": None,
             "connect_timeout": s.ssh_connect_timeout,
             "login_timeout": s.ssh_connect_timeout,
