@@ -62,6 +62,7 @@ ENV_VARS: dict[str, str] = {
     "REMEDIATOR_MAX_SSH_SESSIONS": "SSH sessions open at once, fleet-wide (all workers)",
     "REMEDIATOR_COORDINATOR_CALLS_PER_SECOND": "coordinator HTTP calls in any one second, fleet-wide",
     "REMEDIATOR_PROVIDER_LISTING_SECONDS": "seconds one provider listing is shared by every worker",
+    "REMEDIATOR_COORDINATOR_LISTING_SECONDS": "seconds one coordinator host listing serves every worker",
     "REMEDIATOR_LIMIT_WAIT_SECONDS": "seconds a call waits for its slot under a fleet-wide limit",
 }
 
@@ -234,6 +235,7 @@ class Settings:
     max_ssh_sessions: int = defaults.MAX_SSH_SESSIONS
     coordinator_calls_per_second: int = defaults.COORDINATOR_CALLS_PER_SECOND
     provider_listing_seconds: float = defaults.PROVIDER_LISTING_SECONDS
+    coordinator_listing_seconds: float = defaults.COORDINATOR_LISTING_SECONDS
     limit_wait_seconds: float = defaults.LIMIT_WAIT_SECONDS
 
     def __post_init__(self) -> None:
@@ -309,6 +311,9 @@ class Settings:
             ),
             provider_listing_seconds=_number(
                 env, "REMEDIATOR_PROVIDER_LISTING_SECONDS", defaults.PROVIDER_LISTING_SECONDS
+            ),
+            coordinator_listing_seconds=_number(
+                env, "REMEDIATOR_COORDINATOR_LISTING_SECONDS", defaults.COORDINATOR_LISTING_SECONDS
             ),
             limit_wait_seconds=_number(env, "REMEDIATOR_LIMIT_WAIT_SECONDS", defaults.LIMIT_WAIT_SECONDS),
         )

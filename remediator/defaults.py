@@ -29,6 +29,7 @@ WORKER_MAINTENANCE_INTERVAL = 30  # seconds between RQ maintenance passes, which
 MAX_SSH_SESSIONS = 64  # SSH sessions (commands and rsync) open at once, fleet-wide
 COORDINATOR_CALLS_PER_SECOND = 25  # coordinator HTTP calls in any one second, fleet-wide
 PROVIDER_LISTING_SECONDS = 5.0  # seconds one provider listing serves every worker's diagnoses
+COORDINATOR_LISTING_SECONDS = 1.0  # seconds one coordinator host listing serves every worker's reads
 LIMIT_WAIT_SECONDS = 120.0  # seconds a call waits for its slot under a limit before it gives up
 RSYNC_TIMEOUT = 3600  # seconds one rsync of a host's data dir may run (recover_data)
 IMPORT_TIMEOUT = 1800  # seconds the import command may run (recover_data)

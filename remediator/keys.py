@@ -63,6 +63,9 @@ SSH_SLOTS = PREFIX + ":limits:ssh"  # sorted set: lease token -> expiry (ms): SS
 SSH_SLOTS_FREED = PREFIX + ":limits:ssh:freed"  # list: a token per slot freed, for workers waiting on one
 SSH_SLOTS_PEAK = PREFIX + ":limits:ssh:peak"  # integer: most SSH sessions open at once (limits.py)
 COORDINATOR_CALLS = PREFIX + ":limits:coordinator"  # sorted set: coordinator calls of the last second
+HOSTS_LISTING = PREFIX + ":limits:hosts"  # hash: host id -> its record in the shared coordinator listing
+HOSTS_LISTING_AT = PREFIX + ":limits:hosts:at"  # JSON: when that listing's fetch began (or its error)
+HOSTS_LISTING_LOCK = PREFIX + ":limits:hosts:lock"  # string: the worker fetching the host listing
 
 PER_HOST: tuple[str, ...]
 GLOBAL: tuple[str, ...]
@@ -73,3 +76,4 @@ GLOBAL += (FREEZES, HOLDS, SILENCES, FLEET_LOCK, SWEEP_LOCK, SILENCE_SWEEP_LOCK,
 GLOBAL += (REPLICATION_PROBE, FLEET_PENDING, FLEET_WAIT)
 GLOBAL += (PROBE, PROBE_HOSTS, PROBE_LOCK, LEARNING)
 GLOBAL += (SSH_SLOTS, SSH_SLOTS_FREED, SSH_SLOTS_PEAK, COORDINATOR_CALLS)
+GLOBAL += (HOSTS_LISTING, HOSTS_LISTING_AT, HOSTS_LISTING_LOCK)

@@ -22,6 +22,11 @@ seam (``remediator.clients.real_clients``), so the ladder, the probe and the fle
   cannot use a listing older than some moment (diagnosis of a host that did not answer over SSH) asks
   with ``since`` and gets one fetched after it, still one fetch at a time fleet-wide.
 
+- ``SharedHosts``: one coordinator host listing (``GET /sync/hosts``, the whole fleet in one answer)
+  serves every read for ``REMEDIATOR_COORDINATOR_LISTING_SECONDS``: fetched by one worker at a time,
+  kept in a Redis hash of one record per host, so a read parses its own host's record, not the
+  fleet's. A 1,000-host storm read the 1,000-host listing three or four times per host.
+
 Each fails safe: when Redis does not answer, the limit waits and tries again (backing off up to
 ``REDIS_BACKOFF_MAX`` seconds) rather than letting the call through unbounded, and after
 ``REMEDIATOR_LIMIT_WAIT_SECONDS`` without a slot it raises ``LimitUnavailable``, which the clients seam
@@ -45,6 +50,7 @@ from typing import Any, TypeVar
 import redis
 
 from remediator import keys
+from remediator.connections import text
 from remediator.exceptions import LimitUnavailable, ProviderError
 
 log = logging.getLogger("remediator.limits")
@@ -343,3 +349,132 @@ def _read(shared: dict[str, Any]) -> dict[str, str]:
     if "error" in shared:
         raise ProviderError(str(shared["error"]))
     return dict(shared["states"])
+
+
+class SharedHosts:
+    """A coordinator whose host listing is fetched once for every worker for ``ttl`` seconds.
+
+    Wraps ``remediator.clients.coordinator.HttpCoordinator``; its writes go straight through. A read
+    uses a listing whose fetch began at most ``ttl`` seconds before the read did (never older), else
+    fetches one under a lock while the other readers wait for it. An error the fetch met (the
+    coordinator unavailable, an answer it cannot trust) is shared the same way and raised as the same
+    error: every reader in that window would have met it too. Each host's record is kept as the
+    coordinator sent it, and checked (``HostRecord.from_api``) by the reader, as before."""
+
+    def __init__(self, inner: Any, conn: redis.Redis, ttl: float, wait: float) -> None:
+        self.inner, self.conn, self.ttl, self.wait = inner, conn, float(ttl), float(wait)
+        self._unlock = conn.register_script(UNLOCK_LUA)
+
+    def __repr__(self) -> str:
+        return f"SharedHosts({self.inner!r}, ttl={self.ttl:g})"
+
+    def __getattr__(self, name: str) -> Any:  # the writes, and the HTTP client's attributes
+        return getattr(self.inner, name)
+
+    def hosts(self) -> dict[str, Any]:
+        from remediator.clients.coordinator import _records
+
+        found = self._read(lambda pipe: pipe.hgetall(keys.HOSTS_LISTING), lambda raw: raw)
+        return _records(
+            {text(h): json.loads(r) if isinstance(r, (bytes, str)) else r for h, r in found.items()}
+        )
+
+    def host(self, host_id: str, since: float | None = None) -> Any:
+        """``since``: no listing fetched before it will do either (diagnosis passes its ladder's start:
+        never a state from before the alert that started it)."""
+        from remediator.clients.coordinator import _record
+
+        raw = self._read(
+            lambda pipe: pipe.hget(keys.HOSTS_LISTING, host_id), lambda raw: raw.get(host_id), since
+        )
+        if raw is None:
+            return None  # not in the listing: unknown to the coordinator
+        return _record({host_id: json.loads(raw) if isinstance(raw, (bytes, str)) else raw}, host_id)
+
+    def _read(
+        self,
+        stored_part: Callable[[Any], Any],
+        fetched_part: Callable[[dict[str, Any]], Any],
+        since: float | None = None,
+    ) -> Any:
+        """A part of the shared listing (``stored_part`` queues its read on a Redis pipeline), once one
+        fetched late enough is there; or of the listing this reader fetched (``fetched_part``)."""
+        deadline = time.monotonic() + self.wait
+        now = time.time()
+        oldest = max(now - self.ttl, min(since or 0.0, now))  # a ``since`` ahead of our clock: now
+        token = uuid.uuid4().hex
+        what = "coordinator host listing"
+
+        def stored() -> tuple[bool, Any]:
+            def look() -> list[Any]:
+                pipe = self.conn.pipeline(transaction=True)  # the listing and its time, as one
+                pipe.get(keys.HOSTS_LISTING_AT)
+                stored_part(pipe)
+                return list(pipe.execute())
+
+            at, found = _patiently(what, deadline, look)
+            if at is None or float(json.loads(at)["at"]) < oldest:
+                return False, None  # none, or older than the reader may use
+            meta = json.loads(at)
+            if "error" in meta:
+                raise _coordinator_error(meta)
+            return True, found
+
+        try:
+            while True:
+                ok, found = stored()
+                if ok:
+                    return found
+                lock = lambda: self.conn.set(  # noqa: E731
+                    keys.HOSTS_LISTING_LOCK, token, nx=True, px=int(LISTING_LOCK_TTL * 1000)
+                )
+                if _patiently(what, deadline, lock):
+                    try:
+                        ok, found = stored()  # stored by another between our look and our lock?
+                        return found if ok else fetched_part(self._fetch())
+                    finally:
+                        with contextlib.suppress(redis.RedisError):  # it expires by itself
+                            self._unlock(keys=[keys.HOSTS_LISTING_LOCK], args=[token])
+                if time.monotonic() > deadline:
+                    raise LimitUnavailable(f"no {what} within {self.wait:g} s")
+                time.sleep(LISTING_POLL)  # another worker is fetching it
+        except LimitUnavailable as exc:
+            from remediator.exceptions import CoordinatorUnavailable
+
+            raise CoordinatorUnavailable(f"GET /sync/hosts not sent: {exc}") from None
+
+    def _fetch(self) -> dict[str, Any]:
+        """Fetch the listing, share it (or its error), and return it (or raise its error)."""
+        from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
+
+        at = time.time()  # when the fetch began: every record in it is at least this recent
+        keep = max(1, int((self.ttl + 5.0) * 1000))
+        pipe = self.conn.pipeline(transaction=True)
+        pipe.delete(keys.HOSTS_LISTING)
+        failed: CoordinatorError | None = None
+        raw: dict[str, Any] = {}
+        try:
+            raw = self.inner._raw_hosts()
+        except CoordinatorError as exc:
+            failed = exc
+            meta = {"at": at, "error": str(exc), "unavailable": isinstance(exc, CoordinatorUnavailable)}
+        else:
+            meta = {"at": at}
+            if raw:
+                pipe.hset(keys.HOSTS_LISTING, mapping={h: json.dumps(r) for h, r in raw.items()})
+                pipe.pexpire(keys.HOSTS_LISTING, keep)
+        pipe.set(keys.HOSTS_LISTING_AT, json.dumps(meta), px=keep)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:  # fetched under the lock all the same: use it
+            log.warning("coordinator host listing not shared (%s)", type(exc).__name__)
+        if failed is not None:
+            raise failed
+        return raw
+
+
+def _coordinator_error(meta: dict[str, Any]) -> Exception:
+    from remediator.exceptions import CoordinatorError, CoordinatorUnavailable
+
+    kind = CoordinatorUnavailable if meta.get("unavailable") else CoordinatorError
+    return kind(f"{meta['error']} (the fleet's shared host listing)")

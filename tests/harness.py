@@ -225,13 +225,13 @@ def install(monkeypatch: Any) -> Current:
     install_end_tracking(monkeypatch, current.driver)
     diagnose, close = ladder.diagnose, incidents.close
 
-    def observed_diagnose(ctx: Any, host_id: str) -> Any:
+    def observed_diagnose(ctx: Any, host_id: str, since: float | None = None) -> Any:
         h = current.harness
         if h is None:
-            return diagnose(ctx, host_id)
+            return diagnose(ctx, host_id, since=since)
         first, at = len(h.log.calls), h.clock.now
         running = h.driver.current
-        diag = diagnose(ctx, host_id)
+        diag = diagnose(ctx, host_id, since=since)
         h.observed.diagnoses.append(
             {
                 "diagnosis": diag,

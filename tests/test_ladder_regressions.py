@@ -616,7 +616,7 @@ def test_a_ladder_whose_job_crashes_every_time_is_resumed_with_backoff_then_give
     import workers.ladder as ladder
     from workers import sweeper
 
-    def poison(ctx: Any, host_id: str) -> Any:
+    def poison(ctx: Any, host_id: str, since: float | None = None) -> Any:
         raise RuntimeError("poison: diagnosis crashes")
 
     monkeypatch.setattr(ladder, "diagnose", poison)

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -25,8 +26,8 @@ from remediator.clients.coordinator import HttpCoordinator
 from remediator.clients.providers import CloudState, VastProvider, instance_state
 from remediator.config import Settings
 from remediator.embedded_redis import EmbeddedRedis
-from remediator.exceptions import CoordinatorUnavailable, LimitUnavailable, ProviderError
-from remediator.limits import CallRate, SessionSlots, SharedListing
+from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LimitUnavailable, ProviderError
+from remediator.limits import CallRate, SessionSlots, SharedHosts, SharedListing
 from remediator.ports import free_port
 
 
@@ -194,7 +195,8 @@ def test_real_clients_put_ssh_rsync_coordinator_and_providers_under_the_limits(r
     record = HostRecord("h1", "critical", None, False, "127.0.0.1", "root", 22, None, None, "/data/selfplay")
     session = clients.ssh(record)
     assert isinstance(session, LimitedSession) and session.slots.limit == 7
-    assert clients.coordinator.limiter.__self__.per_second == 3  # type: ignore[attr-defined]
+    assert isinstance(clients.coordinator, SharedHosts)
+    assert clients.coordinator.limiter.__self__.per_second == 3
     assert isinstance(clients.providers()["vast"], SharedListing)
 
 
@@ -304,6 +306,111 @@ def test_without_redis_a_listing_is_not_fetched_per_host_but_refused(server: HTT
     assert server.log == []
     with pytest.raises(ProviderError):
         shared.instance_state("101")
+
+
+# -- coordinator host listing ------------------------------------------------------------------------------
+
+
+def serve_hosts(server: HTTPServer, answers: list[Any]) -> list[float]:
+    """``GET /sync/hosts`` answers the next of ``answers`` (a dict, or an HTTP status), the last one
+    for good; returns the list of times it was asked."""
+    asked: list[float] = []
+    guard = threading.Lock()
+
+    def answer(request: Request) -> Response:
+        with guard:
+            asked.append(time.time())
+            now = answers[min(len(asked), len(answers)) - 1]
+        if isinstance(now, int):
+            return Response("down", status=now)
+        return Response(json.dumps(now), content_type="application/json")
+
+    server.expect_request("/sync/hosts", method="GET").respond_with_handler(answer)
+    return asked
+
+
+def shared_hosts(redis_url: str, server: HTTPServer, ttl: float) -> SharedHosts:
+    http = HttpCoordinator(server.url_for("").rstrip("/"), None, retries=1)
+    return SharedHosts(http, redis.Redis.from_url(redis_url), ttl, wait=30)
+
+
+def record(state: str, **more: Any) -> dict[str, Any]:
+    return {"state": state, "address": "127.0.0.1", "ssh_user": "root", "ssh_port": 22, **more}
+
+
+def test_one_coordinator_listing_serves_every_read_in_its_window_one_host_each(
+    redis_url: str, server: HTTPServer
+) -> None:
+    fleet = {f"h{i}": record("critical" if i % 2 else "healthy") for i in range(50)}
+    asked = serve_hosts(server, [fleet, {**fleet, "h0": record("critical")}])
+    found: dict[str, str] = {}
+
+    def diagnosis(i: int) -> None:
+        found[f"h{i}"] = shared_hosts(redis_url, server, 2.0).host(f"h{i}").state  # type: ignore[union-attr]
+
+    in_threads(40, diagnosis)
+    assert len(asked) == 1  # one listing for 40 reads
+    assert found["h0"] == "healthy" and found["h1"] == "critical"
+    coordinator = shared_hosts(redis_url, server, 2.0)
+    assert coordinator.host("h99") is None  # not in the listing: unknown to the coordinator
+    assert sorted(coordinator.hosts()) == sorted(fleet) and len(asked) == 1
+    time.sleep(2.1)
+    assert coordinator.host("h0").state == "critical"  # type: ignore[union-attr]
+    assert len(asked) == 2  # the window is over: listed again
+
+
+def test_a_read_never_uses_a_listing_fetched_longer_ago_than_its_window(
+    redis_url: str, server: HTTPServer
+) -> None:
+    asked = serve_hosts(server, [{"h1": record("critical")}, {"h1": record("healthy")}])
+    coordinator = shared_hosts(redis_url, server, 0.3)
+    assert coordinator.host("h1").state == "critical"  # type: ignore[union-attr]
+    time.sleep(0.4)
+    began = time.time()
+    assert coordinator.host("h1").state == "healthy"  # type: ignore[union-attr]
+    assert len(asked) == 2 and asked[1] >= began - 0.3
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [(503, CoordinatorUnavailable), ({"success": False, "error": "boom"}, CoordinatorError)],
+)
+def test_a_failing_coordinator_listing_is_shared_as_the_same_error(
+    redis_url: str, server: HTTPServer, answer: Any, error: type[Exception]
+) -> None:
+    asked = serve_hosts(server, [answer])
+    raised: list[Exception] = []
+
+    def diagnosis(i: int) -> None:
+        try:
+            shared_hosts(redis_url, server, 5.0).host("h1")
+        except CoordinatorError as exc:
+            raised.append(exc)
+
+    in_threads(10, diagnosis)
+    assert len(asked) == 1 and len(raised) == 10
+    assert {type(e) for e in raised} == {error}  # unavailable stays unavailable; never "no such host"
+
+
+def test_a_host_record_that_cannot_be_trusted_fails_its_own_read_and_is_left_out_of_the_fleet(
+    redis_url: str, server: HTTPServer
+) -> None:
+    serve_hosts(server, [{"h1": record("critical"), "h2": record("critical", data_dir="/data/../etc")}])
+    coordinator = shared_hosts(redis_url, server, 5.0)
+    with pytest.raises(CoordinatorError, match="unsafe data_dir"):
+        coordinator.host("h2")
+    assert sorted(coordinator.hosts()) == ["h1"]
+
+
+def test_without_redis_the_coordinator_listing_is_not_fetched_per_read_but_unavailable(
+    server: HTTPServer,
+) -> None:
+    asked = serve_hosts(server, [{"h1": record("critical")}])
+    http = HttpCoordinator(server.url_for("").rstrip("/"), None, retries=1)
+    coordinator = SharedHosts(http, unreachable_redis(), 5.0, wait=0.5)
+    with pytest.raises(CoordinatorUnavailable, match="not sent"):
+        coordinator.host("h1")
+    assert asked == []
 
 
 def _listing_keys(redis_url: str) -> list[bytes]:

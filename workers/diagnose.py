@@ -105,10 +105,13 @@ def answered(echo: CommandResult) -> bool:
     return echo.ok and bool(lines) and lines[-1].strip() == "OK"
 
 
-def diagnose(ctx: Context, host_id: str) -> Diagnosis:
+def diagnose(ctx: Context, host_id: str, since: float | None = None) -> Diagnosis:
+    """``since``: the ladder's start. The coordinator's listing is shared by every worker for a moment
+    (``remediator.limits.SharedHosts``): none fetched before the ladder began will do, so that a host
+    is never diagnosed from a state older than the alert that sent the ladder."""
     diag = Diagnosis(host_id=host_id, at=time.time())
     try:
-        record = ctx.coordinator.host(host_id)
+        record = ctx.coordinator.host(host_id, since=since)
     except CoordinatorError as exc:
         diag.sources["coordinator"] = f"error: {exc}"
         record = None

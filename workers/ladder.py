@@ -135,7 +135,7 @@ class Ladder:
     # -- phases (each returns a final word, or None to go on in this job) ----------------------
     def _diagnose(self, lad: LadderRun) -> str | None:
         t0 = time.monotonic()
-        diag = diagnose(self.ctx, self.host_id)
+        diag = diagnose(self.ctx, self.host_id, since=self.state.started_at)
         metrics.observe(
             self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step="diagnose"
         )

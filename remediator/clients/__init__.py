@@ -101,10 +101,11 @@ class LimitedSession:
 
 def real_clients(settings: Settings) -> Clients:
     from remediator.clients import netcheck, providers
+    from remediator.clients.coordinator import HttpCoordinator
     from remediator.clients.pagers import pagers_from_settings
     from remediator.clients.ssh import HostSession, rsync_pull
     from remediator.connections import redis_from_settings
-    from remediator.limits import CallRate, SessionSlots, SharedListing
+    from remediator.limits import CallRate, SessionSlots, SharedHosts, SharedListing
     from remediator.silences import AlertmanagerSilences
 
     conn = redis_from_settings(settings)
@@ -143,8 +144,11 @@ def real_clients(settings: Settings) -> Clients:
     def network(hosts: Mapping[str, Mapping[str, Any]]) -> Any:
         return netcheck.check_cluster_network(settings, hosts, timeout=min(5.0, settings.ssh_connect_timeout))
 
+    coordinator = coordinator_from_settings(settings, rate.take if rate is not None else None)
+    if conn is not None and isinstance(coordinator, HttpCoordinator):  # in-process reads are not HTTP
+        coordinator = SharedHosts(coordinator, conn, settings.coordinator_listing_seconds, wait)
     return Clients(
-        coordinator=coordinator_from_settings(settings, rate.take if rate is not None else None),
+        coordinator=coordinator,
         ssh=ssh,
         rsync=rsync,
         run_import=run_import,

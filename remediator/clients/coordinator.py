@@ -145,7 +145,11 @@ def _timestamp(value: Any) -> float | None:
 
 class Coordinator(Protocol):
     def hosts(self) -> dict[str, HostRecord]: ...
-    def host(self, host_id: str) -> HostRecord | None: ...
+    def host(self, host_id: str, since: float | None = None) -> HostRecord | None:
+        """``since``: a caller's floor on how old the answer may be (unix seconds); a backend that
+        always asks the coordinator anew meets any."""
+        ...
+
     def force_sync(self, host_id: str) -> dict[str, Any]: ...
     def unretire(self, host_id: str) -> dict[str, Any]: ...
     def retire(self, host_id: str, reason: str, acknowledge_loss: bool) -> dict[str, Any]: ...
@@ -307,7 +311,7 @@ class HttpCoordinator:
     def hosts(self) -> dict[str, HostRecord]:
         return _records(self._raw_hosts())
 
-    def host(self, host_id: str) -> HostRecord | None:
+    def host(self, host_id: str, since: float | None = None) -> HostRecord | None:
         return _record(self._raw_hosts(), host_id)
 
     def force_sync(self, host_id: str) -> dict[str, Any]:
@@ -345,7 +349,7 @@ class InProcessCoordinator:
     def hosts(self) -> dict[str, HostRecord]:
         return _records(self.sync.get_host_statuses())
 
-    def host(self, host_id: str) -> HostRecord | None:
+    def host(self, host_id: str, since: float | None = None) -> HostRecord | None:
         return _record(self.sync.get_host_statuses(), host_id)
 
     def force_sync(self, host_id: str) -> dict[str, Any]:
