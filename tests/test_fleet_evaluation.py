@@ -97,3 +97,23 @@ def test_an_asker_waits_for_an_evaluation_running_the_storm_checks_or_a_dry_run(
     assert runs[0]["dry_run"] is (why == "dry run")
     assert len(runs) >= 2 and not any(r["dry_run"] for r in runs[1:])
     assert not ctx.conn.exists(keys.FLEET_WAIT, keys.FLEET_LOCK)
+
+
+def test_fleet_facts_sum_the_hosts_in_the_window_and_read_an_older_versions_facts(ctx: Context) -> None:
+    """The unsynced games at risk and the unrecoverable hosts are summed in Redis over the hosts in
+    the critical window: from each host's risk entry, or, for a host diagnosed by a version that
+    wrote none, from its facts (never counted as nothing at risk)."""
+    import json
+    import time
+
+    from remediator import store
+
+    conn = ctx.conn
+    now = time.time()
+    conn.hset(keys.FLEET_RISK, mapping={"h1": fleet._risk({"unsynced_games": 7}), "h2": "0 1"})
+    store.update_host(conn, "h3", facts=json.dumps({"unsynced_games": 5, "data_recoverable": False}))
+    conn.hset(keys.FLEET_RISK, "h4", "100 1")  # left the window long ago
+    conn.zadd(keys.FLEET_CRITICAL, {"h1": now, "h2": now, "h3": now, "h4": now - 30 * 86400})
+    facts = fleet.fleet_facts(ctx, refresh=False)
+    assert facts["critical_hosts"] == 3
+    assert facts["unsynced_games_at_risk"] == 12 and facts["unrecoverable_hosts"] == 2

@@ -67,27 +67,59 @@ def fleet_facts(ctx: Context, refresh: bool = True) -> dict[str, Any]:
     if refresh and fleet.get("network_ok") == "0" and network_age > NETWORK_CHECK_MAX_AGE:
         _check_network(ctx)
         fleet = _fleet(conn)
-    at_risk = 0
-    unrecoverable = 0
-    # redis-py types a range as maybe with scores.
-    critical = cast("list[bytes]", conn.zrangebyscore(keys.FLEET_CRITICAL, time.time() - window, "+inf"))
-    # One round trip for all critical hosts: this runs at every phase of every ladder.
-    reader = conn.pipeline(transaction=False)
-    for host in critical:
-        reader.hget(keys.HOST.format(host.decode()), "facts")
-    for raw in reader.execute() if critical else []:
-        host_facts = json.loads(raw) if raw else {}
-        at_risk += int(host_facts.get("unsynced_games") or 0)
-        unrecoverable += host_facts.get("data_recoverable") is False
+    # Summed in Redis: this runs at every phase of every ladder, over every host in the window.
+    host_key = keys.HOST.split("{0}")
+    critical, at_risk, unrecoverable = _risk_sum(conn)(
+        keys=[keys.FLEET_CRITICAL, keys.FLEET_RISK], args=[time.time() - window, *host_key], client=conn
+    )
     return {
-        "unsynced_games_at_risk": at_risk,
-        "unrecoverable_hosts": unrecoverable,
-        "critical_hosts": len(critical),
+        "unsynced_games_at_risk": int(at_risk),
+        "unrecoverable_hosts": int(unrecoverable),
+        "critical_hosts": int(critical),
         "storm_active": fleet.get("storm") == "1",
         "cluster_network_ok": fleet.get("network_ok") != "0",
         "provider_status_ok": fleet.get("provider_ok") != "0",
         "paused_hosts": conn.scard(keys.PAUSED),
     }
+
+
+# KEYS: the critical window, the risk hash. ARGV: the window's start, HOST's key before and after the
+# host id. Returns {hosts in the window, unsynced games on them, hosts whose data is not recoverable}.
+# A host's risk is "<games> <0|1>" (after_diagnosis); one without (written by an older version) is
+# read from its facts, as it always was.
+RISK_SUM_LUA = """
+local hosts = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local games, unrecoverable = 0, 0
+for _, h in ipairs(hosts) do
+  local risk = redis.call('HGET', KEYS[2], h)
+  if risk then
+    local g, u = string.match(risk, '^(%d+) ([01])$')
+    games = games + (tonumber(g) or 0)
+    unrecoverable = unrecoverable + (tonumber(u) or 0)
+  else
+    local raw = redis.call('HGET', ARGV[2] .. h .. ARGV[3], 'facts')
+    local ok, facts = pcall(cjson.decode, raw or '{}')
+    if ok and type(facts) == 'table' then
+      if type(facts.unsynced_games) == 'number' then games = games + math.floor(facts.unsynced_games) end
+      if facts.data_recoverable == false then unrecoverable = unrecoverable + 1 end
+    end
+  end
+end
+return {#hosts, games, unrecoverable}
+"""
+_risk_script: Any = None
+
+
+def _risk_sum(conn: redis.Redis) -> Any:
+    global _risk_script
+    if _risk_script is None:
+        _risk_script = conn.register_script(RISK_SUM_LUA)
+    return _risk_script
+
+
+def _risk(facts: dict[str, Any]) -> str:
+    """A host's share of the fleet facts, as RISK_SUM_LUA reads it."""
+    return f"{max(0, int(facts.get('unsynced_games') or 0))} {int(facts.get('data_recoverable') is False)}"
 
 
 def _check_provider(ctx: Context) -> bool:
@@ -136,6 +168,7 @@ def after_diagnosis(ctx: Context, host_id: str, facts: dict[str, Any], *, dry_ru
     if facts.get("coordinator_state") == "healthy" and not facts.get("host_retired"):
         ctx.conn.zrem(keys.FLEET_CRITICAL, host_id)
     else:
+        ctx.conn.hset(keys.FLEET_RISK, host_id, _risk(facts))
         ctx.conn.zadd(keys.FLEET_CRITICAL, {host_id: time.time()})
     if facts.get("cloud_state") == "unknown":
         _check_provider(ctx)
