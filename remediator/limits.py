@@ -100,14 +100,17 @@ end
 return 1
 """
 
-# KEYS: window. ARGV: token, calls per second. 0 when the call may go now, else milliseconds to wait.
+# KEYS: window, peak. ARGV: token, calls per second. 0 when the call may go now, else milliseconds to
+# wait. The peak is the most calls the window ever held (what bench/bench_scale.py reports).
 CALL_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 1000)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+local open = redis.call('ZCARD', KEYS[1])
+if open < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now, ARGV[1])
   redis.call('PEXPIRE', KEYS[1], 2000)
+  if open + 1 > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], open + 1) end
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -243,7 +246,11 @@ class CallRate:
         what = f"coordinator call rate ({self.per_second}/s)"
         while True:
             wait_ms = _patiently(
-                what, deadline, lambda: self._script(keys=[self.key], args=[token, self.per_second])
+                what,
+                deadline,
+                lambda: self._script(
+                    keys=[self.key, keys.COORDINATOR_CALLS_PEAK], args=[token, self.per_second]
+                ),
             )
             if int(wait_ms) == 0:
                 return

@@ -227,6 +227,8 @@ def test_coordinator_calls_stay_within_the_fleet_wide_rate(redis_url: str, serve
     ordered = sorted(arrivals)
     # Any 1 s: at most 10 (a little slack for the HTTP hop after the limiter's own clock).
     assert max(sum(1 for t in ordered if a <= t < a + 0.95) for a in ordered) <= 10
+    # The limiter's own count of the most calls it let through in one second: the limit, reached.
+    assert int(redis.Redis.from_url(redis_url).get(keys.COORDINATOR_CALLS_PEAK) or 0) == 10
 
 
 def test_a_coordinator_call_without_its_slot_is_not_sent_and_reads_as_unavailable(server: HTTPServer) -> None:
