@@ -427,18 +427,16 @@ def _pause(ctx: Context, storm_id: str, affected: list[str]) -> dict[str, Any]:
     # Still in the window (a host whose incident closed since ``affected`` was read has left it), and
     # with an open incident: the incident's close is what resumes the host. A host seen critical with no
     # incident of its own (its alert re-fired while a human's close stops its ladder) is not paused.
-    # One round trip for all of them: this runs after every diagnosis of a storm.
+    # This runs after every diagnosis of a storm: one command drops the hosts already paused (most
+    # of them, once a storm is under way), one round trip checks the others.
+    paused = conn.smismember(keys.PAUSED, affected) if affected else []
+    unpaused = [h for h, is_paused in zip(affected, paused, strict=True) if not is_paused]
     reader = conn.pipeline(transaction=False)
-    for h in affected:
-        reader.sismember(keys.PAUSED, h)
+    for h in unpaused:
         reader.zscore(keys.FLEET_CRITICAL, h)
         reader.exists(keys.HOST_INCIDENT.format(h))
-    found = reader.execute() if affected else []
-    new = [
-        h
-        for i, h in enumerate(affected)
-        if not found[3 * i] and found[3 * i + 1] is not None and found[3 * i + 2]
-    ]
+    found = reader.execute() if unpaused else []
+    new = [h for i, h in enumerate(unpaused) if found[2 * i] is not None and found[2 * i + 1]]
     if not new:
         return {}
     try:
