@@ -141,6 +141,37 @@ def _patiently(what: str, deadline: float, call: Callable[[], T]) -> T:
             delay = min(delay * 2, REDIS_BACKOFF_MAX)
 
 
+def _shared(
+    conn: redis.Redis,
+    unlock: Any,
+    lock_key: str,
+    what: str,
+    deadline: float,
+    look: Callable[[], T | None],
+    fetch: Callable[[], T],
+) -> T:
+    """What ``look()`` finds in Redis (anything but None); else one worker at a time, under
+    ``lock_key``, runs ``fetch()`` (which stores what it fetched for the others), while the others
+    wait for ``look()`` to find it. LimitUnavailable after ``deadline`` (monotonic seconds)."""
+    token = uuid.uuid4().hex
+    while True:
+        found = look()
+        if found is not None:
+            return found
+        if _patiently(
+            what, deadline, lambda: conn.set(lock_key, token, nx=True, px=int(LISTING_LOCK_TTL * 1000))
+        ):
+            try:
+                found = look()  # stored by another worker between our look and our lock?
+                return found if found is not None else fetch()
+            finally:
+                with contextlib.suppress(redis.RedisError):  # it expires by itself
+                    unlock(keys=[lock_key], args=[token])
+        if time.monotonic() > deadline:
+            raise LimitUnavailable(f"{what}: another worker's fetch gave nothing in time")
+        time.sleep(LISTING_POLL)  # another worker is fetching it: a few seconds at most
+
+
 class Lease:
     """One SSH slot held; renewed in a thread until released."""
 
@@ -303,7 +334,6 @@ class SharedListing:
     def _listing(self, since: float | None = None) -> dict[str, str]:
         deadline = time.monotonic() + self.wait
         what = f"{self.name} listing"
-        token = uuid.uuid4().hex
 
         def stored() -> dict[str, Any] | None:
             raw = _patiently(what, deadline, lambda: self.conn.get(self.key))
@@ -314,25 +344,7 @@ class SharedListing:
                 return None  # older than the caller can use
             return shared
 
-        while True:
-            found = stored()
-            if found is not None:
-                return _read(found)
-            if _patiently(
-                what,
-                deadline,
-                lambda: self.conn.set(self.lock_key, token, nx=True, px=int(LISTING_LOCK_TTL * 1000)),
-            ):
-                try:
-                    # Another worker may have stored it between our look and our lock: look again.
-                    found = stored()
-                    return _read(found if found is not None else self._fetch())
-                finally:
-                    with contextlib.suppress(redis.RedisError):  # it expires by itself
-                        self._unlock(keys=[self.lock_key], args=[token])
-            if time.monotonic() > deadline:
-                raise ProviderError(f"{what}: another worker's fetch gave nothing within {self.wait:g} s")
-            time.sleep(LISTING_POLL)  # another worker is fetching it: a few seconds at most
+        return _read(_shared(self.conn, self._unlock, self.lock_key, what, deadline, stored, self._fetch))
 
     def _fetch(self) -> dict[str, Any]:
         at = time.time()  # when the fetch began: every state in it is at least this recent
@@ -409,10 +421,9 @@ class SharedHosts:
         deadline = time.monotonic() + self.wait
         now = time.time()
         oldest = max(now - self.ttl, min(since or 0.0, now))  # a ``since`` ahead of our clock: now
-        token = uuid.uuid4().hex
         what = "coordinator host listing"
 
-        def stored() -> tuple[bool, Any]:
+        def stored() -> tuple[Any] | None:  # the part in a 1-tuple: a host not listed is None
             def look() -> list[Any]:
                 pipe = self.conn.pipeline(transaction=True)  # the listing and its time, as one
                 pipe.get(keys.HOSTS_LISTING_AT)
@@ -421,34 +432,27 @@ class SharedHosts:
 
             at, found = _patiently(what, deadline, look)
             if at is None or float(json.loads(at)["at"]) < oldest:
-                return False, None  # none, or older than the reader may use
+                return None  # none, or older than the reader may use
             meta = json.loads(at)
             if "error" in meta:
                 raise _coordinator_error(meta)
-            return True, found
+            return (found,)
 
         try:
-            while True:
-                ok, found = stored()
-                if ok:
-                    return found
-                lock = lambda: self.conn.set(  # noqa: E731
-                    keys.HOSTS_LISTING_LOCK, token, nx=True, px=int(LISTING_LOCK_TTL * 1000)
-                )
-                if _patiently(what, deadline, lock):
-                    try:
-                        ok, found = stored()  # stored by another between our look and our lock?
-                        return found if ok else fetched_part(self._fetch())
-                    finally:
-                        with contextlib.suppress(redis.RedisError):  # it expires by itself
-                            self._unlock(keys=[keys.HOSTS_LISTING_LOCK], args=[token])
-                if time.monotonic() > deadline:
-                    raise LimitUnavailable(f"no {what} within {self.wait:g} s")
-                time.sleep(LISTING_POLL)  # another worker is fetching it
+            (found,) = _shared(
+                self.conn,
+                self._unlock,
+                keys.HOSTS_LISTING_LOCK,
+                what,
+                deadline,
+                stored,
+                lambda: (fetched_part(self._fetch()),),
+            )
         except LimitUnavailable as exc:
             from remediator.exceptions import CoordinatorUnavailable
 
             raise CoordinatorUnavailable(f"GET /sync/hosts not sent: {exc}") from None
+        return found
 
     def _fetch(self) -> dict[str, Any]:
         """Fetch the listing, share it (or its error), and return it (or raise its error)."""
