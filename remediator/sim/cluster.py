@@ -221,6 +221,25 @@ class SimCluster(Observation, Injection):
             "".join(h.sshd.known_hosts_line() + "\n" for h in self._hosts.values())  # type: ignore[union-attr]
         )
 
+        self._start_services()
+
+        for host in self._hosts.values():
+            self._write_agent_config(host)
+        if self.start_agents:
+            for host in self._hosts.values():
+                self.start_agent(host.host_id)
+        self._selfplay = Selfplay(
+            [(h.host_id, h.paths) for h in self._hosts.values()],
+            self.game_interval,
+            self.games_per_file,
+            self._producing,
+            self._reap,
+        )
+        if self.selfplay_enabled:
+            self._selfplay.start()
+
+    def _start_services(self) -> None:
+        """The coordinator and provider stand-ins over the hosts, once every host's SSH port is final."""
         now = time.time()
         self._store = GameStore(self.root / "coordinator" / "games.db")
         records = {
@@ -253,21 +272,6 @@ class SimCluster(Observation, Injection):
         )
         self._provider_server = BackgroundServer(prov.create_app(self.provider), "sim-provider")
         self._provider_server.start()
-
-        for host in self._hosts.values():
-            self._write_agent_config(host)
-        if self.start_agents:
-            for host in self._hosts.values():
-                self.start_agent(host.host_id)
-        self._selfplay = Selfplay(
-            [(h.host_id, h.paths) for h in self._hosts.values()],
-            self.game_interval,
-            self.games_per_file,
-            self._producing,
-            self._reap,
-        )
-        if self.selfplay_enabled:
-            self._selfplay.start()
 
     def _start_sshd(self, host: SimHost, deadline: float) -> None:
         """Start the host's sshd; when its port was taken before it could bind, again on a fresh one."""

@@ -47,19 +47,15 @@ from typing import Any
 import asyncssh
 
 from remediator import ports
-from remediator.sim import coordinator as coord
 from remediator.sim import defaults, fleet_agents, fleet_shims, procs
 from remediator.sim import provider as prov
 from remediator.sim.cluster import SimCluster, SimHost
 from remediator.sim.errors import SimError
-from remediator.sim.faults import apply_fault
 from remediator.sim.fleet_agents import DEAD, HARD, NO_WEDGE, RUNNING, SOFT, AgentState, FleetHostPaths
 from remediator.sim.fleet_sshd import DOWN, HANG, UP, FleetSSHD
 from remediator.sim.layout import HOST_ROOT_ENV
 from remediator.sim.selfplay import Selfplay
-from remediator.sim.server import BackgroundServer
 from remediator.sim.sshd import binary, keygen
-from remediator.sim.store import GameStore
 
 
 class FleetHost(SimHost):
@@ -198,41 +194,6 @@ class FleetCluster(SimCluster):
                 failed = server.modes(dict.fromkeys(moved, UP), defaults.STARTUP_TIMEOUT, ports=moved)
             if failed:
                 raise SimError(f"fleet SSH server could not listen for {sorted(failed)[:5]}: {failed}")
-
-    def _start_services(self) -> None:
-        """The coordinator and provider stand-ins over the hosts (as SimCluster starts them)."""
-        now = time.time()
-        self._store = GameStore(self.root / "coordinator" / "games.db")
-        records = {
-            h.host_id: coord.HostRecord(
-                h.host_id, h.address, self.ssh_user, h.ssh_port, h.provider, h.instance_id, h.paths, now
-            )
-            for h in self._hosts.values()
-        }
-        self.coordinator = coord.CoordinatorState(
-            records,
-            self._store,
-            self.coordinator_log,
-            self.admin_key,
-            self.lagging_after,
-            self.critical_after,
-        )
-        self._coordinator_server = BackgroundServer(
-            coord.create_app(self.coordinator, lambda name, args: apply_fault(self, name, args)),
-            "sim-coordinator",
-        )
-        self._coordinator_server.start()
-        instances = {
-            h.host_id: prov.Instance(
-                h.host_id, h.provider, h.instance_id, h.address, h.ssh_port, started_at=now
-            )
-            for h in self._hosts.values()
-        }
-        self.provider = prov.ProviderState(
-            instances, {"vast": self.vast_api_key, "lambda": self.lambda_api_key}
-        )
-        self._provider_server = BackgroundServer(prov.create_app(self.provider), "sim-provider")
-        self._provider_server.start()
 
     def _start_engine(self) -> None:
         config = {
