@@ -228,6 +228,10 @@ class SimCluster(Observation, Injection):
         if self.start_agents:
             for host in self._hosts.values():
                 self.start_agent(host.host_id)
+        self._start_selfplay()
+
+    def _start_selfplay(self) -> None:
+        """Self-play on every host (started when the cluster plays: ``selfplay_enabled``)."""
         self._selfplay = Selfplay(
             [(h.host_id, h.paths) for h in self._hosts.values()],
             self.game_interval,

@@ -54,7 +54,6 @@ from remediator.sim.errors import SimError
 from remediator.sim.fleet_agents import DEAD, HARD, NO_WEDGE, RUNNING, SOFT, AgentState, FleetHostPaths
 from remediator.sim.fleet_sshd import DOWN, HANG, UP, FleetSSHD
 from remediator.sim.layout import HOST_ROOT_ENV
-from remediator.sim.selfplay import Selfplay
 from remediator.sim.sshd import binary, keygen
 
 
@@ -144,15 +143,7 @@ class FleetCluster(SimCluster):
             for host in self._fleet_hosts():
                 fleet_agents.write_state(host.paths, AgentState(RUNNING, self._new_pid(), time.time_ns()))
         self._start_engine()
-        self._selfplay = Selfplay(
-            [(h.host_id, h.paths) for h in self._hosts.values()],
-            self.game_interval,
-            self.games_per_file,
-            self._producing,
-            self._reap,
-        )
-        if self.selfplay_enabled:
-            self._selfplay.start()
+        self._start_selfplay()
 
     def _start_servers(self) -> None:
         """The SSH server processes, every host's port listening; a port taken meanwhile moves."""
