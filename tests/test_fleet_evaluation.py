@@ -68,6 +68,25 @@ def test_an_evaluation_asked_for_while_one_runs_is_not_waited_for_and_runs_again
     assert not ctx.conn.exists(keys.FLEET_PENDING, keys.FLEET_LOCK)
 
 
+def test_askers_that_never_stop_do_not_keep_the_holder_evaluating_for_ever(ctx, monkeypatch):
+    """All through a storm someone asks during every run. The holder runs again for them for a
+    moment (FLEET_RERUN_BUDGET), then goes back to its own ladder, the last mark left for the next
+    asker or the monitor."""
+    runs: list[int] = []
+
+    def evaluation(ctx: Context, *, dry_run: bool, ours: Callable[[], bool]) -> dict[str, Any]:
+        runs.append(1)
+        assert len(runs) < 10_000, "the holder never stopped running again"
+        ctx.conn.set(keys.FLEET_PENDING, "1")  # another asker, during this run
+        return {"run": len(runs)}
+
+    monkeypatch.setattr(fleet, "_evaluate", evaluation)
+    monkeypatch.setattr(fleet, "FLEET_RERUN_BUDGET", 0.2)
+    fleet.evaluate(ctx)
+    assert len(runs) >= 2  # it did run again for the marks, for a while
+    assert ctx.conn.exists(keys.FLEET_PENDING) and not ctx.conn.exists(keys.FLEET_LOCK)
+
+
 def test_with_nobody_asking_meanwhile_an_evaluation_runs_once(ctx, monkeypatch):
     runs = record_runs(monkeypatch, lambda: None)
     assert fleet.evaluate(ctx) == {"run": 1} and len(runs) == 1

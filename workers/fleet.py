@@ -30,6 +30,9 @@ log = logging.getLogger("remediator.fleet")
 FLEET = "_fleet"  # audit trail name of fleet events; not a valid host id, so never a host's
 FLEET_LOCK_TTL = 60  # seconds one fleet evaluation may hold the fleet lock (probes and pages included)
 FLEET_LOCK_WAIT = 5.0  # seconds a ladder waits for another's evaluation before leaving it to that one
+# Seconds an evaluation's holder goes on running again for others' marks: askers keep coming all
+# through a storm, and the holder's own ladder job must not become the fleet's evaluator for minutes.
+FLEET_RERUN_BUDGET = 2.0
 PROVIDER_CHECK_MAX_AGE = 10.0  # seconds a failed provider status reading is reused before a re-check
 NETWORK_CHECK_MAX_AGE = 10.0  # seconds a failed network check is reused before a re-check
 VERDICTS = (
@@ -230,7 +233,8 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
     and provider checks (the ladder must not act on a host before their verdict can hold it), or a
     dry-run one (which acts on nothing, so it cannot stand in for this one). The incident monitor
     evaluates on every pass as well, so the evaluation that ends a storm never depends on one ladder's
-    timing, and a worker killed holding the lock holds nothing back for longer than the lock's TTL.
+    timing, and a worker killed holding the lock holds nothing back for longer than the lock's TTL. A
+    holder runs again for marks for at most FLEET_RERUN_BUDGET seconds.
 
     ``dry_run``: the storm is still tracked (the remediator's own view), but nothing is paged, paused or
     resolved."""
@@ -245,6 +249,7 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
             log.debug("a fleet evaluation is under way; it runs again for this one")
             return {"skipped": "left to the fleet evaluation under way"}
     done: dict[str, Any] = {}
+    budget = time.monotonic() + FLEET_RERUN_BUDGET
     while True:
         try:
             if dry_run:
@@ -258,7 +263,10 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
                 lock.release()
             except redis.exceptions.LockError:
                 log.warning("fleet lock expired during an evaluation")
-        if dry_run or not conn.exists(keys.FLEET_PENDING) or not lock.acquire(blocking=False):
+        # Past the budget, a mark left stays for the next asker (it finds the lock free) or the monitor.
+        if dry_run or time.monotonic() > budget or not conn.exists(keys.FLEET_PENDING):
+            return done
+        if not lock.acquire(blocking=False):
             return done
 
 
