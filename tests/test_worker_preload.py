@@ -81,3 +81,31 @@ def rules_loaded_before_the_job() -> bool:
     finally:
         watcher.load_rules = original
     return not loads
+
+
+def test_a_sigterm_in_the_scheduler_s_first_moments_stops_it(redis_url: str) -> None:
+    """The scheduler process is forked from a worker whose SIGTERM handler only notes the signal (the
+    runner's, before rq's are in place). A SIGTERM sent to it as soon as it is forked -- a process
+    group killed as the worker starts -- was swallowed by that inherited handler: the scheduler ran
+    on, and the worker's warm shutdown waited for it for ever (seen in test_serve). Here it stops."""
+    script = textwrap.dedent(f"""
+        import json, os, signal, redis
+        from remediator.config import Settings
+        from workers.rq_worker import RemediatorScheduler
+        signal.signal(signal.SIGTERM, lambda *_: None)  # as the runner's: notes the signal, no more
+        settings = Settings(redis_url={redis_url!r})
+        conn = redis.Redis.from_url({redis_url!r})
+        stopped = []
+        for _ in range(5):
+            scheduler = RemediatorScheduler(["first-moments"], connection=conn, settings=settings)
+            process = scheduler.start()
+            os.kill(process.pid, signal.SIGTERM)
+            process.join(20)
+            stopped.append(not process.is_alive())
+            if process.is_alive():
+                process.kill()
+        print(json.dumps(stopped))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [True] * 5

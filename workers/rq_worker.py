@@ -18,12 +18,16 @@ What still ends the work loop (a dequeue timeout, a failure while registering) i
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable
+from multiprocessing import get_context
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import redis
 from rq import Queue, Worker
+from rq import scheduler as rq_scheduler
 from rq.job import Job
 from rq.scheduler import RQScheduler
 
@@ -59,6 +63,24 @@ class RemediatorScheduler(RQScheduler):
         assert self._connection is not None  # the worker that started it had a Redis from the same settings
         return self._connection
 
+    def start(self) -> BaseProcess:
+        """rq's ``start``, with SIGTERM and SIGINT blocked across the fork: the scheduler process is
+        born with the worker's handlers (the runner's, which only note the signal), and a SIGTERM in
+        its first moments -- a pod stopped as it starts, or a process-group kill -- was swallowed
+        there; the scheduler ran on and the worker's stop waited for it for ever. Blocked, the signal
+        waits until the scheduler's own handlers are in place (``_run_scheduler``)."""
+        stopping = {signal.SIGTERM, signal.SIGINT}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
+        try:
+            self._status = self.Status.STARTED
+            self._connection = None  # built again in the scheduler's own process
+            process = get_context("fork").Process(target=_run_scheduler, args=(self, mask), name="Scheduler")
+            self._process = process  # type: ignore[assignment]  # rq's untyped __init__ leaves it typed None
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return process
+
     def work(self) -> None:
         self._install_signal_handlers()
         born = False
@@ -81,6 +103,13 @@ class RemediatorScheduler(RQScheduler):
             self.stop()
         except redis.RedisError as exc:
             self.log.warning("scheduler: could not release its locks (%s); they expire", describe(exc))
+
+
+def _run_scheduler(scheduler: RemediatorScheduler, mask: set[signal.Signals]) -> None:
+    """The scheduler process: its own stop handlers first, then the signals the fork held back."""
+    scheduler._install_signal_handlers()
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    rq_scheduler.run(scheduler)
 
 
 class RemediatorWorker(Worker):
