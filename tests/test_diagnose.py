@@ -15,6 +15,7 @@ def _context(sim, redis_url, redis_conn, monkeypatch, **env: str) -> Context:
 
 def test_diagnosis_counts_games_without_reading_every_byte(sim_cluster, redis_url, redis_conn, monkeypatch):
     host = sim_cluster.host_ids[0]
+    sim_cluster.kill_agent(host)  # otherwise the agent may ship the games before the diagnosis counts them
     sim_cluster.write_games(host, 3)
     diag = diagnose(_context(sim_cluster, redis_url, redis_conn, monkeypatch), host)
     assert diag.ssh_reachable and diag.inventory is not None
