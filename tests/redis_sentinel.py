@@ -21,7 +21,9 @@ from remediator.embedded_redis import free_port, redis_server_binary
 
 MASTER_NAME = "remediator-ha"
 QUORUM = 2
-DOWN_AFTER_MS = 1000  # a master silent this long is subjectively down to a sentinel
+# A master silent this long is subjectively down to a sentinel. 1 s made a freshly promoted master on a
+# loaded 2-core CI machine look down and the sentinels failed back; 2 s keeps the test about one failover.
+DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 4000  # sentinels retry a failed failover after twice this
 STARTUP_TIMEOUT = 10.0  # seconds for a process to answer PING
 FORMATION_TIMEOUT = 30.0  # seconds for the sentinels to find each other and the replica

@@ -104,7 +104,11 @@ def test_master_killed_while_ten_ladders_run_loses_and_duplicates_nothing(
             states = {h: stack.wait_finished(h, timeout=120) for h in sim.host_ids}
             finished_in = time.monotonic() - promoted_at
             redis_ha.wait_formed()
-            assert redis_ha.node_role(old) == "slave" and redis_ha.master() is new
+            # Under load the sentinels may fail over once more (back to the restarted node): legitimate
+            # Sentinel behaviour the product must survive too. What must hold: one master, one replica.
+            master = redis_ha.master()
+            (replica,) = [n for n in (old, new) if n is not master]
+            assert (redis_ha.node_role(master), redis_ha.node_role(replica)) == ("master", "slave")
             assert workers.poll() is None, "the workers quit instead of waiting for the new master"
             for host, state in states.items():
                 steps = stack.steps(host)
