@@ -19,8 +19,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
@@ -48,54 +48,41 @@ def find_binary() -> str:
     )
 
 
+@dataclass(eq=False, repr=False)
 class AlertmanagerProcess:
     """One Alertmanager process with a webhook receiver; a context manager that leaves no process."""
 
-    def __init__(
-        self,
-        workdir: str | os.PathLike[str],
-        webhook_url: str,
-        bearer_token: str | None = None,
-        basic_auth: tuple[str, str] | None = None,
-        group_wait: str = "0s",
-        group_interval: str = "1s",
-        repeat_interval: str = "1m",
-        peers: Sequence[str] = (),
-        send_resolved: bool = True,
-        *,
-        group_by: Sequence[str] = ("alertname",),
-        cluster: bool | None = None,
-        peer_timeout: str = "1s",
-        settle_timeout: str = "2s",
-        gossip_interval: str = "200ms",
-        pushpull_interval: str = "1s",
-        resolve_timeout: str = "5m",
-        binary: str | None = None,
-        startup_timeout: float = STARTUP_TIMEOUT,
-    ):
-        if bearer_token and basic_auth:
+    workdir: Path  # a str is taken too
+    webhook_url: str
+    bearer_token: str | None = None
+    basic_auth: tuple[str, str] | None = None
+    group_wait: str = "0s"
+    group_interval: str = "1s"
+    repeat_interval: str = "1m"
+    peers: Sequence[str] = ()
+    send_resolved: bool = True
+    _: KW_ONLY
+    group_by: Sequence[str] = ("alertname",)
+    cluster: bool | None = None  # None: clustered when it has peers
+    peer_timeout: str = "1s"
+    settle_timeout: str = "2s"
+    gossip_interval: str = "200ms"
+    pushpull_interval: str = "1s"
+    resolve_timeout: str = "5m"
+    binary: str | None = None
+    startup_timeout: float = STARTUP_TIMEOUT
+    port: int | None = field(default=None, init=False)
+    cluster_port: int | None = field(default=None, init=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.bearer_token and self.basic_auth:
             raise ValueError("AlertmanagerProcess: give bearer_token or basic_auth, not both")
-        self.workdir = Path(workdir)
-        self.webhook_url = webhook_url
-        self._bearer_token = bearer_token
-        self._basic_auth = basic_auth
-        self.group_wait = group_wait
-        self.group_interval = group_interval
-        self.repeat_interval = repeat_interval
-        self.group_by = list(group_by)
-        self.peers = tuple(peers)
-        self.cluster = bool(self.peers) if cluster is None else cluster
-        self.send_resolved = send_resolved
-        self.peer_timeout = peer_timeout
-        self.settle_timeout = settle_timeout
-        self.gossip_interval = gossip_interval
-        self.pushpull_interval = pushpull_interval
-        self.resolve_timeout = resolve_timeout
-        self.binary = binary
-        self.startup_timeout = startup_timeout
-        self.port: int | None = None
-        self.cluster_port: int | None = None
-        self.process: subprocess.Popen[bytes] | None = None
+        self.workdir = Path(self.workdir)
+        self.group_by = list(self.group_by)
+        self.peers = tuple(self.peers)
+        if self.cluster is None:
+            self.cluster = bool(self.peers)
         self.config_file = self.workdir / "alertmanager.yml"
         self.storage_dir = self.workdir / "data"
         self.log_file = self.workdir / "alertmanager.log"
@@ -125,12 +112,12 @@ class AlertmanagerProcess:
     def config(self) -> dict[str, Any]:
         """The alertmanager.yml it runs with (secrets by file reference only)."""
         http_config: dict[str, Any] = {}
-        if self._bearer_token:
+        if self.bearer_token:
             token_file = self.workdir / "webhook-token"
-            _write_private(token_file, self._bearer_token)
+            _write_private(token_file, self.bearer_token)
             http_config["authorization"] = {"type": "Bearer", "credentials_file": str(token_file)}
-        elif self._basic_auth:
-            username, password = self._basic_auth
+        elif self.basic_auth:
+            username, password = self.basic_auth
             password_file = self.workdir / "webhook-password"
             _write_private(password_file, password)
             http_config["basic_auth"] = {"username": username, "password_file": str(password_file)}
@@ -232,12 +219,7 @@ class AlertmanagerProcess:
     def __enter__(self) -> AlertmanagerProcess:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def log_tail(self, lines: int = 40) -> str:
