@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import redis
 
-from remediator import advice, controls, incidents, keys, paging, store
+from remediator import advice, controls, disclosure, incidents, keys, paging, store
 from remediator.connections import text
 from remediator.defaults import CONDITIONAL_STEPS, LADDER_STEPS
 from remediator.intake import LadderLimit, LadderRequest, queue_cleanup, start_ladders
@@ -25,23 +25,9 @@ PROGRESS_TAIL = 200  # newest audit entries read per host for the hosts list's p
 _FLOAT_FIELDS = {"started_at", "updated_at", "finished_at", "next_check_at", "heartbeat", "verify_started_at"}
 _INT_FIELDS = {"attempt", "rung", "pos", "fence"}
 _BOOL_FIELDS = {"dry_run"}
-SUMMARY_FIELDS = (
-    "host_id",
-    "status",
-    "step",
-    "phase",
-    "attempt",
-    "outcome",
-    "outcome_detail",
-    "ladder_id",
-    "job_id",
-    "started_at",
-    "updated_at",
-    "finished_at",
-    "next_check_at",
-    "waiting_for",
-    "dry_run",
-)
+# A host's state as the API answers it: the fields any reader may see and two only a holder of the read
+# token sees (what a step reported, what the ladder waits for).
+SUMMARY_FIELDS = (*disclosure.STATE_FIELDS, "outcome_detail", "waiting_for")
 
 # What an audit outcome says about the step it names, for the progress bar.
 _OUTCOME_MARK = {
