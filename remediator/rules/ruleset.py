@@ -6,35 +6,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from remediator.rules import types
 from remediator.rules.conditions import evaluate
-from remediator.rules.types import (
-    ApprovalPolicy,
-    BudgetLimit,
-    FleetPolicy,
-    IncidentPolicy,
-    LadderPolicy,
-    LearningPolicy,
-    PageAction,
-    PagingPolicy,
-    PreventionPolicy,
-    ProbePolicy,
-    RetirementPolicy,
-    Rule,
-    SilencePolicy,
-)
 
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(types.Switches):
     """What the rules decided for one set of facts: the union of every matching rule's ``then``."""
 
     matched: tuple[str, ...] = ()
-    pages: tuple[PageAction, ...] = ()
+    pages: tuple[types.PageAction, ...] = ()
     pause_selfplay: bool = False
     resume_selfplay: bool = False
-    hold_ladders: bool = False
-    check_network: bool = False
-    check_provider: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,20 +27,20 @@ class RuleSet:
     source: str
     start_ladder: frozenset[str]
     fleet_only: frozenset[str]
-    ladder: LadderPolicy
-    fleet: FleetPolicy
-    retirement: RetirementPolicy
-    rules: tuple[Rule, ...]
-    incident: IncidentPolicy = field(default_factory=IncidentPolicy)
-    paging: PagingPolicy = field(default_factory=PagingPolicy)
+    ladder: types.LadderPolicy
+    fleet: types.FleetPolicy
+    retirement: types.RetirementPolicy
+    rules: tuple[types.Rule, ...]
+    incident: types.IncidentPolicy = field(default_factory=types.IncidentPolicy)
+    paging: types.PagingPolicy = field(default_factory=types.PagingPolicy)
     hold_alerts: frozenset[str] = frozenset()
     prevent_alerts: frozenset[str] = frozenset()
-    prevention: PreventionPolicy = field(default_factory=PreventionPolicy)
-    budget: tuple[BudgetLimit, ...] = ()
-    approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
-    silences: SilencePolicy = field(default_factory=SilencePolicy)
-    probe: ProbePolicy = field(default_factory=ProbePolicy)
-    learning: LearningPolicy = field(default_factory=LearningPolicy)
+    prevention: types.PreventionPolicy = field(default_factory=types.PreventionPolicy)
+    budget: tuple[types.BudgetLimit, ...] = ()
+    approval: types.ApprovalPolicy = field(default_factory=types.ApprovalPolicy)
+    silences: types.SilencePolicy = field(default_factory=types.SilencePolicy)
+    probe: types.ProbePolicy = field(default_factory=types.ProbePolicy)
+    learning: types.LearningPolicy = field(default_factory=types.LearningPolicy)
 
     def starts_ladder(self, alertname: str) -> bool:
         """Whether this alertname starts a per-host ladder."""

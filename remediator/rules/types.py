@@ -60,15 +60,21 @@ class PageAction:
 
 
 @dataclass(frozen=True)
-class Action:
+class Switches:
+    """What a rule can switch on for a storm, and what the matching rules switched on together."""
+
+    hold_ladders: bool = False
+    check_network: bool = False
+    check_provider: bool = False
+
+
+@dataclass(frozen=True)
+class Action(Switches):
     """A rule's ``then``; ``pause_selfplay``/``resume_selfplay`` hold the hosts (``"affected"``) or None."""
 
     page: PageAction | None = None
     pause_selfplay: str | None = None
     resume_selfplay: str | None = None
-    hold_ladders: bool = False
-    check_network: bool = False
-    check_provider: bool = False
 
 
 @dataclass(frozen=True)
