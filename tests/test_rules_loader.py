@@ -7,16 +7,8 @@ from pathlib import Path
 import pytest
 
 from remediator.exceptions import RulesError, RulesMeaningError, RulesSchemaError, RulesSyntaxError
-from remediator.rules import (
-    AllOf,
-    Comparison,
-    LadderLimit,
-    LadderPolicy,
-    PageAction,
-    default_rules_path,
-    load_rules,
-    parse_rules,
-)
+from remediator.rules import AllOf, Comparison, default_rules_path, load_rules, parse_rules
+from remediator.rules.types import LadderLimit, LadderPolicy, PageAction
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT = (REPO / "rules" / "default.yaml").read_text(encoding="utf-8")
