@@ -27,7 +27,8 @@ from remediator.clients.providers import CloudState, VastProvider, instance_stat
 from remediator.config import Settings
 from remediator.embedded_redis import EmbeddedRedis
 from remediator.exceptions import CoordinatorError, CoordinatorUnavailable, LimitUnavailable, ProviderError
-from remediator.limits import CallRate, SessionSlots, SharedHosts, SharedListing
+from remediator.limits import CallRate, SessionSlots
+from remediator.listings import SharedHosts, SharedListing
 from remediator.ports import free_port
 
 

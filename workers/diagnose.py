@@ -107,7 +107,7 @@ def answered(echo: CommandResult) -> bool:
 
 def diagnose(ctx: Context, host_id: str, since: float | None = None) -> Diagnosis:
     """``since``: the ladder's start. The coordinator's listing is shared by every worker for a moment
-    (``remediator.limits.SharedHosts``): none fetched before the ladder began will do, so that a host
+    (``remediator.listings.SharedHosts``): none fetched before the ladder began will do, so that a host
     is never diagnosed from a state older than the alert that sent the ladder."""
     diag = Diagnosis(host_id=host_id, at=time.time())
     try:
@@ -145,7 +145,7 @@ def _cloud(ctx: Context, diag: Diagnosis, record: HostRecord) -> None:
 
     # A host that answered over SSH is there whatever a listing a few seconds old says; for one that did
     # not, the cloud state decides between waiting and documenting a loss: only a listing fetched after
-    # this diagnosis began will do (remediator.limits.SharedListing).
+    # this diagnosis began will do (remediator.listings.SharedListing).
     since = None if diag.ssh_reachable else diag.at
     found = instance_state(ctx.clients.providers(), record.provider, record.instance_id, since)
     diag.cloud_state = str(found.state.value)

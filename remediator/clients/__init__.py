@@ -105,7 +105,8 @@ def real_clients(settings: Settings) -> Clients:
     from remediator.clients.pagers import pagers_from_settings
     from remediator.clients.ssh import HostSession, rsync_pull
     from remediator.connections import redis_from_settings
-    from remediator.limits import CallRate, SessionSlots, SharedHosts, SharedListing
+    from remediator.limits import CallRate, SessionSlots
+    from remediator.listings import SharedHosts, SharedListing
     from remediator.silences import AlertmanagerSilences
 
     conn = redis_from_settings(settings)

@@ -131,7 +131,7 @@ class VastProvider:
     """
 
     name = "vast"
-    row_state = staticmethod(vast_state)  # one listed row's CloudState (limits.SharedListing reads it)
+    row_state = staticmethod(vast_state)  # one listed row's CloudState (listings.SharedListing reads it)
 
     def __init__(self, url: str, api_key: str, *, retry: int = 3, timeout: float = 10.0):
         if not api_key:
@@ -335,7 +335,7 @@ def instance_state(
     since: float | None = None,
 ) -> InstanceState:
     """What the host's provider says of its instance; never raises for an API failure. ``since``: a
-    provider whose listing is shared (``remediator.limits.SharedListing``) answers from one fetched at
+    provider whose listing is shared (``remediator.listings.SharedListing``) answers from one fetched at
     or after that moment (unix seconds); any other provider asks its API now anyway."""
     if not provider_name or not instance_id:
         return InstanceState(CloudState.NOT_ASKED, "the host has no provider or instance id")
