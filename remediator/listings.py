@@ -23,9 +23,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -37,13 +38,20 @@ from remediator.limits import patiently
 
 log = logging.getLogger("remediator.limits")
 
-LISTING_LOCK_TTL = 60.0  # seconds the worker fetching a provider listing holds its lock at most
+# Seconds the lock of a worker fetching a shared listing lives unless renewed; renewed every third of it
+# while the fetch runs (however long its timeouts), so a worker killed mid-fetch holds the others up for
+# this long, not for the longest fetch there could be.
+LISTING_LOCK_TTL = 5.0
 LISTING_POLL = 0.05  # seconds between two looks for a listing another worker is fetching
 
 T = TypeVar("T")
 
 UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
 
@@ -70,13 +78,40 @@ def _shared(
         ):
             try:
                 found = look()  # stored by another worker between our look and our lock?
-                return found if found is not None else fetch()
+                if found is not None:
+                    return found
+                with _renewed(conn, lock_key, token):
+                    return fetch()
             finally:
                 with contextlib.suppress(redis.RedisError):  # it expires by itself
                     unlock(keys=[lock_key], args=[token])
         if time.monotonic() > deadline:
             raise LimitUnavailable(f"{what}: another worker's fetch gave nothing in time")
         time.sleep(LISTING_POLL)  # another worker is fetching it: a few seconds at most
+
+
+@contextlib.contextmanager
+def _renewed(conn: redis.Redis, lock_key: str, token: str) -> Iterator[None]:
+    """Keep the fetch lock ``lock_key`` (holding ``token``) alive while the block runs."""
+    stop = threading.Event()
+    extend = conn.register_script(EXTEND_LUA)
+    ttl_ms = int(LISTING_LOCK_TTL * 1000)
+
+    def renew() -> None:
+        while not stop.wait(LISTING_LOCK_TTL / 3):
+            try:
+                if not extend(keys=[lock_key], args=[token, ttl_ms]):
+                    return  # lapsed (Redis away for a whole TTL): another worker may fetch too, no harm
+            except redis.RedisError:
+                continue  # it lapses by itself if Redis stays away
+
+    thread = threading.Thread(target=renew, name="listing-lock", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class SharedListing:

@@ -416,6 +416,51 @@ def test_without_redis_the_coordinator_listing_is_not_fetched_per_read_but_unava
     assert asked == []
 
 
+def test_a_worker_killed_while_fetching_the_listing_holds_the_others_up_seconds_not_a_minute(
+    redis_url: str, server: HTTPServer
+) -> None:
+    release = threading.Event()
+    asked: list[float] = []
+
+    def answer(request: Request) -> Response:
+        asked.append(time.time())
+        if len(asked) == 1:
+            release.wait(30)  # the first fetch hangs: its worker is killed before the answer
+        return Response(json.dumps({"h1": record("critical")}), content_type="application/json")
+
+    server.expect_request("/sync/hosts", method="GET").respond_with_handler(answer)
+    url = server.url_for("").rstrip("/")
+    fetcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import redis; from remediator.clients.coordinator import HttpCoordinator; "
+            "from remediator.listings import SharedHosts; "
+            f"SharedHosts(HttpCoordinator({url!r}, None, retries=1, timeout=60), "
+            f"redis.Redis.from_url({redis_url!r}), 5.0, wait=60).host('h1')",
+        ]
+    )
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 20
+        while not (asked and conn.exists(keys.HOSTS_LISTING_LOCK)):
+            assert time.monotonic() < deadline and fetcher.poll() is None, "the fetcher never held the lock"
+            time.sleep(0.02)
+        fetcher.kill()  # SIGKILL while it holds the fetch lock: no release
+        fetcher.wait()
+        release.set()
+        started = time.monotonic()
+        assert shared_hosts(redis_url, server, 5.0).host("h1").state == "critical"  # type: ignore[union-attr]
+        # The lock lapses within its short renewed lease (5 s), not the old fixed minute; the
+        # reader's 30 s wait would have run out first and read "unavailable".
+        assert time.monotonic() - started < 15
+        assert len(asked) == 2
+    finally:
+        fetcher.kill()
+        fetcher.wait()
+        release.set()
+
+
 def _listing_keys(redis_url: str) -> list[bytes]:
     pattern = keys.LISTING.format("*")
     return list(redis.Redis.from_url(redis_url).scan_iter(pattern))
