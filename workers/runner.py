@@ -50,6 +50,7 @@ PRELOADED = (
     "remediator.intake",
     "remediator.locks",
     "remediator.limits",
+    "remediator.listings",
     "remediator.metrics",
     "remediator.ops",
     "remediator.paging",
