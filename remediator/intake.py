@@ -7,6 +7,7 @@ failure leaves nothing behind (the receiver then answers 503 and Alertmanager re
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -31,8 +32,14 @@ from remediator.intake_lua import (  # the script and its verdicts, read as inta
 )
 
 DISCOVERY = "_discovery"  # not a valid host id, so it can never collide with one
+log = logging.getLogger("remediator.intake")
+
 LADDER_JOB = "workers.jobs.run_ladder"
 DISCOVERY_JOB = "workers.jobs.discover"
+PREFETCH_JOB = "workers.jobs.prefetch_diagnoses"
+PREFETCH_MIN_HOSTS = 16  # ladders one intake starts from which their first diagnoses are prefetched
+PREFETCH_CHUNK = 64  # hosts one prefetch job diagnoses
+PREFETCH_TIMEOUT = 900  # seconds: a chunk, PREFETCH_THREADS at a time, each bounded by its SSH timeouts
 DISCOVERY_GUARD_TTL = 600  # seconds a pending discovery blocks another one
 ACTIVE_TTL = 7 * 86400  # seconds: last-resort expiry; ladders clear their key when they end
 MAX_WATCH_RETRIES = 20  # optimistic-transaction retries under contention (requeue)
@@ -208,7 +215,35 @@ def start_ladders(
                     ),
                 }
             )
+    queue_prefetch(queue, [(a["host_id"], a["ladder_id"]) for a in result.accepted if a["host_id"]])
     return result
+
+
+def queue_prefetch(queue: Queue, ladders: list[tuple[str, str]]) -> None:
+    """For a storm (``PREFETCH_MIN_HOSTS`` new ladders or more): jobs at the front of the queue that
+    diagnose the hosts many at a time before their ladders do (workers/prefetch.py). An optimisation:
+    when they cannot be queued, every ladder diagnoses its own host, as it would anyway."""
+    if len(ladders) < PREFETCH_MIN_HOSTS:
+        return
+    chunks = [ladders[i : i + PREFETCH_CHUNK] for i in range(0, len(ladders), PREFETCH_CHUNK)]
+    # At the front each, the last first: the first chunk ends up first, as its ladders are queued.
+    jobs = [
+        Queue.prepare_data(
+            PREFETCH_JOB,
+            args=([list(ladder) for ladder in chunk],),
+            timeout=PREFETCH_TIMEOUT,
+            result_ttl=defaults.JOB_RESULT_TTL,
+            description=f"prefetch the first diagnoses of {len(chunk)} hosts",
+            at_front=True,
+        )
+        for chunk in reversed(chunks)
+    ]
+    try:
+        queue.enqueue_many(jobs)
+    except redis.RedisError as exc:
+        log.warning(
+            "prefetch of %d diagnoses not queued (%s): each ladder diagnoses its host", len(ladders), exc
+        )
 
 
 def queue_ladder_job(

@@ -36,6 +36,10 @@ LEARNING_TIMES = PREFIX + ":learning:times:{0}"  # list: seconds to healthy of "
 LISTING = PREFIX + ":limits:listing:{0}"  # JSON: provider listing {0} ("<provider>:<url digest>"), shared
 LISTING_LOCK = PREFIX + ":limits:listing-lock:{0}"  # string: the worker fetching provider listing {0}
 
+# -- per ladder ({0} is a ladder id) -------------------------------------------------------------------
+PREFETCH_CLAIM = PREFIX + ":prefetch:claim:{0}"  # string: who diagnoses ladder {0}'s host first (prefetch.py)
+PREFETCHED = PREFIX + ":prefetch:diagnosis:{0}"  # JSON: ladder {0}'s first diagnosis, made by a prefetch job
+
 # -- global ------------------------------------------------------------------------------------------------
 HOSTS = PREFIX + ":hosts"  # sorted set: host ids by last update time (unix seconds)
 OPEN_INCIDENTS = PREFIX + ":incidents:open"  # hash: host id -> its open incident id

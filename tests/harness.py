@@ -217,7 +217,7 @@ class Current:
 
 def install(monkeypatch: Any) -> Current:
     """Install, for the test, everything a harness needs in the process; returns the holder to set."""
-    import workers.ladder as ladder
+    import workers.prefetch as ladder  # where a ladder's diagnoses are made (its first maybe ahead)
 
     current = Current()
     install_virtual_time(monkeypatch)

@@ -1,6 +1,7 @@
 """The fleet-wide limits hold with a real worker pool: 40 hosts with dead agents on the fleet-scale sim,
 healed by ``remediator worker --processes 4`` with at most 3 SSH sessions open at once across all four
-work processes, and a handful of provider listings for 40 diagnoses."""
+work processes (the storm's prefetched diagnoses included), and a handful of provider listings for 40
+diagnoses."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from e2e import make_stack
 from helpers import alert, wait_for
 
-from remediator import keys
+from remediator import keys, store
 from remediator.sim.fleet import FleetCluster
 
 HOSTS = 40
@@ -56,6 +57,9 @@ def test_a_worker_pool_heals_40_hosts_within_the_ssh_limit_and_shares_the_provid
         finally:
             stack.stop()
         diagnoses = Counter(step for h in sim.host_ids for step, _ in stack.steps(h))["diagnose"]
+        firsts = [
+            next(e for e in store.get_audit(stack.conn, h) if e["step"] == "diagnose") for h in sim.host_ids
+        ]
         listings = sum(sim.provider_listings().values()) - listed_before
         server_peak = sim.ssh_stats()["sessions_peak"]
     # Every host healed by its agent's restart, over SSH shared by four work processes.
@@ -68,4 +72,9 @@ def test_a_worker_pool_heals_40_hosts_within_the_ssh_limit_and_shares_the_provid
     # One listing per provider (vast and lambda hosts alternate) served every diagnosis; a listing more
     # each where a host that did not answer over SSH asked for a fresh one.
     assert diagnoses >= HOSTS
+    # A storm of 40: most first diagnoses were made ahead by the prefetch job, many hosts at a time (the
+    # rest by ladders that started before it); each says when it was made.
+    ahead = [e for e in firsts if "prefetch" in e["sources"]]
+    assert len(ahead) >= HOSTS // 2, [e["sources"].get("ssh") for e in firsts]
+    assert all(e["diagnosed_at"] <= e["ts"] for e in firsts)
     assert 2 <= listings <= 4, listings

@@ -40,7 +40,7 @@ def test_every_template_is_listed_once_as_per_host_or_global():
         if name.isupper() and isinstance(value, str) and name != "PREFIX"
     }
     per_name = {keys.INCIDENT, keys.PAGE, keys.PAGE_LOCK, keys.BUDGET, keys.BUDGET_ACK, keys.LEARNING_TIMES}
-    per_name |= {keys.LISTING, keys.LISTING_LOCK}
+    per_name |= {keys.LISTING, keys.LISTING_LOCK, keys.PREFETCH_CLAIM, keys.PREFETCHED}
     listed = set(keys.PER_HOST) | set(keys.GLOBAL) | per_name
     assert templates == listed
     assert all(t.startswith(keys.PREFIX + ":") for t in templates)

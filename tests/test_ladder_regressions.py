@@ -613,7 +613,7 @@ def test_a_ladder_whose_job_crashes_every_time_is_resumed_with_backoff_then_give
     resumes it with a growing pause, at most MAX_RESUMES times, then fails the ladder, holds the
     incident and pages a human. Before a459536 it was resumed every 5 s until the deadline (and
     nobody was paged)."""
-    import workers.ladder as ladder
+    import workers.prefetch as ladder  # where a ladder's diagnoses are made
     from workers import sweeper
 
     def poison(ctx: Any, host_id: str, since: float | None = None) -> Any:

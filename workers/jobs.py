@@ -10,7 +10,7 @@ from remediator import incidents, keys, paging, store
 from remediator.exceptions import CoordinatorError
 from remediator.intake import DISCOVERY, LadderRequest, start_ladders
 from remediator.ops import ladder_limit, retry_after
-from workers import fleet
+from workers import fleet, prefetch
 from workers.context import Context
 from workers.ladder import Ladder
 
@@ -27,6 +27,14 @@ def run_ladder(host_id: str, ladder_id: str) -> str:
         extra={"host_id": host_id, "ladder_id": ladder_id, "job_id": ctx.job_id},
     )
     return result
+
+
+def prefetch_diagnoses(ladders: list[list[str]]) -> dict[str, int]:
+    """The first diagnoses of a storm's ladders ([host id, ladder id] each), many hosts at a time."""
+    ctx = Context.current()
+    done = prefetch.diagnose_many(ctx, [(host_id, ladder_id) for host_id, ladder_id in ladders])
+    log.info("prefetched diagnoses: %s", done, extra={"job_id": ctx.job_id})
+    return done
 
 
 def discover(ladder_id: str, dry_run: bool = False) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from remediator.logs import bind, log_context
 from remediator.states import HEALED_OUTCOMES, Outcome
 from workers import fleet, gates, learning
 from workers.context import Context
-from workers.diagnose import diagnose
 from workers.plan import gentle, plan_for, signature, unchanged_steps, without
+from workers.prefetch import diagnosis_for
 from workers.state import LadderState, Phase
 from workers.steps import STEPS
 from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict
@@ -135,7 +135,7 @@ class Ladder:
     # -- phases (each returns a final word, or None to go on in this job) ----------------------
     def _diagnose(self, lad: LadderRun) -> str | None:
         t0 = time.monotonic()
-        diag = diagnose(self.ctx, self.host_id, since=self.state.started_at)
+        diag, diagnosed_at = diagnosis_for(self.ctx, self.host_id, self.state)  # maybe made ahead
         metrics.observe(
             self.ctx.conn, "remediator_step_duration_seconds", time.monotonic() - t0, step="diagnose"
         )
@@ -162,6 +162,7 @@ class Ladder:
             unsynced_first_at=(diag.inventory or {}).get("first_unsynced_at"),
             unsynced_last_at=(diag.inventory or {}).get("last_unsynced_at"),
             skipped_unchanged=skipped or None,
+            diagnosed_at=round(diagnosed_at, 3),
         )
         metrics.count(self.ctx.conn, "remediator_steps", step="diagnose", result="done")
         if not self.state.gentle:  # a warning is not a critical host: no fleet window, no storm
