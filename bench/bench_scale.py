@@ -200,7 +200,9 @@ def first_diagnosed(conn: redis.Redis, host_ids: list[str], after: float) -> flo
         pipe.lrange(keys.AUDIT.format(host_id), 0, -1)
     latest = 0.0
     for entries in pipe.execute():
-        stamps = [e["ts"] for e in map(json.loads, entries) if e["step"] == "diagnose" and e["ts"] >= after]
+        # When the diagnosis was made: ahead of its ladder by a prefetch job, or by the ladder itself.
+        made = [e.get("diagnosed_at", e["ts"]) for e in map(json.loads, entries) if e["step"] == "diagnose"]
+        stamps = [t for t in made if t >= after]
         if not stamps:  # its trail was trimmed past its first diagnosis (store.AUDIT_MAX_ENTRIES)
             return float("nan")
         latest = max(latest, min(stamps))
