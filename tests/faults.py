@@ -49,6 +49,7 @@ from remediator.clients.coordinator import HostRecord
 from remediator.clients.ssh import CommandResult, RsyncResult
 from remediator.config import Settings
 from remediator.exceptions import SSHError
+from workers.diagnose import REMOTE_PYTHON
 
 KINDS = (
     "refused",
@@ -193,7 +194,7 @@ def command_name(settings: Settings, command: str) -> str:
     """Which remote command this is (the read-only diagnosis set or a mutation)."""
     if command == "echo OK":
         return "ssh.echo"
-    if command.startswith("python3 - "):
+    if command.startswith(REMOTE_PYTHON + " "):
         return "ssh.inventory" if command.rstrip().endswith("no-checksums") else "ssh.checksums"
     if command == settings.agent_check_command:
         return "ssh.agent_check"

@@ -129,3 +129,30 @@ def test_file_that_cannot_be_stat_is_counted_as_unparseable_not_skipped(tmp_path
     [listed] = inv["unparseable_files"]
     assert listed["path"] == "games_000008.db" and listed["size"] is None
     assert listed["reason"].startswith("cannot stat: FileNotFoundError")
+
+
+def test_the_host_s_python_environment_cannot_change_what_the_inventory_reports(tmp_path: Path) -> None:
+    """The command the remediator runs on a host, run here as the host's shell would: a PYTHONPATH
+    with a module shadowing the standard library's (a host's tooling, or anyone who can set the
+    agent user's environment) changes nothing: ``-I`` ignores it."""
+    import json
+    import subprocess
+
+    from workers.diagnose import INVENTORY_SOURCE, REMOTE_PYTHON
+
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sqlite3.py").write_text("raise SystemExit('shadowed sqlite3 imported')\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(shadow)}
+    done = subprocess.run(
+        ["sh", "-c", f"{REMOTE_PYTHON} {data} 0 no-checksums"],
+        input=INVENTORY_SOURCE,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["unsynced_games"] == 0

@@ -773,8 +773,8 @@ class HostShell:
         if name == "sleep":
             world.clock.advance(float(args[0]))
             return 0
-        if name == "python3" and args[:1] == ["-"]:
-            return self._inventory(args[1:])
+        if name == "python3" and "-" in args:  # options (-I -S) before the script read from stdin
+            return self._inventory(args[args.index("-") + 1 :])
         if name == "tail":
             lines = host.sync_log.read_text(encoding="utf-8").splitlines()
             count = int(args[args.index("-n") + 1]) if "-n" in args else 10
@@ -834,7 +834,7 @@ class HostShell:
         self.world.log.applied()
 
     def _inventory(self, args: list[str]) -> int:
-        """``python3 - DATA_DIR [LAST_SYNC [no-checksums]]`` with the inventory's source on stdin: the
+        """``python3 [-I -S] - DATA_DIR [LAST_SYNC [no-checksums]]`` with the inventory's source on stdin: the
         source the remediator sent is what runs, on the host's data dir."""
         if not self.stdin:
             return 0

@@ -23,6 +23,10 @@ from workers.context import Context
 LOG_TAIL_LINES = 50
 COORDINATOR_LOG_TAIL_BYTES = 8 << 20  # bytes at the end of the coordinator log searched for a host
 INVENTORY_SOURCE = (Path(__file__).parent / "host_inventory.py").read_text(encoding="utf-8")
+# The host's python3 running INVENTORY_SOURCE from stdin: isolated (-I: no PYTHON* variables, no user
+# site-packages; nothing of the host's environment changes what the inventory reports) and without
+# site (-S: it needs the standard library only; a host's site-packages cost 20-30 ms per start).
+REMOTE_PYTHON = "python3 -I -S -"
 INVENTORY_TTL = 30 * 86400  # seconds
 AGENT_UNIT = "ringrift-sync-agent"  # the runbook's systemd unit of the sync agent
 # Runbook Prevention 4: is the agent under a supervisor that restarts it? systemd's Restart= when the
@@ -189,7 +193,7 @@ def _inspect(ctx: Context, diag: Diagnosis, record: HostRecord, session: Session
     """The commands after ``echo OK``, each recorded on its own: one failing leaves the others' facts."""
     # No checksums: diagnosis needs counts and sizes; reading every byte is recover_data's job.
     command = quote_template(
-        "python3 - {data_dir} {last_sync} no-checksums",
+        REMOTE_PYTHON + " {data_dir} {last_sync} no-checksums",
         data_dir=record.data_dir,
         last_sync=repr(float(record.last_sync or 0.0)),
     )

@@ -1,7 +1,7 @@
 """Inventory of a self-play data directory: files, sizes, checksums, unsynced games and their time range.
 
 Standard library only and read-only: the diagnosis sends this file's source to the host over SSH and
-runs it with ``python3 - DATA_DIR LAST_SYNC no-checksums`` (arguments quoted), recover_data runs it with
+runs it with ``python3 -I -S - DATA_DIR LAST_SYNC no-checksums`` (arguments quoted), recover_data runs it with
 checksums and imports it to inventory the local copy, so both sides are measured by the same code.
 Game files are SQLite databases with a ``games(game_id, created_at)`` table; a game is unsynced when
 ``created_at > last_sync``.
@@ -144,7 +144,7 @@ def inventory(data_dir: str, last_sync: float = 0.0, checksums: bool = True) -> 
 
 
 if __name__ == "__main__":
-    # python3 - DATA_DIR [LAST_SYNC [no-checksums]]
+    # python3 -I -S - DATA_DIR [LAST_SYNC [no-checksums]]
     last_sync = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     checksums = sys.argv[3:4] != ["no-checksums"]
     print(json.dumps(inventory(sys.argv[1], last_sync, checksums=checksums)))

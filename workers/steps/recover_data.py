@@ -24,7 +24,7 @@ from remediator import defaults, incidents, keys
 from remediator.clients.ssh import quote_template
 from remediator.exceptions import SSHError
 from remediator.hosts import recovery_path
-from workers.diagnose import INVENTORY_SOURCE
+from workers.diagnose import INVENTORY_SOURCE, REMOTE_PYTHON
 from workers.host_inventory import inventory
 from workers.steps.base import Check, LadderRun, StepOutcome, StepResult, Verdict, VerifyWait
 
@@ -64,7 +64,8 @@ def host_inventory(lad: LadderRun) -> tuple[dict[str, Any] | None, str | None]:
     assert record is not None
     try:
         with lad.ctx.clients.ssh(record) as session:
-            remote = session.run(quote_template("python3 - {d} 0", d=record.data_dir), stdin=INVENTORY_SOURCE)
+            command = quote_template(REMOTE_PYTHON + " {d} 0", d=record.data_dir)
+            remote = session.run(command, stdin=INVENTORY_SOURCE)
     except SSHError as exc:
         return None, str(exc)
     if not remote.ok:
