@@ -11,7 +11,11 @@ should), a page-webhook stand-in, and the fleet-wide limits at the given values 
 unless told).
 
 1. Floor: one process connects to every host over SSH and runs ``echo OK``, ``--floor-concurrency``
-   at a time (asyncssh): what "every host diagnosed" cannot beat on this machine.
+   at a time (asyncssh): what "every host diagnosed" cannot beat on this machine. And the diagnosis
+   floor: the same, running the five commands a diagnosis runs (``echo OK``, the Python inventory, the
+   agent check, the supervisor check, the sync log's tail). Every simulated host's commands run on
+   this machine's cores, so what a diagnosis costs on the hosts bounds the remediator here, as it
+   would not on a real fleet (each host its own CPU).
 2. T1: ``--single`` times in turn, one host's agent killed, the host made critical and one alert
    posted; T1 is the median time from the 202 to its ladder finished ``healthy`` (a pool of the first
    run's size, idle otherwise).
@@ -36,6 +40,7 @@ import collections
 import http.server
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -106,8 +111,10 @@ class Pages:
         return [p for p in self.received if p.get("status") == "firing"]
 
 
-def floor(sim: FleetCluster, concurrency: int) -> float:
-    """Seconds for one process to run ``echo OK`` on every host, ``concurrency`` at a time."""
+def floor(sim: FleetCluster, concurrency: int, commands: list[tuple[str, str | None]] | None = None) -> float:
+    """Seconds for one process to run ``commands`` (``echo OK`` unless told; each with its stdin) on
+    every host over one SSH connection each, ``concurrency`` hosts at a time."""
+    commands = commands or [("echo OK", None)]
 
     # Parsed once, as the remediator does (remediator.clients.ssh): asyncssh given the paths parses
     # the 1,000-line known_hosts file at every connection, which made the floor slower than it is.
@@ -131,7 +138,14 @@ def floor(sim: FleetCluster, concurrency: int) -> float:
                     config=[],
                 ) as conn,
             ):
-                return str((await conn.run("echo OK", check=True)).stdout).strip()
+                first = str((await conn.run(commands[0][0], input=commands[0][1], check=True)).stdout)
+                for command, stdin in commands[1:]:
+                    where = {
+                        "data_dir": shlex.quote(str(host.data_dir)),
+                        "sync_log": shlex.quote(str(host.sync_log)),
+                    }
+                    await conn.run(command.format(**where), input=stdin)
+                return first.strip()
 
         return await asyncio.gather(*(one(h) for h in sim.host_ids))
 
@@ -141,6 +155,21 @@ def floor(sim: FleetCluster, concurrency: int) -> float:
     if answers.count("OK") != len(sim.host_ids):
         raise RuntimeError(f"floor: {answers.count('OK')} of {len(sim.host_ids)} hosts answered")
     return took
+
+
+def diagnosis_commands(env: dict[str, str]) -> list[tuple[str, str | None]]:
+    """The commands a diagnosis runs on a host (workers/diagnose.py), as this bench's settings make them."""
+    from remediator.config import Settings
+    from workers.diagnose import INVENTORY_SOURCE, LOG_TAIL_LINES, REMOTE_PYTHON, RESTART_POLICY_COMMAND
+
+    settings = Settings.from_env(env)  # the agent check command of this deployment
+    return [
+        ("echo OK", None),
+        (REMOTE_PYTHON + " {data_dir} 0 no-checksums", INVENTORY_SOURCE),
+        (settings.agent_check_command, None),
+        (RESTART_POLICY_COMMAND, None),
+        (f"tail -n {LOG_TAIL_LINES} {{sync_log}}", None),
+    ]
 
 
 def start_pool(env: dict[str, str], processes: int, log: Path) -> subprocess.Popen[bytes]:
@@ -370,6 +399,8 @@ def main() -> None:
                 REMEDIATOR_COORDINATOR_CALLS_PER_SECOND=str(args.calls_per_second),
                 REMEDIATOR_PROVIDER_LISTING_SECONDS=str(args.listing_seconds),
             )
+            diagnosis_floor_s = floor(sim, args.floor_concurrency, diagnosis_commands(env))
+            print(f"  diagnosis floor: its five commands on every host: {diagnosis_floor_s:.1f} s")
             t1 = one_ladder_time(sim, conn, env, work, runs[0], args.single)
             for i, processes in enumerate(runs):
                 if i:
@@ -381,17 +412,19 @@ def main() -> None:
         f"{args.ssh_limit}, coordinator {args.calls_per_second}/s, listing shared {args.listing_seconds:g} s"
     )
     print(f"floor (echo OK on every host, {args.floor_concurrency} at a time, one process): {floor_s:.1f} s")
+    print(f"diagnosis floor (a diagnosis's five commands on every host, so): {diagnosis_floor_s:.1f} s")
     print()
     print(
         "| processes | load before | T1 s | ideal s (T1 x hosts / N) | wall s to all healthy | wall / ideal "
-        "| s until all diagnosed | / floor | outcomes | storms | pages (firing) |"
+        "| s until all diagnosed | / floor | / diagnosis floor | outcomes | storms | pages (firing) |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in results:
         ideal = r["t1"] * args.hosts / r["processes"]
         print(
             f"| {r['processes']} | {r['load']} | {r['t1']:.2f} | {ideal:.0f} | {r['wall']:.0f} "
             f"| {r['wall'] / ideal:.2f} | {r['diagnosed']:.0f} | {r['diagnosed'] / floor_s:.1f} "
+            f"| {r['diagnosed'] / diagnosis_floor_s:.1f} "
             f"| {r['outcomes']} | {r['storms']} | {r['pages']} |"
         )
     print()
