@@ -35,6 +35,7 @@ from remediator import keys
 from remediator.connections import text
 from remediator.exceptions import LimitUnavailable, ProviderError
 from remediator.limits import patiently
+from remediator.locks import RELEASE_LUA, RENEW_LUA
 
 log = logging.getLogger("remediator.limits")
 
@@ -45,15 +46,6 @@ LISTING_LOCK_TTL = 5.0
 LISTING_POLL = 0.05  # seconds between two looks for a listing another worker is fetching
 
 T = TypeVar("T")
-
-UNLOCK_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-EXTEND_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 def _shared(
@@ -94,7 +86,7 @@ def _shared(
 def _renewed(conn: redis.Redis, lock_key: str, token: str) -> Iterator[None]:
     """Keep the fetch lock ``lock_key`` (holding ``token``) alive while the block runs."""
     stop = threading.Event()
-    extend = conn.register_script(EXTEND_LUA)
+    extend = conn.register_script(RENEW_LUA)
     ttl_ms = int(LISTING_LOCK_TTL * 1000)
 
     def renew() -> None:
@@ -128,7 +120,7 @@ class SharedListing:
         digest = hashlib.sha256(str(getattr(inner, "url", "")).encode()).hexdigest()[:16]
         self.key = keys.LISTING.format(f"{self.name}:{digest}")
         self.lock_key = keys.LISTING_LOCK.format(f"{self.name}:{digest}")
-        self._unlock = conn.register_script(UNLOCK_LUA)
+        self._unlock = conn.register_script(RELEASE_LUA)
 
     def __repr__(self) -> str:
         return f"SharedListing({self.inner!r}, ttl={self.ttl:g})"
@@ -205,7 +197,7 @@ class SharedHosts:
 
     def __init__(self, inner: Any, conn: redis.Redis, ttl: float, wait: float) -> None:
         self.inner, self.conn, self.ttl, self.wait = inner, conn, float(ttl), float(wait)
-        self._unlock = conn.register_script(UNLOCK_LUA)
+        self._unlock = conn.register_script(RELEASE_LUA)
 
     def __repr__(self) -> str:
         return f"SharedHosts({self.inner!r}, ttl={self.ttl:g})"

@@ -17,13 +17,15 @@ from remediator.defaults import HOST_KEYS_TTL
 from remediator.exceptions import LockLost, LockNotAcquired
 from remediator.hosts import validate_host_id
 
+# Token locks (SET NX PX with a random token), shared by every lock of the product: the host locks here,
+# the shared listings' fetch locks (listings.py) and the fleet probe's pass lock (workers/probe.py).
 # KEYS[1] lock key; ARGV[1] token. Delete only if we still own it.
-_RELEASE = """
+RELEASE_LUA = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
 # KEYS[1] lock key; ARGV[1] token, ARGV[2] ttl ms. Extend only if we still own it.
-_RENEW = """
+RENEW_LUA = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
 """
@@ -62,7 +64,7 @@ class HostLock:
 
     def renew(self) -> bool:
         """Extend the TTL; False when the lock is no longer ours."""
-        ok = bool(self.connection.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+        ok = bool(self.connection.eval(RENEW_LUA, 1, self.key, self.token, self.ttl_ms))
         if not ok:
             self._lost.set()
         return ok
@@ -88,7 +90,7 @@ class HostLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            return bool(self.connection.eval(_RELEASE, 1, self.key, self.token))
+            return bool(self.connection.eval(RELEASE_LUA, 1, self.key, self.token))
         except redis.RedisError:
             return False  # it expires by itself
 

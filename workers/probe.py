@@ -35,6 +35,7 @@ from remediator.clients.coordinator import HostRecord
 from remediator.config import Settings
 from remediator.exceptions import CoordinatorError, RemediatorError, SSHError
 from remediator.intake import LadderRequest, start_ladders
+from remediator.locks import RELEASE_LUA, RENEW_LUA
 from remediator.ops import ladder_limit
 from remediator.probe import HostProbe, ProbePass
 from workers.context import rules_for
@@ -46,17 +47,6 @@ PREVENTION_REASON = "fleet probe: the sync agent is not running"
 PROBE_ALERTNAME = "FleetProbe"  # how a probe-started ladder names what started it (intake, audit)
 TICK = 1.0  # seconds between two looks whether a pass is due (a Redis HGET)
 UNDECIDED_EXIT = 126  # an agent check exiting with this or above (not runnable, not found) or by a signal
-
-# KEYS[1] lock; ARGV[1] token; ARGV[2] ttl in ms. Extend only if we still own it.
-_RENEW = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
-return 0
-"""
-# KEYS[1] lock; ARGV[1] token. Delete only if we still own it.
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
 
 
 def check_host(clients: Clients, settings: Settings, policy: Any, record: HostRecord) -> HostProbe:
@@ -114,7 +104,7 @@ def run_pass(conn: redis.Redis, settings: Settings, rules: Any, token: str) -> P
             for future in as_completed(futures):
                 result = future.result()
                 hosts[result.host_id] = result
-                conn.eval(_RENEW, 1, keys.PROBE_LOCK, token, ttl_ms)
+                conn.eval(RENEW_LUA, 1, keys.PROBE_LOCK, token, ttl_ms)
     found = ProbePass(started_at=started, finished_at=time.time(), hosts=hosts)
     probe.save(conn, found)
     down = sorted(h for h, p in hosts.items() if p.reachable is False)
@@ -165,7 +155,7 @@ def claim(conn: redis.Redis, settings: Settings, policy: Any) -> str | None:
     # Another worker may have finished a pass between the look and the lock: look again, under it.
     last = conn.hget(keys.PROBE, "claimed_at")
     if last is not None and time.time() - float(last) < policy.interval_seconds:
-        conn.eval(_RELEASE, 1, keys.PROBE_LOCK, token)
+        conn.eval(RELEASE_LUA, 1, keys.PROBE_LOCK, token)
         return None
     # The next pass is due an interval on. Not started_at: that, with finished_at and the findings,
     # describes the last pass that finished, and is written with them.
@@ -179,7 +169,7 @@ def probe_once(conn: redis.Redis, settings: Settings, token: str) -> ProbePass |
         return run_pass(conn, settings, rules_for(settings), token)
     finally:
         try:
-            conn.eval(_RELEASE, 1, keys.PROBE_LOCK, token)
+            conn.eval(RELEASE_LUA, 1, keys.PROBE_LOCK, token)
         except redis.RedisError:
             pass  # it expires by itself
 
