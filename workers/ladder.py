@@ -23,7 +23,7 @@ from remediator.logs import bind, log_context
 from remediator.states import HEALED_OUTCOMES, Outcome
 from workers import fleet, gates, learning
 from workers.context import Context
-from workers.plan import gentle, plan_for, signature, unchanged_steps, without
+from workers.plan import ESCALATE, gentle, plan_for, signature, unchanged_steps, without
 from workers.prefetch import diagnosis_for
 from workers.state import LadderState, Phase
 from workers.steps import STEPS
@@ -108,12 +108,12 @@ class Ladder:
                 self._run_view(fence).audit("ladder", "upgraded", "the host went critical: the full ladder")
                 continue
             late = time.time() - started > policy.deadline_minutes * 60
-            if late and self.state.step != "escalate":
+            if late and self.state.step != ESCALATE:
                 if self.state.gentle:
                     ended = self._finish(Outcome.PREVENTION_FAILED, "prevention ran out of time")
                     assert ended is not None  # only a stop can be withdrawn
                     return ended
-                self._goto("escalate", reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
+                self._goto(ESCALATE, reason=f"ladder deadline of {policy.deadline_minutes:g} min passed")
                 continue
             lad = self._run_view(fence)
             token = bind(step="diagnose" if phase == Phase.DIAGNOSE else self.state.step, phase=phase)
@@ -214,7 +214,7 @@ class Ladder:
             return self._climb(lad, decision.why)
         if isinstance(decision, gates.Escalate):
             lad.audit(step, "escalating", decision.why)
-            self._goto("escalate", reason=decision.why)
+            self._goto(ESCALATE, reason=decision.why)
             return None
         if decision.audit and lad.scratch.get("gated") != decision.why:
             # Once per reason: a frozen ladder re-checks every interval without filling the audit.
@@ -357,7 +357,7 @@ class Ladder:
         lad.audit(step, "coordinator-unavailable", str(exc))
         log.warning("%s: coordinator unavailable: %s", step, exc)
         if time.time() - since >= policy.unreachable_escalate_after_minutes * 60:
-            self._goto("escalate", reason=f"coordinator unavailable for {(time.time() - since) / 60:.1f} min")
+            self._goto(ESCALATE, reason=f"coordinator unavailable for {(time.time() - since) / 60:.1f} min")
             return None
         return self._schedule(policy.recheck_interval_seconds, f"coordinator unavailable during {step}")
 
@@ -371,7 +371,7 @@ class Ladder:
     def _climb(self, lad: LadderRun, why: str) -> str | None:
         step = self.state.step
         incident_id = lad.incident_id
-        if incident_id and step in STEPS and step != "escalate":
+        if incident_id and step in STEPS and step != ESCALATE:
             # Remembered for the incident: a retry repeats this step only when its preconditions change.
             incidents.record_tried(
                 self.ctx.conn,
@@ -382,11 +382,11 @@ class Ladder:
                 ladder_id=self.ladder_id,
             )
         plan, rung = self.state.plan, self.state.rung + 1
-        if step == "escalate" or rung >= len(plan):
+        if step == ESCALATE or rung >= len(plan):
             if self.state.gentle:  # no page, no hold: the critical alert, if it comes, takes it from here
                 return self._finish(Outcome.PREVENTION_FAILED, f"prevention did not help: {why}")
             return self._finish(Outcome.FAILED, f"ladder exhausted: {why}")
-        if plan[rung][0] == "escalate":
+        if plan[rung][0] == ESCALATE:
             lad.remember(escalation_reason=why)
         self._commit(rung=rung, pos=0, step=plan[rung][0], phase=Phase.RUN, attempt=1)
         return None

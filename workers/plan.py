@@ -10,6 +10,10 @@ from typing import Any
 
 from workers.steps import STEPS
 
+# The last rung of every plan: hand the host to a human. The ladder goes there by itself too (its
+# deadline, a rule, the coordinator gone too long), so it names it through here.
+ESCALATE = "escalate"
+
 
 def plan_for(facts: dict[str, Any]) -> list[list[str]]:
     """The rungs of the ladder for what diagnosis found, cheapest first; each rung is tried in turn."""
