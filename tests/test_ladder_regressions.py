@@ -361,6 +361,26 @@ def test_a_storm_never_pauses_a_host_without_an_open_incident(make):
     assert not h.world.hosts["h3"].selfplay_paused and not h.active("h3")
 
 
+def test_a_storm_s_resumes_go_to_each_host_s_trail_and_leave_the_fleet_trail_to_the_storm(make):
+    """The 1,000-host bench found "storm started" pushed out of the fleet trail, which keeps its last
+    entries only: every host's resume was a fleet entry of its own. The storm's pauses stay fleet
+    entries (one per evaluation, with its hosts); a host's resume belongs to that host's trail."""
+    hosts = ["h1", "h2", "h3"]
+    h = make(hosts, rules={"fleet.storm_threshold": 2})
+    for host in hosts:
+        h.world.break_agent(host, "dies_after_restart")  # critical with games at risk: the storm pauses
+    h.fire(*hosts)
+    h.run()
+    assert all(h.world.hosts[host].selfplay_paused for host in hosts)
+    h.resolve(*hosts)
+    h.run(60)
+    assert not any(h.world.hosts[host].selfplay_paused for host in hosts)
+    fleet_steps = [e["step"] for e in h.audit("_fleet")]
+    assert "pause-selfplay" in fleet_steps and "resume-selfplay" not in fleet_steps, fleet_steps
+    for host in hosts:
+        assert [e["outcome"] for e in h.audit(host) if e["step"] == "resume-selfplay"] == ["done"], host
+
+
 # -- finding 4: fencing ------------------------------------------------------------------------------
 
 

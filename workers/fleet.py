@@ -196,7 +196,9 @@ def resume_host(ctx: Context, host_id: str, why: str) -> bool:
             f"the coordinator did not confirm the resume of {host_id}: {str(answer)[:100]}"
         )
     conn.srem(keys.PAUSED, host_id)
-    store.append_audit(conn, FLEET, "resume-selfplay", "done", why, hosts=[host_id])
+    # The host's own trail: a storm of 1,000 hosts made 1,000 fleet entries, pushing the storm's start
+    # out of the fleet trail (which keeps its last entries only).
+    store.append_audit(conn, host_id, "resume-selfplay", "done", why)
     return True
 
 
