@@ -76,7 +76,7 @@ def test_a_diagnosis_after_the_first_is_the_ladder_s_own_even_with_one_prefetche
     assert ctx.conn.exists(keys.PREFETCHED.format(ladder_id))  # left alone (it expires)
 
 
-def test_a_host_its_ladder_is_diagnosing_is_not_diagnosed_again_by_a_prefetch(sim_cluster, ctx):
+def test_a_prefetch_diagnoses_only_hosts_whose_ladder_waits_for_its_first_diagnosis(sim_cluster, ctx):
     started = ladders(ctx.conn, sim_cluster.host_ids)
     host = sim_cluster.host_ids[0]
     diag, _ = diagnosis_for(ctx, host, state_of(ctx.conn, host))  # the ladder came first: its claim
@@ -84,8 +84,9 @@ def test_a_host_its_ladder_is_diagnosing_is_not_diagnosed_again_by_a_prefetch(si
     assert diagnose_many(ctx, started) == {"diagnosed": 2, "claimed": 1, "failed": 0, "not waiting": 0}
     store.update_host(ctx.conn, sim_cluster.host_ids[1], facts=json.dumps({"ssh_reachable": True}))
     store.update_host(ctx.conn, sim_cluster.host_ids[2], status="finished")
-    counts = diagnose_many(ctx, started)  # facts committed, or the ladder ended: nothing to prefetch
-    assert counts["not waiting"] == 2 and counts["diagnosed"] == 0
+    ctx.conn.set(keys.CANCEL.format(host), started[0][1])  # its alert resolved: the ladder is stopping
+    # Facts committed, the ladder ended, or it is being stopped: nothing to prefetch.
+    assert diagnose_many(ctx, started) == {"diagnosed": 0, "claimed": 0, "failed": 0, "not waiting": 3}
 
 
 def test_a_prefetch_that_never_delivers_holds_the_ladder_only_until_its_claim_lapses(

@@ -57,14 +57,20 @@ def diagnose_many(ctx: Context, ladders: Sequence[tuple[str, str]]) -> dict[str,
 
 
 def _still_waiting(ctx: Context, ladders: Sequence[tuple[str, str]]) -> list[tuple[str, str, float]]:
-    """(host, ladder, started_at) of each ladder that is still the host's and has no facts yet."""
+    """(host, ladder, started_at) of each ladder that is still the host's, not being stopped, and has no
+    facts yet."""
     pipe = ctx.conn.pipeline(transaction=False)
     for host_id, _ in ladders:
         pipe.hmget(keys.HOST.format(host_id), "ladder_id", "status", "facts", "started_at")
+        pipe.get(keys.CANCEL.format(host_id))
+    found = pipe.execute()
     waiting = []
-    for (host_id, ladder_id), (current, status, facts, started) in zip(ladders, pipe.execute(), strict=True):
+    for (host_id, ladder_id), state, cancel in zip(ladders, found[::2], found[1::2], strict=True):
+        current, status, facts, started = state
         if current is None or text(current) != ladder_id or text(status or b"") == "finished":
             continue  # ended, or replaced by a newer ladder
+        if cancel is not None and text(cancel) == ladder_id:
+            continue  # its alert resolved: the ladder stops at its next step without a diagnosis
         if facts and json.loads(facts):
             continue  # its ladder diagnosed it already
         waiting.append((host_id, ladder_id, float(started or 0.0)))
