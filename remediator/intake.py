@@ -231,6 +231,7 @@ def queue_prefetch(queue: Queue, ladders: list[tuple[str, str]]) -> None:
         Queue.prepare_data(
             PREFETCH_JOB,
             args=([list(ladder) for ladder in chunk],),
+            job_id=uuid.uuid4().hex,  # the shape of every other job id of the product's
             timeout=PREFETCH_TIMEOUT,
             result_ttl=defaults.JOB_RESULT_TTL,
             description=f"prefetch the first diagnoses of {len(chunk)} hosts",

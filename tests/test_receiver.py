@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 
 import pytest
 import redis
 from helpers import WEBHOOK_TOKEN, alert, bearer, make_settings, payload
 from hostile import HOSTILE_HOST_IDS
 from rq import Queue
+from rq.job import Job
 
 from remediator import create_app, keys
 from remediator.embedded_redis import EmbeddedRedis
+from remediator.intake import LADDER_JOB, PREFETCH_JOB
 
 URL = "/webhook/alertmanager"
 
 
 def queued_jobs(conn: redis.Redis) -> list[str]:
     return Queue("remediator", connection=conn).job_ids
+
+
+def queued_by_kind(conn: redis.Redis) -> Counter[str]:
+    """How many queued jobs run each job function (ladders; a storm's prefetch jobs)."""
+    jobs = Job.fetch_many(queued_jobs(conn), connection=conn)
+    return Counter(job.func_name for job in jobs if job is not None)
 
 
 def post(client, body, headers=None, **kw):
@@ -203,7 +212,8 @@ def test_thousand_alert_payload_makes_a_thousand_jobs(redis_url, redis_conn):
     resp = post(app.test_client(), body)
     assert resp.status_code == 202
     assert len(resp.get_json()["accepted"]) == 1000
-    assert len(queued_jobs(redis_conn)) == 1000
+    # And 16 jobs that diagnose the storm's hosts ahead of their ladders, 64 each (workers/prefetch.py).
+    assert queued_by_kind(redis_conn) == {LADDER_JOB: 1000, PREFETCH_JOB: 16}
     assert redis_conn.zcard(keys.HOSTS) == 1000
 
 
@@ -329,7 +339,7 @@ def test_a_chunked_body_within_the_limit_is_read_whole_and_accepted(gunicorn_rec
     )
     assert resp.request.headers.get("Transfer-Encoding") == "chunked"
     assert resp.status_code == 202, resp.text
-    assert len(resp.json()["accepted"]) == 100 and len(queued_jobs(redis_conn)) == 100
+    assert len(resp.json()["accepted"]) == 100 and queued_by_kind(redis_conn)[LADDER_JOB] == 100
 
 
 def test_a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_413(redis_url, redis_conn):
