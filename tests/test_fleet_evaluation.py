@@ -92,16 +92,25 @@ def test_with_nobody_asking_meanwhile_an_evaluation_runs_once(ctx, monkeypatch):
     assert fleet.evaluate(ctx) == {"run": 1} and len(runs) == 1
 
 
-@pytest.mark.parametrize("why", ["storm checks", "dry run"])
+def critical_hosts(ctx: Context, count: int) -> None:
+    import time
+
+    ctx.conn.zadd(keys.FLEET_CRITICAL, {f"h{i}": time.time() for i in range(count)})
+
+
+@pytest.mark.parametrize("why", ["storm checks", "a storm about to open", "dry run"])
 def test_an_asker_waits_for_an_evaluation_running_the_storm_checks_or_a_dry_run(ctx, monkeypatch, why):
     """While the storm's network and provider checks run, a ladder must not act before their verdict;
-    a dry-run evaluation acts on nothing, so it cannot stand in for a real one: the asker waits for
-    the lock, then evaluates itself."""
+    nor while the evaluation under way may be about to open a storm (enough hosts critical in the
+    window, no storm open yet: it has not reached its checks); a dry-run evaluation acts on nothing,
+    so it cannot stand in for a real one: the asker waits for the lock, then evaluates itself."""
     threads: list[tuple[threading.Thread, list[dict[str, Any]]]] = []
 
     def another_process_asks() -> None:
         if why == "storm checks":
             ctx.conn.set(keys.FLEET_WAIT, why)  # as _storm_checks does while it runs
+        if why == "a storm about to open":
+            critical_hosts(ctx, ctx.rules.fleet.storm_threshold)
         threads.append(ask_in_thread(ctx))
         threads[0][0].join(1.0)
         assert threads[0][0].is_alive(), f"the asker did not wait for an evaluation running {why}"
@@ -116,6 +125,23 @@ def test_an_asker_waits_for_an_evaluation_running_the_storm_checks_or_a_dry_run(
     assert runs[0]["dry_run"] is (why == "dry run")
     assert len(runs) >= 2 and not any(r["dry_run"] for r in runs[1:])
     assert not ctx.conn.exists(keys.FLEET_WAIT, keys.FLEET_LOCK)
+
+
+def test_once_the_storm_is_open_and_checked_an_asker_does_not_wait(ctx, monkeypatch):
+    """All through a storm every diagnosis asks: once its checks have run, none waits in line."""
+    critical_hosts(ctx, ctx.rules.fleet.storm_threshold + 5)
+    ctx.conn.hset(keys.FLEET, "storm", "1")
+    asked: list[dict[str, Any]] = []
+
+    def another_process_asks() -> None:
+        thread, answers = ask_in_thread(ctx)
+        thread.join(20.0)
+        assert not thread.is_alive(), "the asker waited for the evaluation under way"
+        asked.extend(answers)
+
+    record_runs(monkeypatch, another_process_asks)
+    fleet.evaluate(ctx)
+    assert asked == [{"skipped": "left to the fleet evaluation under way"}]
 
 
 def test_fleet_facts_sum_the_hosts_in_the_window_and_read_an_older_versions_facts(ctx: Context) -> None:

@@ -232,8 +232,8 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
     work processes advanced their ladders no faster than 4.
 
     A caller does wait, up to ``wait`` seconds, for an evaluation that is running the storm's network
-    and provider checks (the ladder must not act on a host before their verdict can hold it), or a
-    dry-run one (which acts on nothing, so it cannot stand in for this one). The incident monitor
+    and provider checks, or may be about to (enough hosts critical, no storm open yet: the ladder must
+    not act on a host before their verdict can hold it), or a dry-run one (which acts on nothing, so it cannot stand in for this one). The incident monitor
     evaluates on every pass as well, so the evaluation that ends a storm never depends on one ladder's
     timing, and a worker killed holding the lock holds nothing back for longer than the lock's TTL. A
     holder runs again for marks for at most FLEET_RERUN_BUDGET seconds.
@@ -245,11 +245,12 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
     lock = conn.lock(keys.FLEET_LOCK, timeout=FLEET_LOCK_TTL, blocking_timeout=wait)
     if not dry_run:
         conn.set(keys.FLEET_PENDING, "1", ex=FLEET_LOCK_TTL)
-    if not lock.acquire(blocking=False):
-        waiting_for = conn.get(keys.FLEET_WAIT)
-        if not (dry_run or waiting_for) or not lock.acquire():
-            log.debug("a fleet evaluation is under way; it runs again for this one")
-            return {"skipped": "left to the fleet evaluation under way"}
+    got = lock.acquire(blocking=False)
+    if not got and (dry_run or _checks_may_be_under_way(ctx)):
+        got = lock.acquire()  # up to ``wait`` seconds
+    if not got:
+        log.debug("a fleet evaluation is under way; it runs again for this one")
+        return {"skipped": "left to the fleet evaluation under way"}
     done: dict[str, Any] = {}
     budget = time.monotonic() + FLEET_RERUN_BUDGET
     while True:
@@ -272,6 +273,21 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
             return done
 
 
+def _checks_may_be_under_way(ctx: Context) -> bool:
+    """Whether the evaluation under way runs a storm's checks, or may be about to (enough hosts
+    critical in the window and no storm open yet): an asker then waits for their verdict. Read as one
+    snapshot; the holder marks FLEET_WAIT before it opens a storm, so "open" is never seen without
+    the mark while its checks are still to run."""
+    conn = ctx.conn
+    since = time.time() - ctx.rules.fleet.window_minutes * 60
+    pipe = conn.pipeline(transaction=True)
+    pipe.get(keys.FLEET_WAIT)
+    pipe.hget(keys.FLEET, "storm")
+    pipe.zcount(keys.FLEET_CRITICAL, since, "+inf")
+    waiting_for, storm, critical = pipe.execute()
+    return waiting_for is not None or (storm != b"1" and int(critical) >= ctx.rules.fleet.storm_threshold)
+
+
 def _evaluate(ctx: Context, *, dry_run: bool, ours: Callable[[], bool] = lambda: True) -> dict[str, Any]:
     """``ours``: whether this evaluation still holds the fleet lock. One that lost it (its worker froze
     past FLEET_LOCK_TTL while others evaluated) acts on nothing: what it saw may be stale by now."""
@@ -280,6 +296,8 @@ def _evaluate(ctx: Context, *, dry_run: bool, ours: Callable[[], bool] = lambda:
     facts = fleet_facts(ctx, refresh=False)
     storm = facts["critical_hosts"] >= rules.fleet.storm_threshold
     done: dict[str, Any] = {"critical_hosts": facts["critical_hosts"], "storm": storm}
+    if storm and _fleet(conn).get("storm") != "1":
+        conn.set(keys.FLEET_WAIT, "storm checks", ex=FLEET_LOCK_TTL)  # before the storm shows open
     storm_id = _open_storm(ctx, facts) if storm else _fleet(conn).get("storm_id", "")
     facts["storm_active"] = _fleet(conn).get("storm") == "1"
     if facts["storm_active"]:
