@@ -40,6 +40,9 @@ log = logging.getLogger("remediator.paging")
 
 PAGE_TTL = 30 * 86400  # seconds a page record is kept after its last change
 DELIVERY_LOCK_TTL = 60  # seconds one delivery may hold a page (pager timeouts and retries fit in it)
+# Seconds a resolve waits for another caller's hold on the page: the cleanups of a storm's incidents,
+# closing together on several workers, each take their host off the same storm page.
+RESOLVE_LOCK_WAIT = 10.0
 TRIGGER_WINDOW = 3600.0  # seconds of the page budget (paging.max_triggers_per_hour)
 SOURCE = "ringrift-remediator"
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}  # a page's severity only goes up
@@ -429,12 +432,16 @@ def resolve(
     page; the page itself is resolved when no host is left in it.
 
     Returns ``{"resolved": bool, ...}``; ``resolved`` False with ``retry`` True when a pager failed
-    (the caller tries again later; the page stays open), also while another caller is delivering it:
-    a resolve never crosses a delivery, so a page is never triggered again after it was resolved."""
+    (the caller tries again later; the page stays open), also while another caller holds it for longer
+    than RESOLVE_LOCK_WAIT: a resolve never crosses a delivery, so a page is never triggered again
+    after it was resolved."""
     lock = keys.PAGE_LOCK.format(dedup_key)
     token = secrets.token_hex(8)
-    if not conn.set(lock, token, nx=True, ex=DELIVERY_LOCK_TTL):
-        return {"dedup_key": dedup_key, "resolved": False, "retry": True, "reason": "being delivered"}
+    deadline = time.monotonic() + RESOLVE_LOCK_WAIT
+    while not conn.set(lock, token, nx=True, ex=DELIVERY_LOCK_TTL):
+        if time.monotonic() > deadline:
+            return {"dedup_key": dedup_key, "resolved": False, "retry": True, "reason": "being delivered"}
+        time.sleep(0.05)
     try:
         return _resolve(conn, settings, dedup_key, host)
     finally:

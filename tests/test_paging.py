@@ -139,3 +139,36 @@ def test_a_storm_page_keeps_its_hosts_current_and_resolves_only_at_the_storm_s_e
     assert paging.get(redis_conn, key).hosts == {"h1": "resolved", "h2": "resolved", "h3": "resolved"}
     assert paging.resolve(redis_conn, settings, key)["resolved"] is True  # the storm ended
     assert [b["status"] for b in sent(pager)] == ["firing", "resolved"]
+
+
+def test_a_host_leaving_a_page_another_worker_is_resolving_waits_its_turn_instead_of_failing(
+    redis_conn, redis_url, pager, monkeypatch
+):
+    """Eight incidents of a storm close at once and their cleanups, on two workers, each take their
+    host off the storm page: one found the page lock held by the other and answered "retry", which
+    failed its cleanup for two minutes of backoff. It waits for the lock now (a few seconds at most);
+    a lock held longer (a delivery hanging on a pager) still answers retry."""
+    import threading
+
+    settings = make_settings(redis_url, page_webhook_url=pager.url_for("/page"))
+    key = "remediator/storm/s1"
+    for host in ("h1", "h2"):
+        paging.page(
+            redis_conn,
+            settings,
+            load_rules(),
+            dedup_key=key,
+            kind=PageKind.STORM,
+            summary="storm",
+            severity="critical",
+            hosts={host: "escalated"},
+        )
+    lock = keys.PAGE_LOCK.format(key)
+    redis_conn.set(lock, "the other worker", ex=60)
+    threading.Timer(0.3, redis_conn.delete, args=(lock,)).start()  # the other worker finishes
+    left = paging.resolve(redis_conn, settings, key, host="h1")
+    assert "retry" not in left and paging.get(redis_conn, key).hosts["h1"] == "resolved", left
+
+    monkeypatch.setattr(paging, "RESOLVE_LOCK_WAIT", 0.2)
+    redis_conn.set(lock, "a delivery that hangs", ex=60)
+    assert paging.resolve(redis_conn, settings, key, host="h2")["retry"] is True
