@@ -233,10 +233,11 @@ def evaluate(ctx: Context, *, dry_run: bool = False, wait: float = FLEET_LOCK_WA
 
     A caller does wait, up to ``wait`` seconds, for an evaluation that is running the storm's network
     and provider checks, or may be about to (enough hosts critical, no storm open yet: the ladder must
-    not act on a host before their verdict can hold it), or a dry-run one (which acts on nothing, so it cannot stand in for this one). The incident monitor
-    evaluates on every pass as well, so the evaluation that ends a storm never depends on one ladder's
-    timing, and a worker killed holding the lock holds nothing back for longer than the lock's TTL. A
-    holder runs again for marks for at most FLEET_RERUN_BUDGET seconds.
+    not act on a host before their verdict can hold it), or a dry-run one (which acts on nothing, so
+    it cannot stand in for this one). The incident monitor evaluates on every pass as well, so the
+    evaluation that ends a storm never depends on one ladder's timing, and a worker killed holding the
+    lock holds nothing back for longer than the lock's TTL. A holder runs again for marks for at most
+    FLEET_RERUN_BUDGET seconds.
 
     ``dry_run``: the storm is still tracked (the remediator's own view), but nothing is paged, paused or
     resolved."""
