@@ -10,6 +10,8 @@ dies at the first error and is restarted only at the next maintenance pass. Here
   the sweeper resumes a ladder whose job was left "started";
 - the scheduler waits and tries again instead of dying, and builds its connection from the settings
   (``remediator.connections``), so it follows the Sentinel master like everything else.
+- a stop request (warm shutdown) never drops a job the worker has just popped: it runs it or hands
+  it back to the front of the queue.
 
 What still ends the work loop (a dequeue timeout, a failure while registering) is taken up by
 ``workers.runner.work_until_stopped``, which waits for Redis and starts the loop again.
@@ -28,8 +30,11 @@ from typing import Any
 import redis
 from rq import Queue, Worker
 from rq import scheduler as rq_scheduler
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.scheduler import RQScheduler
+from rq.utils import now
+from rq.worker import WorkerStatus
 
 from remediator.config import Settings
 from remediator.connections import redis_from_settings
@@ -39,9 +44,10 @@ log = logging.getLogger("remediator.worker")
 REDIS_WAIT_INITIAL = 0.2  # seconds before the first retry after a Redis failure
 REDIS_WAIT_MAX = 5.0  # seconds between two retries at most (rq's own default is 60)
 # Seconds an idle worker blocks on the queue before it looks around (heartbeat, maintenance, the
-# scheduler). rq's is its TTL less 15 s (405 s): a worker that started while another's scheduler held
-# the queue's lock (a rolling upgrade) took that long to take the scheduler over once it was freed.
-DEQUEUE_TIMEOUT = 5
+# scheduler, a stop request). rq's is its TTL less 15 s (405 s): a worker that started while another's
+# scheduler held the queue's lock (a rolling upgrade) took that long to take the scheduler over once it
+# was freed; and an idle worker told to stop stops at its next look around (``request_stop``).
+DEQUEUE_TIMEOUT = 1
 SCHEDULER_TAKEOVER_INTERVAL = 5.0  # seconds between two tries to take a freed scheduler lock
 
 
@@ -126,6 +132,7 @@ class RemediatorWorker(Worker):
         self.stopped_early: Callable[[], bool] = lambda: False
         self._takes_over_scheduler = False
         self._next_takeover = 0.0
+        self._waiting_for_job = False  # in rq's idle wait, no job popped yet
         super().__init__(*args, **kwargs)
 
     @property
@@ -141,9 +148,53 @@ class RemediatorWorker(Worker):
             self._stop_requested = True  # rq's loop checks it before its first dequeue
 
     def request_stop(self, signum: int, frame: Any) -> None:
-        """Warm shutdown (rq's): the job in hand finishes, then the worker exits."""
+        """Warm shutdown: the job in hand finishes, then the worker exits; a second signal is rq's cold
+        shutdown.
+
+        rq's handler raises StopRequested wherever the worker is when no work horse runs yet, and that
+        can be just after its dequeue popped a job: the job, moved out of the queue and never started,
+        was in no queue until the sweeper resumed its ladder (seen in a rolling upgrade). Here the
+        handler only notes the stop. The idle wait ends at its next look around (``heartbeat``, at most
+        DEQUEUE_TIMEOUT later), and a job popped meanwhile goes back to the front of the queue
+        (``execute_job``): a job is either run or handed back, never dropped between the two."""
         self.stop_signalled = True
-        super().request_stop(signum, frame)
+        self._shutdown_requested_date = now()  # rq's cold shutdown ignores a second signal within 1 s of it
+        signal.signal(signal.SIGINT, self.request_force_stop)
+        signal.signal(signal.SIGTERM, self.request_force_stop)
+        self.handle_warm_shutdown_request()
+        self._stop_requested = True
+        if self.get_state() == WorkerStatus.BUSY:
+            self.set_shutdown_requested_date()
+        if self.scheduler:
+            self.stop_scheduler()
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        self._waiting_for_job = True
+        try:
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        finally:
+            self._waiting_for_job = False
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        self._waiting_for_job = False  # rq calls this as soon as its dequeue returned a job: one is in hand
+        super().reorder_queues(reference_queue)
+
+    def _hand_back(self, job: Job, queue: Queue) -> None:
+        """Put a popped job that this stopping worker will not run back at the front of its queue,
+        where it was, and out of rq's list of popped jobs, in one transaction."""
+        try:
+            with self.connection.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.lpush(queue.key, job.id)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning(
+                "job %s: could not hand it back to the queue (%s); the sweeper resumes its ladder",
+                job.id,
+                describe(exc),
+            )
+            return
+        log.info("Worker %s: stopping; job %s handed back to the queue unstarted", self.name, job.id)
 
     def set_shutdown_requested_date(self) -> None:
         # Runs in the signal handler: a Redis error here must not land in the middle of a job's wait.
@@ -163,6 +214,8 @@ class RemediatorWorker(Worker):
         if pipeline is not None:
             super().heartbeat(timeout, pipeline)
             return
+        if self._stop_requested and self._waiting_for_job:
+            raise StopRequested  # the idle wait's look around, before its next pop: no job in hand
         self._ride_out("send its heartbeat", super().heartbeat, timeout)
         self._ride_out("take the scheduler over", self._take_over_scheduler)
 
@@ -189,6 +242,9 @@ class RemediatorWorker(Worker):
         )
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        if self._stop_requested:
+            self._hand_back(job, queue)  # popped as the stop came: the next worker runs it
+            return
         self._warm_up()
         try:
             super().execute_job(job, queue)
